@@ -1,0 +1,1 @@
+"""Lowest layer: config, errors, atomic file writes, checkpoints, distributed set-up, metrics."""
