@@ -1,0 +1,125 @@
+"""Training and evaluation samples: windows of ``t_in + t_out`` frames streamed out of video sources.
+
+A sample is uint8 (t_in + t_out, H, W, C) read with one slice (one chunk of a pack); the loader
+batches it to uint8 (B, T, H, W, C) and ``to_model_input`` converts it on the device, so the host
+copies 4x fewer bytes than float32 would need. The index of windows is arithmetic (a few integers
+per source), so memory does not grow with the number of videos.
+"""
+from __future__ import annotations
+
+import bisect
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from core.config import Config, DataConfig
+from core.errors import FramecastError
+from data.sources import VideoSource, open_split
+
+
+class VideoWindowDataset(Dataset):
+    """Windows of ``t_in + t_out`` consecutive frames from one or more sources (e.g. train + unlabeled).
+
+    Only the first window of each video by default; every window (``num_frames - t_in - t_out + 1``
+    per video) with ``all_windows``. ``t_out = 0`` gives the first ``t_in`` frames (the hidden split).
+    """
+
+    def __init__(self, sources: VideoSource | Sequence[VideoSource], t_in: int, t_out: int, all_windows: bool = False):
+        self.sources = [sources] if isinstance(sources, VideoSource) else list(sources)
+        if not self.sources:
+            raise FramecastError("no video sources given to the dataset (check data.train_splits)")
+        if t_in < 1 or t_out < 0:
+            raise FramecastError(f"t_in must be >= 1 and t_out >= 0 (got {t_in}, {t_out})")
+        self.t_in, self.t_out = t_in, t_out
+        self.length = t_in + t_out
+        first = self.sources[0]
+        for source in self.sources:
+            if source.frame_shape != first.frame_shape:
+                raise FramecastError(
+                    f"{source.describe()}: frames are {source.frame_shape} (H, W, C), "
+                    f"but {first.describe()} has {first.frame_shape}"
+                )
+            if source.num_frames < self.length:
+                raise FramecastError(
+                    f"{source.describe()}: videos have {source.num_frames} frames, fewer than "
+                    f"t_in + t_out = {t_in} + {t_out}"
+                )
+        self.windows_per_video = [s.num_frames - self.length + 1 if all_windows else 1 for s in self.sources]
+        # offsets[k]: index of source k's first sample.
+        self.offsets = np.cumsum([0] + [len(s) * w for s, w in zip(self.sources, self.windows_per_video)]).tolist()
+
+    @property
+    def frame_shape(self) -> tuple[int, int, int]:
+        return self.sources[0].frame_shape
+
+    def __len__(self) -> int:
+        return self.offsets[-1]
+
+    def locate(self, index: int) -> tuple[int, int, int]:
+        """Sample ``index`` -> (source number, video number in that source, first frame)."""
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"sample {index} out of range for {len(self)} samples")
+        k = bisect.bisect_right(self.offsets, index) - 1
+        video, start = divmod(index - self.offsets[k], self.windows_per_video[k])
+        return k, video, start
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        k, video, start = self.locate(index)
+        window = self.sources[k].read(video, start, start + self.length)  # (t_in + t_out, H, W, C) uint8
+        return torch.from_numpy(window)
+
+    def video_name(self, index: int) -> str:
+        k, video, _ = self.locate(index)
+        return self.sources[k].names[video]
+
+
+def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, num_workers: int, prefetch_factor: int,
+                pin_memory: bool, drop_last: bool, sampler: Sampler | None = None, seed: int = 0) -> DataLoader:
+    """A DataLoader of uint8 (B, T, H, W, C) batches; workers persist across epochs.
+
+    With a ``sampler`` (e.g. DistributedSampler) the sampler decides the order and ``shuffle`` is
+    ignored. ``seed`` fixes the shuffle order and the workers' seeds.
+    """
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    workers = {}
+    if num_workers > 0:
+        workers = dict(prefetch_factor=prefetch_factor, persistent_workers=True)
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+        num_workers=num_workers, pin_memory=pin_memory, drop_last=drop_last, generator=generator, **workers,
+    )
+
+
+def to_model_input(batch_uint8: torch.Tensor, device: torch.device | str, channels_last: bool = False) -> torch.Tensor:
+    """uint8 (B, T, H, W, C) -> float (B, T, C, H, W) in [0, 1] on ``device``, converted there.
+
+    With ``channels_last`` the memory keeps the loaded (B, T, H, W, C) order (a permuted view, no
+    layout copy): channels stay innermost in every frame ``x[:, t]``, as channels-last convolutions want.
+    """
+    x = batch_uint8.to(device, non_blocking=True).permute(0, 1, 4, 2, 3)  # (B, T, C, H, W) view
+    if not channels_last:
+        x = x.contiguous()  # still uint8: the layout copy moves a quarter of the float bytes
+    return x.float().div_(255)  # .float() keeps the strides of a dense view
+
+
+def build_split_dataset(data_cfg: DataConfig, split: str, with_targets: bool = True) -> VideoWindowDataset:
+    """The first window of every video of ``split``: t_in inputs (+ t_out targets when ``with_targets``)."""
+    return VideoWindowDataset(open_split(data_cfg, split), data_cfg.t_in, data_cfg.t_out if with_targets else 0)
+
+
+def build_datasets(cfg: Config) -> tuple[VideoWindowDataset, VideoWindowDataset]:
+    """(train, val): train windows from every split of ``data.train_splits``, val from ``data.val_split``.
+
+    Validation always uses the first window of each video, so its loss is comparable across runs.
+    """
+    data = cfg.data
+    if not data.train_splits:
+        raise FramecastError("data.train_splits is empty: name at least one split to train on")
+    train = VideoWindowDataset([open_split(data, s) for s in data.train_splits], data.t_in, data.t_out,
+                               data.all_windows)
+    return train, build_split_dataset(data, data.val_split)

@@ -1,0 +1,242 @@
+"""Pack a split's PNG folders into one HDF5 file: uint8 ``frames`` (N, T, H, W, 3), one video per chunk.
+
+Worker processes decode and validate whole videos (and gzip them, when asked, so compression runs in
+parallel too); the parent only writes finished chunks, in numeric video order. At most a few videos
+per worker are in flight, so memory stays flat however many videos the split holds. The file is
+written under a temporary name and renamed at the end: an interrupted pack leaves no half file.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import mmap
+import multiprocessing
+import os
+import sys
+import zlib
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+from core.atomic import atomic_path
+from core.errors import FramecastError
+from data.generate import PACKED_DIR
+from data.layout import CHANNELS, SPLITS, frame_size, list_frames, list_videos, read_video
+
+FORMAT_VERSION = 1
+COMPRESSIONS = ("none", "gzip", "lzf")
+GZIP_LEVEL = 4  # zlib level for compression="gzip": most of level 9's size at a fraction of the time
+# Videos per worker kept in flight: keeps every worker busy while bounding the parent's memory.
+IN_FLIGHT_PER_WORKER = 4
+# Videos whose frame count and size are polled to agree on the split's geometry (a majority vote,
+# so one bad first video cannot make every good one look wrong).
+GEOMETRY_SAMPLE = 9
+
+
+def pack_path(pack_dir: str | os.PathLike, split: str) -> Path:
+    return Path(pack_dir) / f"{split}.h5"
+
+
+def _reference_geometry(videos: Sequence[Path]) -> tuple[int, int, int]:
+    """(T, H, W) shared by most of the first few videos, from directory listings and PNG headers only."""
+    votes: collections.Counter = collections.Counter()
+    first_error = None
+    for video in videos[:GEOMETRY_SAMPLE]:
+        try:
+            frames = list_frames(video)
+            votes[(len(frames), *frame_size(frames[0]))] += 1
+        except FramecastError as exc:
+            first_error = first_error or exc
+    if not votes:
+        raise first_error
+    return votes.most_common(1)[0][0]
+
+
+# The worker processes' view of the parent's shared ring of video slots (set when they start).
+_ring: mmap.mmap | None = None
+
+
+def _attach_ring(ring: mmap.mmap) -> None:
+    global _ring
+    _ring = ring
+
+
+def _slot(ring: mmap.mmap | bytearray, index: int, shape: tuple[int, ...]) -> np.ndarray:
+    size = int(np.prod(shape))
+    return np.frombuffer(ring, dtype=np.uint8, count=size, offset=index * size).reshape(shape)
+
+
+def _decode_task(task: tuple[int, Path, tuple[int, int, int], str]) -> tuple[bytes | None, str | None]:
+    """Worker: decode and validate one video straight into its ring slot (uint8 (T, H, W, 3)).
+
+    Returns (zlib bytes of the video when packing with gzip, else None; the error message or None).
+    """
+    slot, video_dir, (num_frames, height, width), compression = task
+    video = _slot(_ring, slot, (num_frames, height, width, CHANNELS))  # (T, H, W, 3) view
+    try:
+        read_video(video_dir, num_frames, (height, width), out=video)
+    except FramecastError as exc:
+        return None, str(exc)
+    if compression == "gzip":
+        # HDF5's deflate filter stores plain zlib streams, so the chunk can be compressed here.
+        return zlib.compress(video, GZIP_LEVEL), None
+    return None, None
+
+
+def _decoded_videos(videos: Sequence[Path], geometry: tuple[int, int, int], compression: str,
+                    workers: int) -> Iterator[tuple[np.ndarray | bytes | None, str | None]]:
+    """Decode ``videos`` in order: yields (the video, or None with the error message).
+
+    The video is a view of a slot in a ring shared with the workers (forked, so they inherit it):
+    it stays valid until the next item is requested. Nothing is pickled but paths and messages, and
+    at most ``workers * IN_FLIGHT_PER_WORKER`` videos are in flight, so memory stays flat however
+    fast the workers are (``Pool.imap`` would buffer finished videos without limit).
+    """
+    shape = (*geometry, CHANNELS)
+    slots = workers * IN_FLIGHT_PER_WORKER if workers > 1 else 1
+    ring = mmap.mmap(-1, slots * int(np.prod(shape)))  # anonymous, MAP_SHARED: visible across fork
+
+    def outcome(slot: int, packed: bytes | None, error: str | None) -> tuple[np.ndarray | bytes | None, str | None]:
+        if error is not None:
+            return None, error
+        return (_slot(ring, slot, shape) if packed is None else packed), None
+
+    if workers <= 1:
+        _attach_ring(ring)
+        try:
+            for video in videos:
+                yield outcome(0, *_decode_task((0, video, geometry, compression)))
+        finally:
+            _attach_ring(None)
+        return
+    free = collections.deque(range(slots))
+    pending: collections.deque = collections.deque()
+    todo = iter(videos)
+    # A worker killed outright (out of memory) fails the pack with BrokenProcessPool instead of hanging.
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                               initializer=_attach_ring, initargs=(ring,))
+    try:
+
+        def submit() -> None:
+            video = next(todo, None)
+            if video is not None:
+                slot = free.popleft()
+                pending.append((slot, pool.submit(_decode_task, (slot, video, geometry, compression))))
+
+        for _ in range(slots):
+            submit()
+        while pending:
+            slot, future = pending.popleft()
+            yield outcome(slot, *future.result())
+            free.append(slot)
+            submit()
+    finally:
+        pool.shutdown(cancel_futures=True)  # a bad video ends the pack without decoding the rest
+
+
+class PackWriter:
+    """Appends videos to a new pack file (already open under its temporary name) and finalises it."""
+
+    def __init__(self, h5: h5py.File, capacity: int, num_frames: int, height: int, width: int, compression: str):
+        self.h5 = h5
+        self.compression = compression
+        chunk = (1, num_frames, height, width, CHANNELS)
+        options = {"gzip": dict(compression="gzip", compression_opts=GZIP_LEVEL), "lzf": dict(compression="lzf")}
+        self.frames = h5.create_dataset(
+            "frames", shape=(capacity, *chunk[1:]), maxshape=(None, *chunk[1:]), chunks=chunk, dtype=np.uint8,
+            **options.get(compression, {}),
+        )  # (N, T, H, W, 3)
+        self.count = 0
+        self.names: list[str] = []
+
+    def append(self, name: str, video: np.ndarray | bytes) -> None:
+        """Write one video: uint8 (T, H, W, 3), or its zlib-compressed bytes when the pack is gzip."""
+        if self.count == self.frames.shape[0]:
+            self.frames.resize(self.count + 1, axis=0)
+        if isinstance(video, bytes):
+            self.frames.id.write_direct_chunk((self.count, 0, 0, 0, 0), video)
+        else:
+            self.frames[self.count] = video
+        self.names.append(name)
+        self.count += 1
+
+    def finish(self, source: str, skipped: list[dict]) -> None:
+        self.frames.resize(self.count, axis=0)
+        self.h5.create_dataset("names", data=np.array(self.names, dtype=object), dtype=h5py.string_dtype())
+        _, num_frames, height, width, _ = self.frames.shape
+        attrs = self.h5.attrs
+        attrs["num_frames"], attrs["height"], attrs["width"] = num_frames, height, width
+        attrs["skipped"] = json.dumps(skipped)
+        attrs["source"] = source
+        attrs["format_version"] = FORMAT_VERSION
+
+
+def open_pack_for_writing(tmp: Path) -> h5py.File:
+    # v110 file format: the extensible-array chunk index, O(1) lookups of a video's chunk.
+    return h5py.File(tmp, "w", libver=("v110", "v110"))
+
+
+def pack_split(split_dir: str | os.PathLike, out_file: str | os.PathLike, workers: int | None = None,
+               compression: str = "none", skip_bad: bool = False) -> Path:
+    """Pack one split folder into ``out_file`` (HDF5); returns its path.
+
+    Every video must have frames 0..T-1 of one size and RGB mode, T and size being those most of the
+    split's first videos have. A bad video stops the pack with a one-line error naming the file;
+    with ``skip_bad`` it is left out and listed in the file's ``skipped`` attribute instead.
+    """
+    split = Path(split_dir)
+    if compression not in COMPRESSIONS:
+        raise FramecastError(f"compression {compression!r}: expected one of {', '.join(COMPRESSIONS)}")
+    workers = (os.cpu_count() or 1) if workers is None else workers
+    videos = list_videos(split)
+    if not videos:
+        raise FramecastError(f"{split}: no video_<n> folders to pack")
+    num_frames, height, width = _reference_geometry(videos)
+    skipped: list[dict] = []
+    with atomic_path(out_file) as tmp:
+        with open_pack_for_writing(tmp) as h5:
+            writer = PackWriter(h5, len(videos), num_frames, height, width, compression)
+            bar = tqdm(total=len(videos), desc=f"pack {split.name}", unit="video", disable=None)
+            # closing(): the worker pool stops as soon as a bad video ends the pack.
+            results = _decoded_videos(videos, (num_frames, height, width), compression, min(workers, len(videos)))
+            with bar, contextlib.closing(results):
+                for video, (result, error) in zip(videos, results):
+                    bar.update()
+                    if error is None:
+                        writer.append(video.name, result)
+                    elif skip_bad:
+                        skipped.append({"video": video.name, "error": error})
+                        tqdm.write(f"skipped {error}", file=sys.stderr)
+                    else:
+                        raise FramecastError(error)
+            if not writer.count:
+                raise FramecastError(f"{split}: every video is bad, nothing to pack (first: {skipped[0]['error']})")
+            writer.finish(str(split), skipped)
+    return Path(out_file)
+
+
+def pack_dataset(root: str | os.PathLike, out_dir: str | os.PathLike | None = None,
+                 splits: Sequence[str] | None = None, workers: int | None = None, compression: str = "none",
+                 skip_bad: bool = False) -> list[Path]:
+    """Pack each split of a data set into ``<out_dir>/<split>.h5`` (default ``<root>/packed``).
+
+    ``splits`` defaults to those of train, val, unlabeled, hidden that exist under ``root``.
+    """
+    base = Path(root)
+    if not base.is_dir():
+        raise FramecastError(f"{base}: data folder not found")
+    if splits is None:
+        splits = [s for s in SPLITS if (base / s).is_dir()]
+        if not splits:
+            raise FramecastError(f"{base}: no split folders ({', '.join(SPLITS)}) to pack")
+    target = Path(out_dir) if out_dir is not None else base / PACKED_DIR
+    return [
+        pack_split(base / split, pack_path(target, split), workers=workers, compression=compression,
+                   skip_bad=skip_bad)
+        for split in splits
+    ]
