@@ -1,0 +1,60 @@
+"""Tiny data and configs for the train / load_model / distributed tests."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+
+from core.config import Config, load_config
+from data.synthetic import make_shapes_dataset
+from training.metrics import read_metrics
+
+T_IN, T_OUT = 4, 4
+HEIGHT, WIDTH = 32, 48
+# 8 train videos with batch 2: 4 steps an epoch; 5 val videos (an odd count, so two processes hold
+# different numbers and the all-reduced mean must still be the mean over all five).
+COUNTS = {"train": 8, "val": 5, "unlabeled": 0, "hidden": 0}
+
+TINY_MODEL = [
+    "model.stem_channels=8", "model.hidden_channels=[8,8]", "model.strides=[1,2]",
+    "model.kernel_size=3", "model.norm_groups=4",
+]
+
+
+def make_data(root: Path) -> Path:
+    return make_shapes_dataset(root, counts=COUNTS, height=HEIGHT, width=WIDTH, frames=8,
+                               hidden_frames=T_IN, seed=0, workers=1)
+
+
+def overrides(data_root: Path, out_dir: Path, name: str, *extra: str) -> list[str]:
+    return [
+        f"run.out_dir={out_dir}", f"run.name={name}", "run.device=cpu",
+        f"data.root={data_root}", "data.source=png", "data.train_splits=[train]",
+        f"data.t_in={T_IN}", f"data.t_out={T_OUT}", "data.num_workers=0",
+        *TINY_MODEL,
+        "train.epochs=4", "train.batch_size=2", "train.lr=3e-3", "train.log_every_steps=2",
+        "train.early_stop_patience=0",
+        *extra,
+    ]
+
+
+def tiny_config(data_root: Path, out_dir: Path, name: str, *extra: str) -> Config:
+    return load_config(None, overrides(data_root, out_dir, name, *extra))
+
+
+def losses(run_dir: Path) -> list[tuple[str, int, int, float]]:
+    """(kind, epoch, step, loss) of every record of a run's metrics.jsonl, in order."""
+    rows = []
+    for record in read_metrics(Path(run_dir) / "metrics.jsonl"):
+        key = "train_loss" if record["kind"] == "train" else "val_loss"
+        rows.append((record["kind"], record["epoch"], record["step"], record[key]))
+    return rows
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        digest.update(name.encode())
+        digest.update(state[name].detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
