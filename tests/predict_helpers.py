@@ -1,0 +1,63 @@
+"""Tiny data sets and checkpoints for the predict / convert / evaluate tests (no training needed)."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from core.checkpoint import BEST_NAME, save_checkpoint
+from core.config import Config, ModelConfig, config_to_dict
+from data.synthetic import make_shapes_dataset
+from models import build_model
+
+T_IN, T_OUT = 4, 4
+HEIGHT, WIDTH = 32, 48
+# 3 val videos then 8 hidden ones: hidden are video_3 .. video_10, crossing 9 -> 10 where string
+# order and numeric order differ.
+COUNTS = {"val": 3, "hidden": 8}
+
+
+def tiny_model_config() -> ModelConfig:
+    return ModelConfig(cell="gru", hidden_channels=[8, 8], strides=[1, 2], kernel_size=3, stem_channels=8,
+                       norm_groups=4)
+
+
+def make_data(root: Path, frames: int = 8) -> Path:
+    return make_shapes_dataset(root, counts=COUNTS, height=HEIGHT, width=WIDTH, frames=frames,
+                               hidden_frames=T_IN, seed=0, workers=1)
+
+
+def make_config(tmp: Path, data_root: Path, **predict) -> Config:
+    cfg = Config()
+    cfg.run.out_dir, cfg.run.name, cfg.run.device = str(tmp / "runs"), "tiny", "cpu"
+    cfg.data.root, cfg.data.num_workers, cfg.data.t_in, cfg.data.t_out = str(data_root), 0, T_IN, T_OUT
+    cfg.model = tiny_model_config()
+    cfg.predict = dataclasses.replace(cfg.predict, batch_size=5, **predict)
+    return cfg
+
+
+def make_checkpoint(cfg: Config, path: Path | None = None, bias: tuple[float, float, float] | None = None,
+                    t_in: int = T_IN, seed: int = 0) -> Path:
+    """A checkpoint of an untrained tiny model; with ``bias`` the model outputs that constant colour
+    (head weights zeroed), which is how tests get outputs outside [0, 1]."""
+    torch.manual_seed(seed)
+    model = build_model(cfg.model, t_in, T_OUT)
+    if bias is not None:
+        with torch.no_grad():
+            model.head.weight.zero_()
+            model.head.bias.copy_(torch.tensor(bias))
+    path = path or cfg.run_dir / BEST_NAME
+    save_checkpoint({
+        "model": model.state_dict(), "model_config": dataclasses.asdict(cfg.model), "t_in": t_in,
+        "t_out": T_OUT, "config": config_to_dict(cfg), "epoch": 3, "step": 30, "best_val_loss": 0.05,
+        "val_loss": 0.05,
+    }, path)
+    return path
+
+
+def read_first_frames(video_dir: Path, count: int) -> np.ndarray:
+    """uint8 (count, H, W, 3), read with PIL directly (independent of data/)."""
+    return np.stack([np.asarray(Image.open(video_dir / f"image_{k}.png").convert("RGB")) for k in range(count)])
