@@ -107,6 +107,9 @@ class SlurmConfig:
     constraint: str = ""
     additional_parameters: dict[str, Any] = field(default_factory=dict)
     setup: list[str] = field(default_factory=list)  # shell lines run before the job (module load ...)
+    # The command that runs Python in a Slurm job, e.g. "singularity exec --nv image.sif python";
+    # empty = the interpreter that submits.
+    python: str = ""
     signal_delay_s: int = 120  # seconds before the time limit that the job is told to checkpoint
     max_num_timeout: int = 20  # requeues after time-outs/preemptions before giving up
     array_parallelism: int = 16

@@ -8,6 +8,7 @@ per source), so memory does not grow with the number of videos.
 from __future__ import annotations
 
 import bisect
+import signal
 from typing import Sequence
 
 import numpy as np
@@ -77,6 +78,16 @@ class VideoWindowDataset(Dataset):
         return self.sources[k].names[video]
 
 
+def _ignore_job_signals(worker_id: int) -> None:
+    """Loader workers leave SIGTERM/SIGUSR2 to the training process.
+
+    Slurm signals the whole process group before a time limit or preemption; a worker killed by it
+    would break the main process's graceful checkpoint-and-stop with "DataLoader worker exited".
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+
+
 def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, num_workers: int, prefetch_factor: int,
                 pin_memory: bool, drop_last: bool, sampler: Sampler | None = None, seed: int = 0) -> DataLoader:
     """A DataLoader of uint8 (B, T, H, W, C) batches; workers persist across epochs.
@@ -88,7 +99,8 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, num_workers
     generator.manual_seed(seed)
     workers = {}
     if num_workers > 0:
-        workers = dict(prefetch_factor=prefetch_factor, persistent_workers=True)
+        workers = dict(prefetch_factor=prefetch_factor, persistent_workers=True,
+                       worker_init_fn=_ignore_job_signals)
     return DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
         num_workers=num_workers, pin_memory=pin_memory, drop_last=drop_last, generator=generator, **workers,

@@ -1,0 +1,278 @@
+"""Wait for submitit jobs without hanging: poll result files and the scheduler, with a hard timeout.
+
+Why not ``job.result()``: on a cluster without Slurm accounting (no slurmdbd, as on the one-node
+CI cluster) submitit's sacct calls fail and it backs off to polling every few minutes, and a job that
+died without writing its result file (scancel, out of memory, a dependency that can never be
+satisfied) can leave ``result()`` waiting far longer than the job itself.  Here a job has ended when
+every task's result pickle exists, or when ``squeue`` (``sacct`` where accounting exists) says it is
+no longer pending or running.  A job left pending because an upstream job failed
+(``DependencyNeverSatisfied``) would wait forever: it is cancelled and reported.
+"""
+from __future__ import annotations
+
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import submitit
+from submitit.core.utils import pickle_load
+
+# Seconds between two looks at the result files and the scheduler (one squeue call for all jobs).
+POLL_S = 2.0
+# A job the scheduler calls finished may need a moment before its result file shows up (NFS caches).
+RESULT_GRACE_S = 15.0
+# A Slurm job unknown to squeue and sacct for this long (purged, slurmctld down) is given up on.
+UNKNOWN_GRACE_S = 60.0
+# Seconds allowed for one squeue / sacct / scancel call.
+COMMAND_TIMEOUT_S = 30.0
+
+# Slurm states after which a job will not run again on its own (requeued jobs pass through PENDING).
+SLURM_ACTIVE_STATES = {
+    "PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD",
+    "RESIZING", "SUSPENDED", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD", "SPECIAL_EXIT",
+}
+NEVER_SATISFIED = "DependencyNeverSatisfied"
+
+
+@dataclass
+class JobEnd:
+    """How one job ended, with what a user needs to look further: the log files."""
+
+    job_id: str
+    label: str  # "train", "predict[2/4]", ...
+    # COMPLETED, FAILED (the stage raised), a Slurm end state (CANCELLED, TIMEOUT, OUT_OF_MEMORY, ...),
+    # INTERRUPTED (a local job killed), ENDED_WITHOUT_RESULT, UNKNOWN, or WAIT_TIMEOUT (still running).
+    state: str
+    ok: bool
+    detail: str = ""  # the exception's last line, or the end of the error log
+    stdout: Path | None = None
+    stderr: Path | None = None
+    result: Any = None  # what the stage returned (task 0), when it completed
+    ended_at: float = 0.0  # wall-clock time (time.time()) the job's end was written or seen
+
+    def describe(self) -> str:
+        when = time.strftime("%H:%M:%S", time.localtime(self.ended_at))
+        head = f"job {self.job_id} ({self.label}) {self.state} at {when}"
+        lines = [head + (f": {self.detail}" if self.detail else "")]
+        lines.append(f"  log: {self.stdout}")
+        lines.append(f"  err: {self.stderr}")
+        return "\n".join(lines)
+
+
+def job_label(job: submitit.Job) -> str:
+    """The stage (and shard) a job runs, read back from its submitted pickle; the id as a fallback."""
+    try:
+        function = job.submission().function
+    except Exception:  # the pickle is missing or unreadable: the label is only cosmetic
+        return "job"
+    return getattr(function, "label", None) or getattr(function, "__name__", None) or type(function).__name__
+
+
+def _run(command: list[str]) -> subprocess.CompletedProcess | None:
+    try:
+        return subprocess.run(command, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def slurm_states(job_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """{job id: (state, pending reason)} for the Slurm jobs it can find, e.g. ("PENDING", "Dependency").
+
+    One squeue call for all of them (``-r`` lists array tasks one by one; ``-t all`` includes
+    finished jobs, which squeue knows for MinJobAge seconds); sacct, where accounting exists,
+    for those squeue no longer knows.
+    """
+    states: dict[str, tuple[str, str]] = {}
+    if not job_ids:
+        return states
+    done = _run(["squeue", "-h", "-r", "-t", "all", "-j", ",".join(job_ids), "-o", "%i|%T|%r"])
+    if done is not None and done.returncode == 0:
+        for line in done.stdout.splitlines():
+            job_id, _, rest = line.strip().partition("|")
+            state, _, reason = rest.partition("|")
+            if job_id and state:
+                states[job_id] = (state.upper(), reason.strip())
+    for job_id in job_ids:
+        if job_id in states:
+            continue
+        done = _run(["sacct", "-n", "-X", "-P", "-o", "State", "-j", job_id])
+        if done is not None and done.returncode == 0:
+            words = done.stdout.split()  # "CANCELLED by 0" -> CANCELLED
+            if words:
+                states[job_id] = (words[0].upper(), "")
+    return states
+
+
+def slurm_state(job_id: str) -> tuple[str, str] | None:
+    """(state, pending reason) of one Slurm job; None when neither squeue nor sacct knows it."""
+    return slurm_states([job_id]).get(job_id)
+
+
+def _error_tail(path: Path | None, lines: int = 5) -> str:
+    """The last non-empty lines of a log, joined on one line: enough to see why a job died."""
+    if path is None or not path.is_file():
+        return ""
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    tail = [line.strip() for line in text if line.strip()][-lines:]
+    return " | ".join(tail)
+
+
+def _exception_line(trace: str) -> str:
+    """The last line of a formatted traceback: the exception and its message."""
+    lines = [line.strip() for line in str(trace).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "failed without a message"
+
+
+@dataclass
+class _Watch:
+    job: submitit.Job
+    label: str
+    final_seen: float | None = None  # when the scheduler first said the job was over
+    unknown_since: float | None = None
+    end: JobEnd | None = None
+
+
+def _tasks(job: submitit.Job) -> list[submitit.Job]:
+    return [job.task(k) for k in range(job.num_tasks)]
+
+
+def _end_from_results(watch: _Watch, state_if_missing: str) -> JobEnd:
+    """Read every task's result pickle that exists; the job failed if any task failed."""
+    job = watch.job
+    result, errors, missing = None, [], 0
+    for k, task in enumerate(_tasks(job)):
+        if not task.paths.result_pickle.exists():
+            missing += 1
+            continue
+        # submitit's result file: ("success", value) or ("error", formatted traceback).
+        outcome, value = pickle_load(task.paths.result_pickle)
+        if outcome != "success":
+            errors.append(_exception_line(value))
+        elif k == 0:
+            result = value
+    stdout, stderr = job.paths.stdout, job.paths.stderr
+    written = [t.paths.result_pickle.stat().st_mtime for t in _tasks(job) if t.paths.result_pickle.exists()]
+    ended_at = max(written) if missing == 0 else time.time()
+    if errors:
+        return JobEnd(job.job_id, watch.label, "FAILED", False, errors[0], stdout, stderr, None, ended_at)
+    if missing == 0:
+        return JobEnd(job.job_id, watch.label, "COMPLETED", True, "", stdout, stderr, result, ended_at)
+    detail = f"no result from {missing} of {job.num_tasks} task(s)"
+    tail = _error_tail(stderr)
+    return JobEnd(job.job_id, watch.label, state_if_missing, False,
+                  f"{detail}; end of log: {tail}" if tail else detail, stdout, stderr, None, ended_at)
+
+
+def _all_results(job: submitit.Job) -> bool:
+    return all(task.paths.result_pickle.exists() for task in _tasks(job))
+
+
+def _needs_scheduler(watch: _Watch) -> bool:
+    return not isinstance(watch.job, submitit.LocalJob) and not _all_results(watch.job)
+
+
+def _check(watch: _Watch, now: float, states: dict[str, tuple[str, str]]) -> JobEnd | None:
+    """The job's end if it has ended, else None (and cancel it if it can never start)."""
+    job = watch.job
+    if _all_results(job):
+        return _end_from_results(watch, "COMPLETED")
+    if isinstance(job, submitit.LocalJob):
+        if not job.done():
+            return None
+        state = "COMPLETED" if job.state == "FINISHED" else job.state
+    else:
+        info = states.get(str(job.job_id))
+        if info is None:
+            watch.unknown_since = watch.unknown_since or now
+            if now - watch.unknown_since < UNKNOWN_GRACE_S:
+                return None
+            return _end_from_results(watch, "UNKNOWN")
+        watch.unknown_since = None
+        state, reason = info
+        if state == "PENDING" and reason == NEVER_SATISFIED:
+            job.cancel(check=False)
+            end = _end_from_results(watch, "CANCELLED")
+            end.detail = "never started: a job it depends on did not complete (cancelled)"
+            return end
+        if state in SLURM_ACTIVE_STATES:
+            return None
+    # Over, by the scheduler's word: give the result files a moment to appear.
+    watch.final_seen = watch.final_seen or now
+    if state == "COMPLETED":
+        if now - watch.final_seen < RESULT_GRACE_S:
+            return None
+        state = "ENDED_WITHOUT_RESULT"  # the process ended, but submitit never wrote what it returned
+    return _end_from_results(watch, state)
+
+
+def wait_jobs(
+    jobs: Sequence[submitit.Job],
+    timeout_s: float | None = None,
+    poll_s: float = POLL_S,
+    report: Callable[[JobEnd], None] | None = None,
+    labels: Sequence[str] | None = None,
+) -> list[JobEnd]:
+    """Wait until every job has ended or ``timeout_s`` passed; one ``JobEnd`` per job, in order.
+
+    ``report`` is called once per job as soon as its end is seen.  Jobs still running at the
+    timeout are reported as ``WAIT_TIMEOUT`` and left running (the caller decides to cancel).
+    """
+    started = time.monotonic()
+    watches = [
+        _Watch(job, labels[i] if labels is not None else job_label(job)) for i, job in enumerate(jobs)
+    ]
+    while True:
+        now = time.monotonic()
+        pending = [w for w in watches if w.end is None]
+        states = slurm_states([str(w.job.job_id) for w in pending if _needs_scheduler(w)])
+        for watch in pending:
+            watch.end = _check(watch, now, states)
+            if watch.end is not None and report is not None:
+                report(watch.end)
+        if all(w.end is not None for w in watches):
+            break
+        if timeout_s is not None and now - started >= timeout_s:
+            for watch in watches:
+                if watch.end is None:
+                    watch.end = JobEnd(
+                        watch.job.job_id, watch.label, "WAIT_TIMEOUT", False,
+                        f"still not ended after {timeout_s:.0f}s of waiting (left running)",
+                        watch.job.paths.stdout, watch.job.paths.stderr, None, time.time(),
+                    )
+                    if report is not None:
+                        report(watch.end)
+            break
+        time.sleep(poll_s)
+    return [w.end for w in watches]  # type: ignore[misc]
+
+
+def wait_slurm_job(job_id: str, timeout_s: float, poll_s: float = POLL_S) -> str:
+    """Final Slurm state of a job submitted without submitit (e.g. ``sbatch jobs/train.SBATCH``).
+
+    Cancels and returns "CANCELLED" for a job whose dependency can never be satisfied;
+    returns "WAIT_TIMEOUT" (job left running) when ``timeout_s`` passes first.
+    """
+    started = time.monotonic()
+    unknown_since: float | None = None
+    while time.monotonic() - started < timeout_s:
+        info = slurm_state(job_id)
+        now = time.monotonic()
+        if info is None:
+            unknown_since = unknown_since or now
+            if now - unknown_since >= UNKNOWN_GRACE_S:
+                return "UNKNOWN"
+        else:
+            unknown_since = None
+            state, reason = info
+            if state == "PENDING" and reason == NEVER_SATISFIED:
+                _run(["scancel", job_id])
+                return "CANCELLED"
+            if state not in SLURM_ACTIVE_STATES:
+                return state
+        time.sleep(poll_s)
+    return "WAIT_TIMEOUT"

@@ -1,0 +1,108 @@
+"""The jobs layer without Slurm: submitit's local executor runs the same stages on this machine."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from core.config import config_from_dict
+from core.errors import FramecastError
+from jobs import submit
+from jobs.wait import wait_jobs
+from tests import slurm_helpers
+
+REPO = Path(__file__).resolve().parent.parent
+PIPELINE_TIMEOUT_S = 240
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    from data.synthetic import make_shapes_dataset
+
+    root = tmp_path_factory.mktemp("local-data") / "shapes"
+    make_shapes_dataset(root, counts={"train": 4, "val": 2, "unlabeled": 2, "hidden": 3}, height=32, width=48,
+                        frames=8, hidden_frames=4, seed=0, workers=1)
+    return root
+
+
+def tiny_config(data_root: Path, out_dir: Path, name: str) -> dict:
+    return {
+        "run": {"name": name, "out_dir": str(out_dir), "device": "cpu"},
+        "data": {"root": str(data_root), "t_in": 4, "t_out": 4, "num_workers": 0},
+        "model": {"cell": "gru", "stem_channels": 8, "hidden_channels": [8, 8], "strides": [1, 2],
+                  "kernel_size": 3, "norm_groups": 4},
+        "train": {"epochs": 2, "batch_size": 2, "lr": 3e-3, "log_every_steps": 1, "early_stop_patience": 0},
+        "predict": {"batch_size": 2},
+        "convert": {"workers": 1},
+        "slurm": {"executor": "auto", "time_min": 10, "gpus_per_node": 0, "cpus_per_task": 1, "mem_gb": 1},
+    }
+
+
+@pytest.fixture
+def no_slurm_path(tmp_path) -> str:
+    """A PATH without sbatch (nor anything else): what a laptop without Slurm looks like to `auto`."""
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    return str(empty)
+
+
+def test_auto_executor_runs_jobs_here_when_sbatch_is_absent(tmp_path, monkeypatch, no_slurm_path):
+    cfg = config_from_dict({"run": {"out_dir": str(tmp_path)}})
+    monkeypatch.setenv("PATH", no_slurm_path)
+    assert cfg.slurm.executor == "auto"
+    assert submit.resolve_executor(None, cfg) == "local"
+    assert submit.make_executor(cfg, "train").cluster == "local"
+    with pytest.raises(FramecastError, match="sbatch is not on PATH"):
+        submit.resolve_executor("slurm", cfg)
+
+
+def _submit_cli(config_file: Path, path: str, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "main.py", "submit", "pipeline", "--config", str(config_file), "--wait",
+         "--timeout", str(PIPELINE_TIMEOUT_S), *extra],
+        cwd=REPO, capture_output=True, text=True, timeout=PIPELINE_TIMEOUT_S + 60, env={"PATH": path},
+    )
+
+
+def test_local_pipeline_ends_with_png_frames(data_root, tmp_path, no_slurm_path):
+    """`main.py submit pipeline --wait` with no Slurm: the stages run one after another, here."""
+    config_file = tmp_path / "local.yaml"
+    config_file.write_text(yaml.safe_dump(tiny_config(data_root, tmp_path / "runs", "local")))
+    done = _submit_cli(config_file, no_slurm_path, "predict.shards=2")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("(local)") == 4  # train, 2 predict shards, convert: ids and log paths
+    assert done.stdout.count(" COMPLETED at ") == 4 and "log: " in done.stdout
+    pngs = tmp_path / "runs" / "local" / "png" / "hidden"
+    videos = sorted(p.name for p in pngs.iterdir())
+    assert videos == sorted(p.name for p in (data_root / "hidden").iterdir())
+    assert all(len(list((pngs / v).glob("image_*.png"))) == 4 for v in videos)
+
+
+def test_local_pipeline_stops_at_the_stage_that_failed(tmp_path, no_slurm_path):
+    config_file = tmp_path / "broken.yaml"
+    config_file.write_text(yaml.safe_dump(tiny_config(tmp_path / "no-such-data", tmp_path / "runs", "broken")))
+    done = _submit_cli(config_file, no_slurm_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stdout.count("submitted ") == 1  # predict and convert were never submitted
+    failed = [line for line in done.stdout.splitlines() if "(train) FAILED" in line]
+    assert failed and "no-such-data" in failed[0], done.stdout  # the stage's own one-line error
+    assert "pipeline stopped" in done.stderr
+
+
+def test_waiting_gives_up_at_the_timeout_and_leaves_the_job_running(tmp_path):
+    cfg = config_from_dict({"run": {"out_dir": str(tmp_path)}, "slurm": {"executor": "local", "time_min": 5}})
+    job = submit.make_executor(cfg, "predict").submit(slurm_helpers.sleep, 120)
+    try:
+        started = time.monotonic()
+        [end] = wait_jobs([job], timeout_s=1, poll_s=0.2)
+        assert end.state == "WAIT_TIMEOUT" and not end.ok
+        assert time.monotonic() - started < 10
+        assert not job.done()
+    finally:
+        job.cancel()
+    [end] = wait_jobs([job], timeout_s=30, poll_s=0.2)
+    assert end.state != "COMPLETED" and not end.ok

@@ -1,0 +1,297 @@
+"""The jobs layer against a real Slurm (the one-node cluster of jobs/local_slurm.sh; .ci/run starts it).
+
+Skipped, with the reason, where no Slurm node is idle.  Every wait has a hard timeout and every job a
+test submits is cancelled at the end of the test if it is still queued or running.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from core.config import config_from_dict
+from jobs import submit
+from jobs.wait import slurm_state, wait_jobs, wait_slurm_job
+from tests import slurm_helpers
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _slurm_unavailable() -> str | None:
+    """Why the Slurm tests cannot run here, or None when a node is ready."""
+    for tool in ("sinfo", "sbatch", "squeue", "scontrol", "scancel"):
+        if shutil.which(tool) is None:
+            return f"{tool} not on PATH (start a one-node Slurm with: sudo jobs/local_slurm.sh)"
+    try:
+        done = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"sinfo failed: {exc}"
+    if done.returncode != 0:
+        return f"sinfo failed: {done.stderr.strip()}"
+    states = done.stdout.split()
+    # A node busy with other jobs still counts: ours queue behind them.  Down or drained ones do not.
+    if not any(s in ("idle", "mixed", "allocated", "completing") for s in states):
+        return f"no usable Slurm node (sinfo states: {states or 'none'})"
+    return None
+
+
+REASON = _slurm_unavailable()
+pytestmark = [pytest.mark.slurm, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
+
+# Hard limits on waiting, generous for a loaded 2-core CI machine.
+JOB_TIMEOUT_S = 150
+PIPELINE_TIMEOUT_S = 240
+REQUEUE_TIMEOUT_S = 240
+POLL_S = 0.5
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    from data.synthetic import make_shapes_dataset
+
+    root = tmp_path_factory.mktemp("slurm-data") / "shapes"
+    make_shapes_dataset(root, counts={"train": 4, "val": 2, "unlabeled": 2, "hidden": 3}, height=32, width=48,
+                        frames=8, hidden_frames=4, seed=0, workers=1)
+    return root
+
+
+def tiny_config(data_root: Path, out_dir: Path, name: str, **sections) -> dict:
+    """A config dict small enough for a 2-core machine: 8-frame 32x48 videos, two 8-channel levels."""
+    values = {
+        "run": {"name": name, "out_dir": str(out_dir), "device": "cpu"},
+        "data": {"root": str(data_root), "t_in": 4, "t_out": 4, "num_workers": 0},
+        "model": {"cell": "gru", "stem_channels": 8, "hidden_channels": [8, 8], "strides": [1, 2],
+                  "kernel_size": 3, "norm_groups": 4},
+        "train": {"epochs": 2, "batch_size": 2, "lr": 3e-3, "log_every_steps": 1, "early_stop_patience": 0},
+        "predict": {"batch_size": 2},
+        "convert": {"workers": 1},
+        "slurm": {"executor": "slurm", "time_min": 10, "gpus_per_node": 0, "cpus_per_task": 1, "mem_gb": 1},
+    }
+    for section, updates in sections.items():
+        values[section] = {**values.get(section, {}), **updates}
+    return values
+
+
+@pytest.fixture
+def cleanup():
+    """Collects job ids; cancels whatever is still queued or running when the test ends."""
+    ids: list[str] = []
+    yield ids
+    for job_id in ids:
+        info = slurm_state(job_id)
+        if info is not None and info[0] in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED"):
+            subprocess.run(["scancel", job_id], capture_output=True, timeout=30)
+
+
+def _track(cleanup: list[str], jobs) -> None:
+    cleanup.extend(str(job.job_id) for job in jobs)
+
+
+def _describe(ends) -> str:
+    return "\n".join(end.describe() for end in ends)
+
+
+def test_pipeline_on_slurm_ends_with_png_frames(data_root, tmp_path, cleanup):
+    """`submit pipeline`: train -> 2 predict shards (a job array) -> convert (merges), chained afterok."""
+    values = tiny_config(data_root, tmp_path / "runs", "pipeline", predict={"batch_size": 2, "shards": 2})
+    config_file = tmp_path / "pipeline.yaml"
+    config_file.write_text(yaml.safe_dump(values))
+    done = subprocess.run(
+        [sys.executable, "-m", "jobs.submit", "pipeline", "--config", str(config_file), "--wait",
+         "--timeout", str(PIPELINE_TIMEOUT_S)],
+        cwd=REPO, capture_output=True, text=True, timeout=PIPELINE_TIMEOUT_S + 60,
+    )
+    ids = [line.split("job ")[1].split()[0] for line in done.stdout.splitlines() if line.startswith("submitted")]
+    cleanup.extend(ids)
+    assert done.returncode == 0, done.stdout + done.stderr
+    # train, two array tasks <array>_0 and <array>_1, convert; each printed with its log paths.
+    assert len(ids) == 4 and ids[1].endswith("_0") and ids[2].endswith("_1"), done.stdout
+    assert done.stdout.count("COMPLETED") == 4 and "log: " in done.stdout
+    pngs = tmp_path / "runs" / "pipeline" / "png" / "hidden"
+    videos = sorted(p.name for p in pngs.iterdir())
+    assert videos == sorted(p.name for p in (data_root / "hidden").iterdir())
+    for video in videos:
+        frames = sorted(p.name for p in (pngs / video).glob("*.png"))
+        assert len(frames) == 4, (video, frames)  # t_out predicted frames each
+
+
+def _sbatch(script: str, env: dict, *options: str) -> str:
+    done = subprocess.run(["sbatch", "--parsable", *options, script], cwd=REPO, capture_output=True, text=True,
+                          timeout=60, env={**os.environ, **env})
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().split(";")[0]
+
+
+def test_sbatch_files_train_predict_shards_and_convert(data_root, tmp_path, cleanup):
+    """By hand: `sbatch jobs/train.SBATCH` -> `sbatch --array=0-1 jobs/pred.SBATCH` -> convert.SBATCH.
+
+    Resources are overridden on the sbatch command line (no GPU here), the config comes from CONFIG.
+    """
+    config_file = tmp_path / "sbatch.yaml"
+    config_file.write_text(yaml.safe_dump(tiny_config(data_root, tmp_path / "runs", "sbatch")))
+    env = {"CONFIG": str(config_file), "OVERRIDES": "train.epochs=1"}
+    small = ["--gpus-per-node=0", "--cpus-per-task=1", "--mem=1G", "--time=10", f"--output={tmp_path}/%j.out"]
+    train = _sbatch("jobs/train.SBATCH", env, *small)
+    cleanup.append(train)
+    predict = _sbatch("jobs/pred.SBATCH", env, *small, "--array=0-1", f"--dependency=afterok:{train}")
+    cleanup.append(predict)
+    convert = _sbatch("jobs/convert.SBATCH", {**env, "SHARDS": "2"}, *small[1:],
+                      f"--dependency=afterok:{predict}")
+    cleanup.append(convert)
+
+    state = wait_slurm_job(train, timeout_s=JOB_TIMEOUT_S, poll_s=POLL_S)
+    assert state == "COMPLETED", (tmp_path / f"{train}.out").read_text()
+    from core.checkpoint import load_checkpoint
+
+    best = tmp_path / "runs" / "sbatch" / "best.pt"
+    assert load_checkpoint(best)["epoch"] == 1  # trained, with the OVERRIDES applied
+
+    state = wait_slurm_job(convert, timeout_s=JOB_TIMEOUT_S, poll_s=POLL_S)
+    logs = "\n".join(p.read_text() for p in sorted(tmp_path.glob("*.out")))
+    assert state == "COMPLETED", logs
+    assert sorted(p.name for p in (tmp_path / "runs" / "sbatch" / "preds").glob("*.npy")) == [
+        "hidden.npy", "hidden.shard0of2.npy", "hidden.shard1of2.npy"]
+    pngs = tmp_path / "runs" / "sbatch" / "png" / "hidden"
+    assert len(list(pngs.glob("video_*/image_*.png"))) == 3 * 4  # 3 hidden videos x t_out frames
+
+
+def test_train_sbatch_requeues_itself_at_the_time_limit_signal_and_resumes(data_root, tmp_path, cleanup):
+    """train.SBATCH: USR2 to the batch shell (--signal=B:USR2@...) -> train saves mid-epoch -> requeue."""
+    epochs = 8
+    config_file = tmp_path / "sbatch-requeue.yaml"
+    config_file.write_text(yaml.safe_dump(tiny_config(data_root, tmp_path / "runs", "sbatch-requeue",
+                                                      train={"epochs": epochs})))
+    job_id = _sbatch("jobs/train.SBATCH", {"CONFIG": str(config_file)}, "--gpus-per-node=0", "--cpus-per-task=1",
+                     "--mem=1G", "--time=10", f"--output={tmp_path}/%j.out")
+    cleanup.append(job_id)
+    saved = _saved_epoch(tmp_path / "runs" / "sbatch-requeue" / "last.pt", time.monotonic() + JOB_TIMEOUT_S)
+    assert 1 <= saved < epochs
+    subprocess.run(["scancel", "--batch", "--signal=USR2", job_id], check=True, timeout=30)
+
+    state = wait_slurm_job(job_id, timeout_s=REQUEUE_TIMEOUT_S, poll_s=POLL_S)
+    log = (tmp_path / f"{job_id}.out").read_text()
+    assert state == "COMPLETED", log
+    assert "restart 1" in log and "resuming" in log, log
+    from core.checkpoint import load_checkpoint
+
+    assert load_checkpoint(tmp_path / "runs" / "sbatch-requeue" / "last.pt")["epoch"] == epochs
+
+
+def test_two_task_training_job_is_one_ddp_run(data_root, tmp_path, cleanup):
+    """tasks_per_node=2 gives one job whose two tasks are the two ranks of one gloo process group."""
+    cfg = config_from_dict(tiny_config(data_root, tmp_path / "runs", "ddp", slurm={
+        "executor": "slurm", "tasks_per_node": 2, "time_min": 10, "gpus_per_node": 0, "cpus_per_task": 1,
+        "mem_gb": 1}))
+    job = submit.submit_stage("train", cfg)
+    _track(cleanup, [job])
+    assert job.num_tasks == 2
+    [end] = wait_jobs([job], timeout_s=JOB_TIMEOUT_S, poll_s=POLL_S)
+    assert end.ok, _describe([end])
+    assert end.result["world_size"] == 2
+    assert (tmp_path / "runs" / "ddp" / "best.pt").is_file()
+    logs = [job.task(k).paths.stdout.read_text() for k in range(2)]
+    assert "task 0 of 2" in logs[0] and "task 1 of 2" in logs[1]
+
+
+def _val_epochs(metrics: Path) -> list[int]:
+    if not metrics.exists():
+        return []
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    return [row["epoch"] for row in rows if row.get("kind") == "val"]
+
+
+def _saved_epoch(last: Path, deadline: float) -> int:
+    """The epoch of the first ``last.pt`` that appears before ``deadline`` (0 if none)."""
+    from core.checkpoint import load_checkpoint
+
+    while time.monotonic() < deadline:
+        if last.exists():
+            return int(load_checkpoint(last)["epoch"])  # written atomically: always complete
+        time.sleep(POLL_S)
+    return 0
+
+
+# USR2 is what Slurm sends signal_delay_s before the time limit (and on preemption where the cluster
+# signals first): submitit calls StageJob.checkpoint() and requeues at once.  `scontrol requeue` is
+# what an administrator or a requeueing preemption does: SIGTERM (which submitit ignores), SIGKILL
+# a few seconds later (KillWait), then the original call runs again.  Enough epochs (about 0.5 s
+# each on a fast machine) that training cannot finish before the requeue takes effect.
+# Values: (command, epochs).
+REQUEUES = {"usr2": (["scancel", "--signal=USR2"], 8), "scontrol": (["scontrol", "requeue"], 25)}
+
+
+@pytest.mark.parametrize("how", sorted(REQUEUES))
+def test_requeued_training_job_resumes_from_its_checkpoint(data_root, tmp_path, cleanup, how):
+    """A training job requeued mid-run keeps its id, resumes from last.pt and finishes every epoch once."""
+    command, epochs = REQUEUES[how]
+    cfg = config_from_dict(tiny_config(data_root, tmp_path / "runs", "requeue", train={"epochs": epochs}))
+    job = submit.submit_stage("train", cfg)
+    _track(cleanup, [job])
+    metrics = cfg.run_dir / "metrics.jsonl"
+    saved = _saved_epoch(cfg.run_dir / "last.pt", time.monotonic() + JOB_TIMEOUT_S)
+    assert saved >= 1, f"no last.pt within {JOB_TIMEOUT_S}s; log: {job.paths.stdout}"
+    assert saved < epochs, "training finished before it could be interrupted; give it more epochs"
+    subprocess.run([*command, str(job.job_id)], check=True, timeout=30)
+
+    [end] = wait_jobs([job], timeout_s=REQUEUE_TIMEOUT_S, poll_s=POLL_S)
+    log = job.paths.stdout.read_text()
+    assert end.ok, _describe([end]) + "\n" + log
+    assert "restart 1" in log  # the same job id ran a second time
+    assert end.result["resumed_from"]["epoch"] >= saved  # from last.pt, not from scratch
+    assert end.result["epochs_run"] == epochs
+    assert _val_epochs(metrics) == list(range(1, epochs + 1))  # every epoch validated exactly once
+
+
+def test_failed_stage_cancels_the_jobs_waiting_on_it(tmp_path, cleanup):
+    """A train that fails (missing data) -> predict and convert never start and are reported, not waited on."""
+    values = tiny_config(tmp_path / "no-such-data", tmp_path / "runs", "broken")
+    jobs = submit.submit_pipeline(config_from_dict(values))
+    _track(cleanup, jobs)
+    assert len(jobs) == 3
+    ends = wait_jobs(jobs, timeout_s=JOB_TIMEOUT_S, poll_s=POLL_S)
+    assert [end.state for end in ends] == ["FAILED", "CANCELLED", "CANCELLED"], _describe(ends)
+    assert "no-such-data" in ends[0].detail  # the stage's own one-line error, naming the folder
+    assert "never started" in ends[1].detail
+
+
+def test_slurm_section_reaches_the_job(tmp_path, cleanup):
+    """Time, memory, partition, extra sbatch parameters, setup lines and the Python wrapper (a container
+    command in real use) all come from the config."""
+    values = tiny_config(tmp_path, tmp_path / "runs", "params", slurm={
+        "executor": "slurm", "time_min": 7, "mem_gb": 1, "gpus_per_node": 0, "cpus_per_task": 1,
+        "partition": "debug", "additional_parameters": {"comment": "framecast-test"},
+        "setup": ["export FRAMECAST_SETUP_RAN=yes"], "python": f"env FRAMECAST_WRAPPED=yes {sys.executable}"})
+    cfg = config_from_dict(values)
+    ex = submit.make_executor(cfg, "predict")
+    job = ex.submit(slurm_helpers.environment)
+    _track(cleanup, [job])
+    shown = subprocess.run(["scontrol", "show", "job", str(job.job_id)], capture_output=True, text=True,
+                           timeout=30).stdout
+    assert "TimeLimit=00:07:00" in shown and "Partition=debug" in shown and "MinMemoryNode=1G" in shown, shown
+    assert "Comment=framecast-test" in shown and "JobName=framecast-predict-params" in shown, shown
+    [end] = wait_jobs([job], timeout_s=JOB_TIMEOUT_S, poll_s=POLL_S)
+    assert end.ok, _describe([end])
+    assert end.result["setup"] == "yes" and end.result["wrapped"] == "yes"
+    assert str(REPO) in end.result["pythonpath"].split(os.pathsep)
+
+
+def test_cancelled_job_is_reported_not_waited_for(tmp_path, cleanup):
+    """A job killed from outside (scancel) leaves no result file; the waiter still returns at once."""
+    cfg = config_from_dict(tiny_config(tmp_path, tmp_path / "runs", "cancel"))
+    job = submit.make_executor(cfg, "predict").submit(slurm_helpers.sleep, 300)
+    _track(cleanup, [job])
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while (slurm_state(job.job_id) or ("",))[0] != "RUNNING" and time.monotonic() < deadline:
+        time.sleep(POLL_S)
+    subprocess.run(["scancel", str(job.job_id)], check=True, timeout=30)
+    started = time.monotonic()
+    [end] = wait_jobs([job], timeout_s=60, poll_s=POLL_S)
+    assert end.state == "CANCELLED" and not end.ok, _describe([end])
+    assert time.monotonic() - started < 30
