@@ -1,0 +1,224 @@
+"""framecast command line: parse, load config, call one stage. No pipeline logic lives here.
+
+    python main.py make-data --kind shapes --out datasets/shapes
+    python main.py pack --data datasets/shapes
+    python main.py train --config configs/default.yaml train.lr=3e-4
+    python main.py predict --checkpoint runs/default/best.pt --split hidden --out preds/hidden.npy
+    python main.py convert --config configs/default.yaml
+    python main.py evaluate --checkpoint runs/default/best.pt --split val
+    python main.py submit pipeline --config configs/default.yaml --wait
+    python main.py demo
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from core.errors import FramecastError
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--config", required=required, help="YAML config file (see configs/)")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+
+
+def _parse_shard(text: str) -> tuple[int, int]:
+    index, sep, count = text.partition("/")
+    try:
+        shard = (int(index), int(count))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: expected i/n, e.g. 0/4") from None
+    if not sep or not 0 <= shard[0] < shard[1]:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: expected i/n with 0 <= i < n")
+    return shard
+
+
+def _flag_overrides(args: argparse.Namespace, mapping: dict[str, str]) -> list[str]:
+    """Turn explicit command-line flags into config overrides, so jobs and files see one config."""
+    return [f"{key}={getattr(args, attr)}" for attr, key in mapping.items() if getattr(args, attr) is not None]
+
+
+def _load(args: argparse.Namespace, flag_map: dict[str, str] | None = None):
+    """Config from --config, or from the checkpoint's own saved config when only --checkpoint is given."""
+    from core.config import load_config
+
+    overrides = list(args.overrides) + _flag_overrides(args, flag_map or {})
+    if getattr(args, "config", None) is None and getattr(args, "checkpoint", None):
+        from core.checkpoint import config_from_checkpoint
+
+        return config_from_checkpoint(args.checkpoint, overrides)
+    return load_config(args.config, overrides)
+
+
+def cmd_make_data(args: argparse.Namespace) -> None:
+    counts = {"train": args.train, "val": args.val, "unlabeled": args.unlabeled, "hidden": args.hidden}
+    common = dict(
+        out=Path(args.out), counts=counts, frames=args.frames, hidden_frames=args.hidden_frames,
+        seed=args.seed, overwrite=args.overwrite,
+    )
+    if args.kind == "shapes":
+        from data.synthetic import make_shapes_dataset
+
+        path = make_shapes_dataset(height=args.height, width=args.width, **common)
+    else:
+        from data.moving_mnist import make_moving_mnist_dataset
+
+        if args.mnist is None:
+            raise FramecastError("make-data --kind mnist needs --mnist FILE (an MNIST-format idx file)")
+        size = args.height if args.height == args.width else None
+        if size is None:
+            raise FramecastError("Moving MNIST frames are square: give --height equal to --width")
+        path = make_moving_mnist_dataset(mnist_path=Path(args.mnist), size=size, **common)
+    print(f"wrote {path}")
+
+
+def cmd_pack(args: argparse.Namespace) -> None:
+    from data.pack import pack_dataset
+
+    written = pack_dataset(
+        Path(args.data), out_dir=Path(args.out) if args.out else None, splits=args.split or None,
+        workers=args.workers, compression=args.compression, skip_bad=args.skip_bad,
+    )
+    for path in written:
+        print(f"wrote {path}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from stages.train import run
+
+    run(_load(args))
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from stages.predict import run
+
+    cfg = _load(args, {"checkpoint": "predict.checkpoint", "split": "predict.split", "out": "predict.out"})
+    print(f"wrote {run(cfg, shard=args.shard)}")
+
+
+def cmd_merge(args: argparse.Namespace) -> None:
+    from stages.predict import merge_shards, output_path
+
+    cfg = _load(args, {"out": "predict.out", "shards": "predict.shards"})
+    print(f"wrote {merge_shards(output_path(cfg), cfg.predict.shards)}")
+
+
+def cmd_convert(args: argparse.Namespace) -> None:
+    from stages.convert import run
+
+    cfg = _load(args, {"npy": "predict.out", "out": "convert.out"})
+    print(f"wrote {run(cfg)}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from stages.evaluate import run
+
+    cfg = _load(args, {"checkpoint": "predict.checkpoint"})
+    run(cfg, split=args.split, out_dir=Path(args.out) if args.out else None, max_videos=args.max_videos)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from jobs.submit import submit_main
+
+    return submit_main(args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from jobs.demo import run_demo
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="main.py", description="framecast: video prediction on Slurm")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("make-data", help="generate a synthetic data set in the reference layout")
+    p.add_argument("--kind", choices=["shapes", "mnist"], default="shapes")
+    p.add_argument("--out", required=True, help="folder to create (train/ val/ unlabeled/ hidden/)")
+    p.add_argument("--mnist", help="MNIST-format idx(.gz) images file (for --kind mnist)")
+    p.add_argument("--train", type=int, default=64, help="videos in train/")
+    p.add_argument("--val", type=int, default=16, help="videos in val/")
+    p.add_argument("--unlabeled", type=int, default=64, help="videos in unlabeled/")
+    p.add_argument("--hidden", type=int, default=16, help="videos in hidden/")
+    p.add_argument("--height", type=int, default=160)
+    p.add_argument("--width", type=int, default=240)
+    p.add_argument("--frames", type=int, default=22, help="frames per labeled/unlabeled video")
+    p.add_argument("--hidden-frames", type=int, default=11, help="frames per hidden video")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing data set in --out")
+    p.set_defaults(func=cmd_make_data)
+
+    p = commands.add_parser("pack", help="pack PNG split folders into one HDF5 file per split")
+    p.add_argument("--data", required=True, help="data set root (holding train/ val/ ...)")
+    p.add_argument("--out", help="folder for <split>.h5 (default: DATA/packed)")
+    p.add_argument("--split", action="append", help="pack only this split (repeatable)")
+    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
+    p.add_argument("--compression", choices=["none", "gzip", "lzf"], default="none")
+    p.add_argument("--skip-bad", action="store_true", help="skip and record bad videos instead of stopping")
+    p.set_defaults(func=cmd_pack)
+
+    p = commands.add_parser("train", help="train a model (resumes from runs/<name>/last.pt)")
+    _add_config_arguments(p)
+    p.set_defaults(func=cmd_train)
+
+    p = commands.add_parser("predict", help="predict the future frames of a split into one .npy")
+    _add_config_arguments(p, required=False)
+    p.add_argument("--checkpoint", help="checkpoint (default: runs/<name>/best.pt)")
+    p.add_argument("--split", help="split to predict (default: predict.split)")
+    p.add_argument("--out", help="output .npy (default: runs/<name>/preds/<split>.npy)")
+    p.add_argument("--shard", type=_parse_shard, default=(0, 1), help="predict only shard i of n (i/n)")
+    p.set_defaults(func=cmd_predict)
+
+    p = commands.add_parser("merge", help="join prediction shards into one .npy")
+    _add_config_arguments(p, required=False)
+    p.add_argument("--out", help="the merged .npy (shards are named after it)")
+    p.add_argument("--shards", type=int, help="number of shards")
+    p.set_defaults(func=cmd_merge)
+
+    p = commands.add_parser("convert", help="write a prediction .npy as PNG frames")
+    _add_config_arguments(p, required=False)
+    p.add_argument("--npy", help="prediction array (default: predict.out)")
+    p.add_argument("--out", help="PNG folder (default: convert.out)")
+    p.set_defaults(func=cmd_convert)
+
+    p = commands.add_parser("evaluate", help="per-lead-time metrics, plots and samples on a labeled split")
+    _add_config_arguments(p, required=False)
+    p.add_argument("--checkpoint", help="checkpoint (default: runs/<name>/best.pt)")
+    p.add_argument("--split", default="val")
+    p.add_argument("--out", help="report folder (default: runs/<name>/eval/<split>)")
+    p.add_argument("--max-videos", type=int, default=None, help="evaluate at most this many videos")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = commands.add_parser("submit", help="submit stages as Slurm (or local) jobs through submitit")
+    from jobs.submit import add_submit_arguments
+
+    add_submit_arguments(p)
+    p.set_defaults(func=cmd_submit)
+
+    p = commands.add_parser("demo", help="make a small data set and run the whole pipeline as jobs")
+    from jobs.demo import add_demo_arguments
+
+    add_demo_arguments(p)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        code = args.func(args)
+    except FramecastError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

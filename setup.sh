@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# One-time set-up on a fresh machine: the Python virtualenv in .venv with every package pinned in
+# requirements.txt, plus (when run as root or with sudo on Debian/Ubuntu) the Fashion-MNIST package
+# the Moving-MNIST tests read. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PYTHON=${PYTHON:-python3}
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo -n"
+
+if command -v apt-get >/dev/null 2>&1 && ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then
+    if $SUDO true 2>/dev/null; then
+        echo "setup: installing Debian package dataset-fashion-mnist"
+        $SUDO apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
+    else
+        echo "setup: no root or sudo; skipping dataset-fashion-mnist (its tests will be skipped)"
+    fi
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv with $($PYTHON --version)"
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q -r requirements.txt
+.venv/bin/python -c "import torch, h5py, submitit; print(f'setup: torch {torch.__version__}, h5py {h5py.__version__}, submitit {submitit.__version__}; CUDA available: {torch.cuda.is_available()}')"
