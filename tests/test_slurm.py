@@ -20,6 +20,7 @@ from core.config import config_from_dict
 from jobs import submit
 from jobs.wait import slurm_state, wait_jobs, wait_slurm_job
 from tests import slurm_helpers
+from tests.slurm_helpers import tiny_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -54,29 +55,7 @@ POLL_S = 0.5
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
-    from data.synthetic import make_shapes_dataset
-
-    root = tmp_path_factory.mktemp("slurm-data") / "shapes"
-    make_shapes_dataset(root, counts={"train": 4, "val": 2, "unlabeled": 2, "hidden": 3}, height=32, width=48,
-                        frames=8, hidden_frames=4, seed=0, workers=1)
-    return root
-
-
-def tiny_config(data_root: Path, out_dir: Path, name: str, **sections) -> dict:
-    """A config dict small enough for a 2-core machine: 8-frame 32x48 videos, two 8-channel levels."""
-    values = {
-        "run": {"name": name, "out_dir": str(out_dir), "device": "cpu"},
-        "data": {"root": str(data_root), "t_in": 4, "t_out": 4, "num_workers": 0},
-        "model": {"cell": "gru", "stem_channels": 8, "hidden_channels": [8, 8], "strides": [1, 2],
-                  "kernel_size": 3, "norm_groups": 4},
-        "train": {"epochs": 2, "batch_size": 2, "lr": 3e-3, "log_every_steps": 1, "early_stop_patience": 0},
-        "predict": {"batch_size": 2},
-        "convert": {"workers": 1},
-        "slurm": {"executor": "slurm", "time_min": 10, "gpus_per_node": 0, "cpus_per_task": 1, "mem_gb": 1},
-    }
-    for section, updates in sections.items():
-        values[section] = {**values.get(section, {}), **updates}
-    return values
+    return slurm_helpers.make_tiny_data(tmp_path_factory.mktemp("slurm-data") / "shapes")
 
 
 @pytest.fixture
