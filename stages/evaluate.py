@@ -209,12 +209,13 @@ def write_gif(inputs: np.ndarray, truth: np.ndarray, prediction: np.ndarray, nam
               path: Path, frame_ms: int) -> None:
     """Animated GIF: per sample video a row [truth | prediction]; the input frames play first on both sides."""
     _, _, h, w, _ = inputs.shape
-    header = 16
+    header = 28  # two text lines
     images = []
     for t in range(inputs.shape[1] + truth.shape[1]):
         canvas = _Canvas(2 * w + GAP_PX, header + len(names) * (h + GAP_PX))
         is_input = t < t_in
-        canvas.text(2, 2, f"frame {t} {'input' if is_input else 'truth | prediction'}")
+        canvas.text(2, 2, f"frame {t}")
+        canvas.text(2, 14, "input" if is_input else "truth | pred")
         for s in range(len(names)):
             left = inputs[s, t] if is_input else truth[s, t - t_in]  # (H, W, C)
             right = inputs[s, t] if is_input else prediction[s, t - t_in]

@@ -92,7 +92,7 @@ class Forecaster:
         path = checkpoint_path(cfg)
         device = pick_device(cfg.run.device)
         model, saved_cfg, state = load_model(path, device)  # FramecastError naming the file
-        t_in, t_out = int(state.get("t_in", saved_cfg.data.t_in)), int(state.get("t_out", saved_cfg.data.t_out))
+        t_in, t_out = model.t_in, model.t_out  # what load_model built it with, from the checkpoint
         # Data location and loader settings are the caller's; model and frame counts the checkpoint's.
         used = dataclasses.replace(cfg, model=saved_cfg.model,
                                    data=dataclasses.replace(cfg.data, t_in=t_in, t_out=t_out))
