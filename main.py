@@ -58,6 +58,8 @@ def cmd_make_data(args: argparse.Namespace) -> None:
         out=Path(args.out), counts=counts, frames=args.frames, hidden_frames=args.hidden_frames,
         seed=args.seed, overwrite=args.overwrite,
     )
+    if args.png_level is not None:
+        common["compress_level"] = args.png_level
     if args.kind == "shapes":
         from data.synthetic import make_shapes_dataset
 
@@ -148,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=22, help="frames per labeled/unlabeled video")
     p.add_argument("--hidden-frames", type=int, default=11, help="frames per hidden video")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--png-level", type=int, choices=range(10), metavar="0-9",
+                   help="zlib level of the PNGs (default 1: fastest to write; 6, what most tools write, "
+                        "gives smaller files that decode faster)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing data set in --out")
     p.set_defaults(func=cmd_make_data)
 

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anyw
 from data.generate import video_rng  # noqa: E402
 from data.layout import list_videos, read_video  # noqa: E402
 from data.pack import PackWriter, open_pack_for_writing, pack_split  # noqa: E402
+from data.png import decoder_name  # noqa: E402
 from data.synthetic import make_shapes_dataset, render_shapes_video  # noqa: E402
 
 # Distinct videos rendered for the RSS packs; rows beyond this repeat them (memory is what is measured).
@@ -94,6 +95,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--rss-videos", type=int, nargs="*", default=[200, 2000])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--png-level", type=int, default=6,
+                        help="zlib level of the generated PNGs (default 6, what Pillow and most tools write; "
+                             "make-data's own default 1 decodes about 45%% slower)")
     parser.add_argument("--dir", help="scratch folder (default: a temporary folder, removed at the end)")
     parser.add_argument("--child-read", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -106,12 +110,14 @@ def main() -> None:
     # The load average says whether other work shared the CPUs (numbers then read low).
     report: dict = {"frames": [args.frames, args.height, args.width], "cpus": os.cpu_count(),
                     "load_average_1min": round(os.getloadavg()[0], 2),
-                    "workers": args.workers, "loader_workers": args.loader_workers}
+                    "workers": args.workers, "loader_workers": args.loader_workers,
+                    "png_level": args.png_level, "png_decoder": decoder_name()}
     try:
         root = scratch / "shapes"
         start = time.perf_counter()
         make_shapes_dataset(root, {"train": args.videos}, height=args.height, width=args.width, frames=args.frames,
-                            hidden_frames=args.frames, seed=args.seed, workers=args.workers, overwrite=True)
+                            hidden_frames=args.frames, seed=args.seed, workers=args.workers, overwrite=True,
+                            compress_level=args.png_level)
         report["generate_videos_per_s"] = round(args.videos / (time.perf_counter() - start), 1)
 
         videos = list_videos(root / "train")

@@ -10,14 +10,14 @@ import contextlib
 import os
 import re
 import shutil
-import zlib
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from PIL import Image
 
 from core.errors import FramecastError
+from data import png
+from data.png import PngHeader
 
 SPLITS = ("train", "val", "unlabeled", "hidden")
 # Splits whose videos carry a per-pixel class mask.
@@ -28,8 +28,6 @@ CHANNELS = 3
 
 _VIDEO_RE = re.compile(r"video_(\d+)")
 _FRAME_RE = re.compile(r"image_(\d+)\.png")
-# What PIL raises for a file that is not a decodable image (truncated, bad CRC, bad zlib stream ...).
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, zlib.error, Image.DecompressionBombError)
 
 
 def video_name(number: int) -> str:
@@ -106,52 +104,29 @@ def list_frames(video_dir: str | os.PathLike, expected: int | None = None) -> li
     return [video / name for _, name in entries]
 
 
-def _open_checked(path: Path, expected_hw: tuple[int, int] | None) -> Image.Image:
-    """Open ``path`` (header only) and check format, mode and size; the caller decodes it."""
-    try:
-        image = Image.open(path)
-    except FileNotFoundError:
-        raise FramecastError(f"{path}: frame missing") from None
-    except Image.UnidentifiedImageError:
-        raise FramecastError(f"{path}: not a readable PNG (empty, or not image data)") from None
-    except _DECODE_ERRORS as exc:
-        raise FramecastError(f"{path}: not a readable PNG ({_first_line(exc)})") from None
-    if image.format != "PNG":
-        image.close()
-        raise FramecastError(f"{path}: not a PNG file ({image.format} data)")
-    if image.mode != FRAME_MODE:
-        image.close()
-        raise FramecastError(f"{path}: colour mode {image.mode}, expected {FRAME_MODE}")
-    height, width = image.height, image.width
-    if expected_hw is not None and (height, width) != tuple(expected_hw):
-        image.close()
+def _checked_header(header: PngHeader, path: Path, expected_hw: tuple[int, int] | None) -> PngHeader:
+    if header.mode != FRAME_MODE:
+        raise FramecastError(f"{path}: colour mode {header.mode}, expected {FRAME_MODE}")
+    if expected_hw is not None and (header.height, header.width) != tuple(expected_hw):
         raise FramecastError(
-            f"{path}: frame is {height}x{width} (HxW), expected {expected_hw[0]}x{expected_hw[1]}"
+            f"{path}: frame is {header.height}x{header.width} (HxW), expected {expected_hw[0]}x{expected_hw[1]}"
         )
-    return image
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return header
 
 
 def frame_size(path: str | os.PathLike) -> tuple[int, int]:
     """(H, W) of a frame from its header alone (no decoding); validates format and mode."""
-    with _open_checked(Path(path), None) as image:
-        return image.height, image.width
+    header = _checked_header(png.read_header(path), Path(path), None)
+    return header.height, header.width
 
 
 def read_frame(path: str | os.PathLike, expected_hw: tuple[int, int] | None = None,
                out: np.ndarray | None = None) -> np.ndarray:
     """Decode one frame to uint8 (H, W, 3); ``out`` (a (H, W, 3) view) is filled in place when given."""
     file = Path(path)
-    with _open_checked(file, expected_hw) as image:
-        try:
-            image.load()
-        except _DECODE_ERRORS as exc:
-            raise FramecastError(f"{file}: PNG does not decode ({_first_line(exc)})") from None
-        pixels = np.asarray(image)  # (H, W, 3) uint8
+    data = png.read_bytes(file)
+    header = _checked_header(png.parse_header(data, file), file, expected_hw)
+    pixels = png.decode_rgb(data, header, file)  # (H, W, 3) uint8
     if out is None:
         return pixels
     out[...] = pixels

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import FramecastError
-from data.generate import bounce, check_positive, write_dataset
+from data.generate import PNG_COMPRESS_LEVEL, bounce, check_positive, write_dataset
 from data.synthetic import DEFAULT_COUNTS
 
 DIGIT_SIZE = 28
@@ -126,7 +126,7 @@ def make_moving_mnist_dataset(out: str | os.PathLike, mnist_path: str | os.PathL
                               counts: dict[str, int] | None = None, size: int = 64, frames: int = 22,
                               hidden_frames: int = 11, seed: int = 0, digits: int = 2,
                               labels_path: str | os.PathLike | None = None, workers: int | None = None,
-                              overwrite: bool = False) -> Path:
+                              overwrite: bool = False, compress_level: int = PNG_COMPRESS_LEVEL) -> Path:
     """Generate Moving MNIST in the reference layout under ``out``; returns ``out``.
 
     Digits come from the idx images file ``mnist_path``; mask classes (digit label + 1) from
@@ -147,5 +147,5 @@ def make_moving_mnist_dataset(out: str | os.PathLike, mnist_path: str | os.PathL
     )
     return write_dataset(
         out, DEFAULT_COUNTS if counts is None else counts, render, frames=frames, hidden_frames=hidden_frames,
-        seed=seed, workers=workers, overwrite=overwrite, desc="make-data mnist",
+        seed=seed, workers=workers, overwrite=overwrite, compress_level=compress_level, desc="make-data mnist",
     )

@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from core.atomic import atomic_path
+from core.atomic import WritebackAhead, atomic_path
 from core.errors import FramecastError
 from data.generate import PACKED_DIR
 from data.layout import CHANNELS, SPLITS, frame_size, list_frames, list_videos, read_video
@@ -36,6 +36,9 @@ IN_FLIGHT_PER_WORKER = 4
 # Videos whose frame count and size are polled to agree on the split's geometry (a majority vote,
 # so one bad first video cannot make every good one look wrong).
 GEOMETRY_SAMPLE = 9
+# Bytes written between background flushes of the pack to disk: large enough to write sequentially,
+# small enough that the final fsync finds little left to write.
+WRITEBACK_BYTES = 128 << 20
 
 
 def pack_path(pack_dir: str | os.PathLike, split: str) -> Path:
@@ -151,14 +154,22 @@ class PackWriter:
             "frames", shape=(capacity, *chunk[1:]), maxshape=(None, *chunk[1:]), chunks=chunk, dtype=np.uint8,
             **options.get(compression, {}),
         )  # (N, T, H, W, 3)
+        self.video_shape, self.capacity = chunk[1:], capacity
         self.count = 0
         self.names: list[str] = []
 
     def append(self, name: str, video: np.ndarray | bytes) -> None:
         """Write one video: uint8 (T, H, W, 3), or its zlib-compressed bytes when the pack is gzip."""
-        if self.count == self.frames.shape[0]:
-            self.frames.resize(self.count + 1, axis=0)
-        if isinstance(video, bytes):
+        if self.count == self.capacity:
+            self.capacity += 1
+            self.frames.resize(self.capacity, axis=0)
+        if isinstance(video, bytes) or self.compression == "none":
+            # The chunk is the video's bytes as they are (gzip: already deflated by the worker): writing
+            # it directly skips HDF5's selection and copy path, about 6x faster than item assignment.
+            if not isinstance(video, bytes):
+                if video.shape != self.video_shape or video.dtype != np.uint8:
+                    raise ValueError(f"video {name}: {video.dtype} {video.shape}, expected uint8 {self.video_shape}")
+                video = np.ascontiguousarray(video)
             self.frames.id.write_direct_chunk((self.count, 0, 0, 0, 0), video)
         else:
             self.frames[self.count] = video
@@ -204,11 +215,12 @@ def pack_split(split_dir: str | os.PathLike, out_file: str | os.PathLike, worker
             bar = tqdm(total=len(videos), desc=f"pack {split.name}", unit="video", disable=None)
             # closing(): the worker pool stops as soon as a bad video ends the pack.
             results = _decoded_videos(videos, (num_frames, height, width), compression, min(workers, len(videos)))
-            with bar, contextlib.closing(results):
+            with bar, contextlib.closing(results), WritebackAhead(tmp, WRITEBACK_BYTES) as writeback:
                 for video, (result, error) in zip(videos, results):
                     bar.update()
                     if error is None:
                         writer.append(video.name, result)
+                        writeback.wrote(len(result) if isinstance(result, bytes) else result.nbytes)
                     elif skip_bad:
                         skipped.append({"video": video.name, "error": error})
                         tqdm.write(f"skipped {error}", file=sys.stderr)

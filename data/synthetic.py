@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import FramecastError
-from data.generate import bounce, check_positive, write_dataset
+from data.generate import PNG_COMPRESS_LEVEL, bounce, check_positive, write_dataset
 
 SHAPES = ("circle", "square", "triangle")
 # Object colours (RGB in [0, 1]); the objects of one video all have different colours.
@@ -136,7 +136,8 @@ def _draw(frame: np.ndarray, mask: np.ndarray, obj: dict, radius: float) -> None
 
 def make_shapes_dataset(out: str | os.PathLike, counts: dict[str, int] | None = None, height: int = 160,
                         width: int = 240, frames: int = 22, hidden_frames: int = 11, seed: int = 0,
-                        workers: int | None = None, overwrite: bool = False) -> Path:
+                        workers: int | None = None, overwrite: bool = False,
+                        compress_level: int = PNG_COMPRESS_LEVEL) -> Path:
     """Generate the shapes data set in the reference layout under ``out``; returns ``out``.
 
     ``counts`` maps split -> number of videos (default ``DEFAULT_COUNTS``); ``workers`` PNG-writing
@@ -148,5 +149,5 @@ def make_shapes_dataset(out: str | os.PathLike, counts: dict[str, int] | None = 
     render = functools.partial(render_shapes_video, height=height, width=width, frames=frames)
     return write_dataset(
         out, DEFAULT_COUNTS if counts is None else counts, render, frames=frames, hidden_frames=hidden_frames,
-        seed=seed, workers=workers, overwrite=overwrite, desc="make-data shapes",
+        seed=seed, workers=workers, overwrite=overwrite, compress_level=compress_level, desc="make-data shapes",
     )

@@ -6,11 +6,22 @@ import pytest
 from PIL import Image
 
 from core.errors import FramecastError
+from data import png
 from data.layout import (
     frame_number, list_frames, list_videos, read_frame, read_video, staged_dir, video_number,
 )
 
 H, W = 12, 16
+
+
+@pytest.fixture(params=["libspng", "pillow"])
+def decoder(request, monkeypatch):
+    """Run a test with each PNG decoder framecast can use (libspng where its wheel exists, else Pillow)."""
+    if request.param == "libspng" and png.pyspng is None:
+        pytest.skip("pyspng is not installed on this platform")
+    if request.param == "pillow":
+        monkeypatch.setattr(png, "pyspng", None)
+    return request.param
 
 
 def frame_pixels(k: int) -> np.ndarray:
@@ -81,7 +92,7 @@ def test_missing_last_frame_names_the_file_when_the_count_is_known(tmp_path):
         ("jpeg", "not a PNG file"),
     ],
 )
-def test_bad_frame_names_the_file(tmp_path, damage, message):
+def test_bad_frame_names_the_file(tmp_path, decoder, damage, message):
     video = write_video(tmp_path / "video_0", 4)
     bad = video / "image_3.png"
     if damage == "garbage":
@@ -127,3 +138,21 @@ def test_staged_dir_leaves_nothing_when_interrupted_and_swaps_when_done(tmp_path
         (tmp / "second").write_text("2")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train"]
     assert sorted(p.name for p in target.iterdir()) == ["second"]
+
+
+@pytest.mark.parametrize("level", [0, 1, 6, 9])
+def test_both_decoders_return_the_exact_pixels(tmp_path, decoder, level):
+    """Noise exercises every PNG row filter the encoder picks; the pixels must come back bit-exact."""
+    pixels = np.random.default_rng(level).integers(0, 256, (37, 53, 3), dtype=np.uint8)  # (H, W, 3)
+    pixels[:, :20] //= 16  # flat areas too, where the encoder prefers other filters
+    path = tmp_path / "image_0.png"
+    Image.fromarray(pixels).save(path, compress_level=level)
+    np.testing.assert_array_equal(read_frame(path), pixels)
+
+
+def test_sixteen_bit_frame_is_named_as_such(tmp_path, decoder):
+    path = tmp_path / "image_0.png"
+    path.write_bytes(png.SIGNATURE + b"\x00\x00\x00\x0dIHDR" + (16).to_bytes(4, "big") + (12).to_bytes(4, "big")
+                     + bytes([16, 2, 0, 0, 0]) + b"\x00" * 4)  # IHDR of a 16-bit RGB image
+    with pytest.raises(FramecastError, match=r"image_0\.png: colour mode RGB;16, expected RGB"):
+        read_frame(path)
