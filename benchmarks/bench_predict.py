@@ -7,18 +7,12 @@ Each N runs in a fresh process (so its peak RSS is its own) through the real pre
 (``Forecaster.load`` from a checkpoint, loader, ``write_predictions``) on a synthetic source whose
 frames are generated on read, so neither input nor output is ever held whole in memory: peak RSS
 should stay flat as N grows while the output file grows linearly. Prints one JSON document.
-
-glibc's malloc raises its mmap threshold as large blocks are freed and then keeps later
-batch-sized blocks in its heap, so with its defaults RSS climbs by a few hundred MB before it
-plateaus; that is allocator caching, not data. ``--mmap-threshold 1048576`` fixes the threshold
-and shows the flat profile of the code itself.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -118,8 +112,6 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="loader processes")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto")
-    parser.add_argument("--mmap-threshold", type=int, default=0, metavar="BYTES",
-                        help="run the children with glibc MALLOC_MMAP_THRESHOLD_=BYTES (0: glibc default)")
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)  # set in the child process
     args = parser.parse_args()
     if args.n is not None:
@@ -128,10 +120,7 @@ def main() -> None:
     runs = []
     for n in args.videos:
         argv = sys.argv[1:]
-        env = dict(os.environ)
-        if args.mmap_threshold:
-            env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
-        proc = subprocess.run([sys.executable, __file__, *argv, "--n", str(n)], capture_output=True, text=True, env=env)
+        proc = subprocess.run([sys.executable, __file__, *argv, "--n", str(n)], capture_output=True, text=True)
         if proc.returncode != 0:
             sys.stderr.write(proc.stderr)
             raise SystemExit(f"benchmark child for N={n} failed")
@@ -139,7 +128,7 @@ def main() -> None:
     common = {k: runs[0][k] for k in ("device", "dtype", "channels_last", "parameters") + (("gpu",) if "gpu" in runs[0] else ())}
     setup = {"model": args.model, "frames": [args.height, args.width], "t_in": args.t_in, "t_out": args.t_out,
              "batch_size": args.batch_size, "loader_workers": args.workers, "torch": torch.__version__,
-             "torch_threads": torch.get_num_threads(), "malloc_mmap_threshold": args.mmap_threshold or "glibc default"}
+             "torch_threads": torch.get_num_threads()}
     print(json.dumps({**common, **setup, "runs": [{k: v for k, v in r.items() if k not in common} for r in runs]},
                      indent=2))
 

@@ -175,7 +175,7 @@ def write_predictions(forecaster: Forecaster, dataset: VideoWindowDataset | Subs
             raw = forecaster(inputs)  # (B, t_out, C, H, W)
             nonfinite += (~torch.isfinite(raw)).sum()
             frames = to_uint8_frames(raw).cpu().numpy()  # (B, t_out, H, W, C) uint8
-            handle.write(frames.tobytes())
+            handle.write(frames)  # the array's buffer, no extra copy
         if nonfinite.item():
             raise FramecastError(
                 f"{forecaster.checkpoint}: the model produced {nonfinite.item()} NaN/infinite values; "

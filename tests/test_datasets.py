@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import pickle
+import re
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +108,36 @@ def test_loader_workers_stream_from_the_pack(dataset):
         assert [b.shape[0] for b in batches] == [2, 2, 1]
         assert batches[0].dtype == torch.uint8
         assert torch.equal(torch.cat(batches), expected)
+
+
+def receiver_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "framecast-batch-receiver"]
+
+
+def test_loader_stopped_early_leaves_no_receiver_thread(dataset):
+    train, _ = build_datasets(config(dataset))
+    loader = make_loader(train, batch_size=1, shuffle=False, num_workers=2, prefetch_factor=2,
+                         pin_memory=False, drop_last=False)
+    batches = iter(loader)
+    assert torch.equal(next(batches)[0], train[0])
+    assert len(receiver_threads()) == 1  # batches come through the receiving thread
+    batches.close()  # what a ``break`` out of the loop does
+    assert receiver_threads() == []
+    assert len(list(loader)) == len(train)  # and the persistent workers still serve the next epoch
+
+
+def test_error_in_a_loader_worker_reaches_the_loop_naming_the_file(tmp_path):
+    root = tmp_path / "data"
+    make_shapes_dataset(root, {"train": 2}, height=HEIGHT, width=WIDTH, frames=FRAMES, hidden_frames=T_IN, seed=1,
+                        workers=1)
+    train = build_split_dataset(config(root, source="png").data, "train")
+    broken = root / "train" / "video_1" / "image_2.png"
+    broken.write_bytes(b"not a png")  # after the layout was validated: found only when read
+    loader = make_loader(train, batch_size=1, shuffle=False, num_workers=2, prefetch_factor=2,
+                         pin_memory=False, drop_last=False)
+    with pytest.raises(FramecastError, match=re.escape(str(broken))):
+        list(loader)
+    assert receiver_threads() == []
 
 
 def test_shuffled_loader_is_seeded(dataset):
