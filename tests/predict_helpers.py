@@ -5,6 +5,7 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -61,3 +62,17 @@ def make_checkpoint(cfg: Config, path: Path | None = None, bias: tuple[float, fl
 def read_first_frames(video_dir: Path, count: int) -> np.ndarray:
     """uint8 (count, H, W, 3), read with PIL directly (independent of data/)."""
     return np.stack([np.asarray(Image.open(video_dir / f"image_{k}.png").convert("RGB")) for k in range(count)])
+
+
+# Fixtures for the modules that import them: a module-wide data set, and a fresh run folder with
+# an untrained checkpoint for each test.
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    return make_data(tmp_path_factory.mktemp("data") / "shapes")
+
+
+@pytest.fixture
+def cfg(tmp_path: Path, data_root: Path) -> Config:
+    cfg = make_config(tmp_path, data_root)
+    make_checkpoint(cfg)
+    return cfg

@@ -11,21 +11,10 @@ from PIL import Image
 
 from core.errors import FramecastError
 from load_model import load_model
-from predict_helpers import COUNTS, HEIGHT, T_IN, T_OUT, WIDTH, make_checkpoint, make_config, make_data, read_first_frames
+from predict_helpers import COUNTS, HEIGHT, T_IN, T_OUT, WIDTH, read_first_frames
+from predict_helpers import cfg, data_root  # noqa: F401 (fixtures)
 from stages import evaluate
 from test_metrics import numpy_reference
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    return make_data(tmp_path_factory.mktemp("data") / "shapes")
-
-
-@pytest.fixture
-def cfg(tmp_path: Path, data_root: Path):
-    cfg = make_config(tmp_path, data_root)
-    make_checkpoint(cfg)
-    return cfg
 
 
 def strict_json(path: Path) -> dict:

@@ -15,22 +15,11 @@ import np_to_png
 from core.errors import FramecastError
 from data.pack import pack_dataset
 from load_model import load_model
-from predict_helpers import T_IN, T_OUT, HEIGHT, WIDTH, make_checkpoint, make_config, make_data, read_first_frames
+from predict_helpers import T_IN, T_OUT, HEIGHT, WIDTH, make_checkpoint, read_first_frames
+from predict_helpers import cfg, data_root  # noqa: F401 (fixtures)
 from stages import convert, predict
 
 N_HIDDEN = 8
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    return make_data(tmp_path_factory.mktemp("data") / "shapes")
-
-
-@pytest.fixture
-def cfg(tmp_path: Path, data_root: Path):
-    cfg = make_config(tmp_path, data_root)
-    make_checkpoint(cfg)
-    return cfg
 
 
 def expected_rows(cfg, names: list[str]) -> np.ndarray:
