@@ -7,10 +7,12 @@ per source), so memory does not grow with the number of videos.
 """
 from __future__ import annotations
 
+import atexit
 import bisect
 import queue
 import signal
 import threading
+import weakref
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -85,9 +87,27 @@ def _ignore_job_signals(worker_id: int) -> None:
 
     Slurm signals the whole process group before a time limit or preemption; a worker killed by it
     would break the main process's graceful checkpoint-and-stop with "DataLoader worker exited".
+    As they ignore SIGTERM, multiprocessing cannot end them at exit: ``_end_workers_at_exit`` does.
     """
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+
+
+_loaders_with_workers: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _end_workers_at_exit() -> None:
+    """Shut down the workers of loaders still alive when the interpreter exits.
+
+    Otherwise multiprocessing's own exit hook (registered earlier, so run later) sends them SIGTERM,
+    which they ignore, and then waits for them forever. Runs before torch's exit hook, while torch
+    still shuts workers down the normal way (a stop message each, then join).
+    """
+    for loader in list(_loaders_with_workers):
+        iterator = getattr(loader, "_iterator", None)  # DataLoader's persistent iterator
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
 
 
 class WindowLoader(DataLoader):
@@ -104,6 +124,8 @@ class WindowLoader(DataLoader):
 
     def __iter__(self) -> Iterator[Any]:
         batches = super().__iter__()
+        if self.num_workers > 0:
+            _loaders_with_workers.add(self)
         if self.num_workers == 0 or self.pin_memory:
             return batches
         return _received_in_thread(batches)

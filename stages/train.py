@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from core.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint, save_checkpoint
 from core.config import Config, config_to_dict, save_config
-from core.distributed import DistContext, all_reduce_sum, cleanup_distributed, init_distributed
+from core.distributed import DistContext, all_reduce_sum, barrier, cleanup_distributed, init_distributed
 from core.errors import FramecastError
 from core.seeding import capture_rng_state, restore_rng_state, seed_everything
 from data.datasets import build_datasets, make_loader
@@ -71,7 +71,9 @@ def run(cfg: Config, *, on_checkpoint: CheckpointHook | None = None) -> dict[str
     try:
         trainer = Trainer(cfg, ctx, on_checkpoint)
         with trainer.stop_signals():
-            return trainer.fit()
+            summary = trainer.fit()
+        barrier(ctx)  # leave together: rank 0 may still be saving when the others finish
+        return summary
     finally:
         cleanup_distributed(ctx)
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import pickle
 import re
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from data.sources import ArrayVideoSource, H5VideoSource, PngVideoSource, open_s
 from data.synthetic import make_shapes_dataset
 
 FRAMES, HEIGHT, WIDTH, T_IN, T_OUT = 8, 32, 48, 3, 4
+REPO = Path(__file__).resolve().parents[1]
 COUNTS = {"train": 3, "val": 2, "unlabeled": 2, "hidden": 2}
 
 
@@ -124,6 +127,24 @@ def test_loader_stopped_early_leaves_no_receiver_thread(dataset):
     batches.close()  # what a ``break`` out of the loop does
     assert receiver_threads() == []
     assert len(list(loader)) == len(train)  # and the persistent workers still serve the next epoch
+
+
+def test_a_script_ends_with_its_loader_workers_still_running(dataset):
+    """Workers ignore SIGTERM (Slurm's signal is for the trainer); exiting must still end them."""
+    script = f"""
+import sys
+sys.path.insert(0, {str(REPO)!r})
+from data.datasets import VideoWindowDataset, make_loader
+from data.sources import H5VideoSource
+windows = VideoWindowDataset(H5VideoSource({str(dataset / "packed" / "train.h5")!r}), 1, 0)
+loader = make_loader(windows, batch_size=1, shuffle=False, num_workers=2, prefetch_factor=2, pin_memory=False,
+                     drop_last=False)
+first = next(iter(loader))  # a suspended epoch, workers alive, at exit
+print("done", tuple(first.shape))
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("done")
 
 
 def test_error_in_a_loader_worker_reaches_the_loop_naming_the_file(tmp_path):
