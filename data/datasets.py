@@ -105,9 +105,7 @@ def _end_workers_at_exit() -> None:
     still shuts workers down the normal way (a stop message each, then join).
     """
     for loader in list(_loaders_with_workers):
-        iterator = getattr(loader, "_iterator", None)  # DataLoader's persistent iterator
-        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
-            iterator._shutdown_workers()
+        loader.end_workers()
 
 
 class WindowLoader(DataLoader):
@@ -124,11 +122,32 @@ class WindowLoader(DataLoader):
 
     def __iter__(self) -> Iterator[Any]:
         batches = super().__iter__()
-        if self.num_workers > 0:
-            _loaders_with_workers.add(self)
-        if self.num_workers == 0 or self.pin_memory:
+        if self.num_workers == 0:
             return batches
-        return _received_in_thread(batches)
+        _loaders_with_workers.add(self)
+        if not self.pin_memory:
+            batches = _received_in_thread(batches)
+        return self._ending_workers_on_error(batches)
+
+    def _ending_workers_on_error(self, batches: Iterator[Any]) -> Iterator[Any]:
+        """On a loader error, shut the workers down here, before the error travels on.
+
+        Left to garbage collection (the error's traceback holds the loader's iterator in a cycle),
+        the shutdown can run after its queues were finalized: the stop messages never leave, the
+        workers never stop, and the process hangs at exit.
+        """
+        try:
+            yield from batches
+        except Exception:
+            self.end_workers()
+            raise
+
+    def end_workers(self) -> None:
+        """Stop this loader's persistent workers now; the next epoch starts new ones."""
+        iterator = getattr(self, "_iterator", None)  # DataLoader's persistent iterator
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+        self._iterator = None
 
 
 def _received_in_thread(batches: Iterator[Any]) -> Iterator[Any]:

@@ -129,36 +129,66 @@ def test_loader_stopped_early_leaves_no_receiver_thread(dataset):
     assert len(list(loader)) == len(train)  # and the persistent workers still serve the next epoch
 
 
-def test_a_script_ends_with_its_loader_workers_still_running(dataset):
-    """Workers ignore SIGTERM (Slurm's signal is for the trainer); exiting must still end them."""
+def run_loader_script(split_dir: Path, body: str) -> subprocess.CompletedProcess:
+    """Run ``body`` in a fresh interpreter with ``loader`` (2 workers, PNG frames of ``split_dir``)."""
     script = f"""
 import sys
 sys.path.insert(0, {str(REPO)!r})
 from data.datasets import VideoWindowDataset, make_loader
-from data.sources import H5VideoSource
-windows = VideoWindowDataset(H5VideoSource({str(dataset / "packed" / "train.h5")!r}), 1, 0)
+from data.sources import PngVideoSource
+windows = VideoWindowDataset(PngVideoSource({str(split_dir)!r}), {T_IN}, {T_OUT})
 loader = make_loader(windows, batch_size=1, shuffle=False, num_workers=2, prefetch_factor=2, pin_memory=False,
                      drop_last=False)
-first = next(iter(loader))  # a suspended epoch, workers alive, at exit
-print("done", tuple(first.shape))
+{body}
 """
-    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def test_a_script_ends_with_its_loader_workers_still_running(dataset):
+    """Workers ignore SIGTERM (Slurm's signal is for the trainer); exiting must still end them."""
+    done = run_loader_script(dataset / "train", "print('done', tuple(next(iter(loader)).shape))")  # epoch suspended
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("done")
 
 
-def test_error_in_a_loader_worker_reaches_the_loop_naming_the_file(tmp_path):
+@pytest.fixture
+def broken_png(tmp_path) -> Path:
+    """A frame of train/video_1 corrupted after the layout was validated: found only when read."""
     root = tmp_path / "data"
     make_shapes_dataset(root, {"train": 2}, height=HEIGHT, width=WIDTH, frames=FRAMES, hidden_frames=T_IN, seed=1,
                         workers=1)
-    train = build_split_dataset(config(root, source="png").data, "train")
     broken = root / "train" / "video_1" / "image_2.png"
-    broken.write_bytes(b"not a png")  # after the layout was validated: found only when read
+    broken.write_bytes(b"not a png")
+    return broken
+
+
+def test_error_in_a_loader_worker_reaches_the_loop_naming_the_file(broken_png):
+    train = build_split_dataset(config(broken_png.parents[2], source="png").data, "train")
     loader = make_loader(train, batch_size=1, shuffle=False, num_workers=2, prefetch_factor=2,
                          pin_memory=False, drop_last=False)
-    with pytest.raises(FramecastError, match=re.escape(str(broken))):
+    with pytest.raises(FramecastError, match=re.escape(str(broken_png))):
         list(loader)
     assert receiver_threads() == []
+
+
+def test_a_script_failing_on_a_bad_file_exits_at_once(broken_png):
+    """The error ends the workers before it travels on: the process fails and exits, never hangs.
+
+    Caught and dropped, as a job wrapper or test runner does, the loader is then collected with the
+    error's traceback, which used to leave its workers running and the process waiting on them.
+    """
+    body = """
+try:
+    list(loader)
+except Exception as error:
+    print(error, file=sys.stderr)
+del loader
+import gc; gc.collect()
+sys.exit(1)
+"""
+    done = run_loader_script(broken_png.parents[1], body)
+    assert done.returncode == 1
+    assert str(broken_png) in done.stderr
 
 
 def test_shuffled_loader_is_seeded(dataset):
