@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import resource
@@ -55,8 +54,7 @@ def _loader_pass(source, args) -> tuple[int, float]:
         start = time.perf_counter()
         count = sum(batch.shape[0] for batch in loader)
         seconds = time.perf_counter() - start
-    del loader
-    gc.collect()  # shuts the persistent workers down, so getrusage counts them as children
+    loader.end_workers()  # joins the persistent workers, so getrusage counts them as children
     return count, seconds
 
 

@@ -30,7 +30,7 @@ from core.checkpoint import BEST_NAME
 from core.config import Config, config_to_dict
 from core.distributed import pick_device
 from core.errors import FramecastError
-from data.datasets import VideoWindowDataset, make_loader, to_model_input
+from data.datasets import VideoWindowDataset, WindowLoader, make_loader, to_model_input
 from data.sources import VideoSource, open_split
 from load_model import load_model
 from np_to_png import index_path_for, load_predictions
@@ -101,7 +101,7 @@ class Forecaster:
             model = model.to(memory_format=torch.channels_last)
         return cls(model, path, state, used, t_in, t_out, device, autocast_dtype(cfg.train, device), channels_last)
 
-    def loader(self, dataset) -> torch.utils.data.DataLoader:
+    def loader(self, dataset) -> WindowLoader:
         data = self.cfg.data
         return make_loader(
             dataset, self.cfg.predict.batch_size, shuffle=False, num_workers=data.num_workers,
@@ -182,7 +182,7 @@ def write_predictions(forecaster: Forecaster, dataset: VideoWindowDataset | Subs
                 f"nothing was written to {out}"
             )
         _drop_stale_index(out)
-    del loader  # ends persistent workers now rather than at garbage collection
+    loader.end_workers()  # now, rather than at garbage collection
     write_json_atomic(index_path_for(out), {**index, "shape": list(shape), "dtype": "uint8"})
     return out
 
