@@ -138,6 +138,9 @@ class WindowLoader(DataLoader):
         """
         try:
             yield from batches
+        except FramecastError as error:
+            self.end_workers()
+            raise _as_raised_in_worker(error) from None
         except Exception:
             self.end_workers()
             raise
@@ -148,6 +151,17 @@ class WindowLoader(DataLoader):
         if iterator is not None and hasattr(iterator, "_shutdown_workers"):
             iterator._shutdown_workers()
         self._iterator = None
+
+
+def _as_raised_in_worker(error: FramecastError) -> FramecastError:
+    """The one-line error a worker raised, without the traceback text torch wraps around it.
+
+    torch re-raises a worker's exception as ``FramecastError("Caught ... Original Traceback ...
+    core.errors.FramecastError: <message>")``; a user should see just ``<message>`` (which names the
+    file). An error raised in this process is returned as it is.
+    """
+    _, marker, message = str(error).rpartition(f"{FramecastError.__module__}.{FramecastError.__qualname__}: ")
+    return FramecastError(message.strip()) if marker else error
 
 
 def _received_in_thread(batches: Iterator[Any]) -> Iterator[Any]:

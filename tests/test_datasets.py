@@ -166,8 +166,9 @@ def test_error_in_a_loader_worker_reaches_the_loop_naming_the_file(broken_png):
     train = build_split_dataset(config(broken_png.parents[2], source="png").data, "train")
     loader = make_loader(train, batch_size=1, shuffle=False, num_workers=2, prefetch_factor=2,
                          pin_memory=False, drop_last=False)
-    with pytest.raises(FramecastError, match=re.escape(str(broken_png))):
+    with pytest.raises(FramecastError, match=re.escape(str(broken_png))) as raised:
         list(loader)
+    assert str(raised.value) == f"{broken_png}: not a readable PNG (empty, or not image data)"  # no worker traceback
     assert receiver_threads() == []
 
 
