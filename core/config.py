@@ -71,6 +71,9 @@ class TrainConfig:
     amp: Literal["auto", "bf16", "off"] = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
     channels_last: bool = True  # CUDA only
     compile: bool = False  # torch.compile the model
+    # Recompute the recurrent steps' gates in the backward pass instead of storing them: less
+    # activation memory (bigger batches on a GPU, full-size training in a CPU's RAM) for more compute.
+    activation_checkpointing: bool = False
     seed: int = 0
     log_every_steps: int = 10
 

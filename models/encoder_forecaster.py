@@ -118,6 +118,11 @@ class EncoderForecaster(nn.Module):
         )
         self.head = nn.Conv2d(model_cfg.stem_channels, frame_channels, 1)
 
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        """Recompute every recurrent step's gates in the backward pass instead of storing them."""
+        for cell in (*self.encoder_cells, *self.forecaster_cells):
+            cell.checkpoint_steps = enabled
+
     def check_input(self, x: Tensor) -> None:
         """Shape errors the user can cause (frame size, channel count, frames per window)."""
         if x.dim() != 5:

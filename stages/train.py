@@ -134,6 +134,7 @@ class Trainer:
         # ---- model, optimizer, schedule (seeded: every run of this config starts from the same weights)
         seed_everything(tc.seed)
         self.model = build_model(cfg.model, self.t_in, self.t_out).to(self.device)
+        self.model.set_activation_checkpointing(tc.activation_checkpointing)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.num_parameters = count_parameters(self.model)

@@ -19,11 +19,13 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from torch.utils.checkpoint import checkpoint
 
 from core.checkpoint import load_checkpoint
 from core.config import load_config
 from core.errors import FramecastError
 from data.datasets import build_datasets
+import models.cells
 from load_model import load_model
 from models import ConvGRUCell, ConvLSTMCell
 from stages.train import NonFiniteLossError, TrainingInterrupted, run
@@ -231,6 +233,21 @@ def test_both_cells_train_and_differ_as_their_equations_say(reference, data_root
         _, gru_cell_state = gru.encoder_cells[0](x)
     assert len(lstm_cell_state) == 2 and len(gru_cell_state) == 1
     assert lstm_cell_state[0].shape == lstm_cell_state[1].shape == gru_cell_state[0].shape == (1, 8, 32, 48)
+
+
+def test_activation_checkpointing_trains_exactly_the_same_run(reference, data_root, tmp_path, monkeypatch):
+    """train.activation_checkpointing changes what is stored for backward, never what is learned."""
+    recomputed_steps = []
+
+    def counting_checkpoint(function, *args, **kwargs):
+        recomputed_steps.append(function)
+        return checkpoint(function, *args, **kwargs)
+
+    monkeypatch.setattr(models.cells, "checkpoint", counting_checkpoint)
+    cfg = tiny_config(data_root, tmp_path, "recomputed", "train.activation_checkpointing=true")
+    run(cfg)
+    assert recomputed_steps  # the setting reached the model's cells
+    assert_same_run(cfg.run_dir, reference[0].run_dir)
 
 
 # ----------------------------------------------------------------------------- failures
