@@ -64,6 +64,7 @@ def child(args: argparse.Namespace) -> dict:
         cfg.model = dataclasses.replace(MODELS[args.model])
         cfg.run.device, cfg.train.amp = args.device, args.amp
         cfg.data.num_workers, cfg.predict.batch_size = args.workers, args.batch_size
+        cfg.data.prefetch_factor, cfg.train.channels_last = args.prefetch, args.channels_last
         cfg.predict.checkpoint = str(Path(tmp) / "model.pt")
         model = build_model(cfg.model, args.t_in, args.t_out)
         save_checkpoint({"model": model.state_dict(), "model_config": dataclasses.asdict(cfg.model),
@@ -110,6 +111,10 @@ def main() -> None:
     parser.add_argument("--t-out", type=int, default=11)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2, help="loader processes")
+    parser.add_argument("--prefetch", type=int, default=Config().data.prefetch_factor,
+                        help="batches each loader process keeps ready (data.prefetch_factor)")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
+                        default=Config().train.channels_last, help="channels_last layout on CUDA (train.channels_last)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto")
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)  # set in the child process
@@ -127,7 +132,7 @@ def main() -> None:
         runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     common = {k: runs[0][k] for k in ("device", "dtype", "channels_last", "parameters") + (("gpu",) if "gpu" in runs[0] else ())}
     setup = {"model": args.model, "frames": [args.height, args.width], "t_in": args.t_in, "t_out": args.t_out,
-             "batch_size": args.batch_size, "loader_workers": args.workers, "torch": torch.__version__,
+             "batch_size": args.batch_size, "loader_workers": args.workers, "prefetch": args.prefetch, "torch": torch.__version__,
              "torch_threads": torch.get_num_threads()}
     print(json.dumps({**common, **setup, "runs": [{k: v for k, v in r.items() if k not in common} for r in runs]},
                      indent=2))

@@ -9,12 +9,12 @@ fused/foreach optimizer, clipping), on random uint8 videos that already sit on t
 figure is the model's compute; ``--with-loader PACK`` feeds it from the real loader over an HDF5 pack
 instead, which adds decoding, worker processes and host-to-device copies.
 FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` over one forward + backward
-(matrix products and convolutions; the optimizer and element-wise work are not counted).
+(matrix products and convolutions; the optimizer and element-wise work are not counted), without
+activation checkpointing: its recomputation is extra work, not useful FLOPs.
 """
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import resource
 import sys
@@ -25,22 +25,23 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.config import ModelConfig, TrainConfig  # noqa: E402
+from core.config import DataConfig, ModelConfig, TrainConfig  # noqa: E402
 from core.distributed import pick_device  # noqa: E402
 from models import build_model, count_parameters  # noqa: E402
 from training.step import autocast_dtype, build_optimizer, train_step, use_channels_last  # noqa: E402
 
 # Dense peak TFLOP/s of common accelerators (vendor data sheets, SXM parts where both exist), by the
-# dtype the step computes in: bf16 tensor cores with autocast, fp32 (non-tensor-core) without.
+# arithmetic the step's convolutions run in: bf16 tensor cores with autocast; without autocast, TF32
+# tensor cores where cuDNN may use them (torch's default), else plain fp32.
 PEAK_TFLOPS = {
-    "H200": {"bf16": 989.4, "fp32": 66.9},
-    "H100 PCIe": {"bf16": 756.0, "fp32": 51.2},
-    "H100": {"bf16": 989.4, "fp32": 66.9},
-    "A100": {"bf16": 312.0, "fp32": 19.5},
-    "L40S": {"bf16": 362.1, "fp32": 91.6},
-    "A10": {"bf16": 125.0, "fp32": 31.2},
-    "V100": {"bf16": 125.0, "fp32": 15.7},  # no bf16 units: autocast bf16 falls back; fp16 figure
-    "RTX 4090": {"bf16": 165.2, "fp32": 82.6},
+    "H200": {"bf16": 989.4, "tf32": 494.7, "fp32": 66.9},
+    "H100 PCIe": {"bf16": 756.0, "tf32": 378.0, "fp32": 51.2},
+    "H100": {"bf16": 989.4, "tf32": 494.7, "fp32": 66.9},
+    "A100": {"bf16": 312.0, "tf32": 156.0, "fp32": 19.5},
+    "L40S": {"bf16": 362.1, "tf32": 183.0, "fp32": 91.6},
+    "A10": {"bf16": 125.0, "tf32": 62.5, "fp32": 31.2},
+    "V100": {"bf16": 125.0, "tf32": 15.7, "fp32": 15.7},  # no bf16 or TF32 units: fp16 / fp32 figures
+    "RTX 4090": {"bf16": 165.2, "tf32": 82.6, "fp32": 82.6},
 }
 
 
@@ -67,6 +68,26 @@ def counted_step(model, optimizer, batch, **step_args) -> int:
     return int(counter.get_total_flops())
 
 
+def reset_peak_rss() -> bool:
+    """Restart this process's peak-RSS count (Linux), so the FLOP-counting step's peak is not reported."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory since the last reset (VmHWM), else since the process started."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -85,14 +106,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=2,
                         help="untimed steps first (cuDNN autotune, compile); the first also counts FLOPs")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--activation-checkpointing", action="store_true",
+                        help="recompute the recurrent steps in the backward pass (train.activation_checkpointing)")
     parser.add_argument("--amp", choices=["auto", "bf16", "off"], default=defaults_train.amp)
-    parser.add_argument("--no-channels-last", action="store_true")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
+                        default=defaults_train.channels_last, help="channels_last layout on CUDA")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, for the fraction")
     parser.add_argument("--with-loader", metavar="PACK", help="an HDF5 pack (<split>.h5) to read batches from")
     parser.add_argument("--workers", type=int, default=4, help="loader processes (with --with-loader)")
-    parser.add_argument("--prefetch", type=int, default=4, help="batches each worker keeps ready")
+    parser.add_argument("--prefetch", type=int, default=DataConfig().prefetch_factor, help="batches each worker keeps ready")
     args = parser.parse_args(argv)
     if args.warmup < 1 or args.steps < 1 or args.batch < 1:
         parser.error("--warmup, --steps and --batch must be >= 1")
@@ -103,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     train_cfg = TrainConfig(
-        batch_size=args.batch, amp=args.amp, compile=args.compile, channels_last=not args.no_channels_last
+        batch_size=args.batch, amp=args.amp, compile=args.compile, channels_last=args.channels_last
     )
     model_cfg = ModelConfig(cell=args.cell)
     amp = autocast_dtype(train_cfg, device)
@@ -134,6 +158,9 @@ def main(argv: list[str] | None = None) -> dict:
                      grad_clip=train_cfg.grad_clip)
     # The uncompiled model, on the in-memory batch: FLOPs depend on shapes only.
     flops_per_step = counted_step(model, optimizer, fixed, **step_args)
+    # After counting: the model's FLOPs, not the recomputation, are the useful work.
+    model.set_activation_checkpointing(args.activation_checkpointing)
+    rss_reset = reset_peak_rss()  # the peak of the steps below, not of the counting step
     step_model = torch.compile(model) if args.compile else model
 
     def batches():
@@ -158,13 +185,17 @@ def main(argv: list[str] | None = None) -> dict:
     loss = float(losses) / args.steps
 
     videos_per_s = args.steps * args.batch / elapsed
-    dtype_name = "bf16" if amp == torch.bfloat16 else "fp32"
+    if amp == torch.bfloat16:
+        dtype_name = "bf16"
+    elif device.type == "cuda" and torch.backends.cudnn.allow_tf32:
+        dtype_name = "tf32"  # fp32 tensors, but cuDNN convolutions on TF32 tensor cores
+    else:
+        dtype_name = "fp32"
     flops_per_video = flops_per_step / args.batch
     achieved = flops_per_video * videos_per_s
     peak = peak_tflops(device, dtype_name, args.peak_tflops)
     if loader is not None:
-        del stream, loader  # shut the workers down so their peak RSS is reported below
-        gc.collect()
+        loader.end_workers()  # joins the workers, so getrusage reports their peak RSS below
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         "dtype": dtype_name,
@@ -174,6 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
         "frames": [args.t_in, args.t_out],
         "size": [args.height, args.width],
         "compile": args.compile,
+        "activation_checkpointing": args.activation_checkpointing,
         "channels_last": channels_last,
         "input": f"loader:{args.with_loader} ({args.workers} workers)" if args.with_loader else "synthetic in memory",
         "steps": args.steps,
@@ -185,7 +217,8 @@ def main(argv: list[str] | None = None) -> dict:
         "achieved_tflops": round(achieved / 1e12, 4),
         "peak_tflops": peak,
         "fraction_of_peak": round(achieved / (peak * 1e12), 4) if peak else None,
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_from": "warm-up and timed steps" if rss_reset else "process start",
         "peak_rss_children_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
         "peak_cuda_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None,
         "torch": torch.__version__,

@@ -32,7 +32,9 @@ class DataConfig:
     # Every window of t_in + t_out frames in a video is a sample when true, only the first when false.
     all_windows: bool = False
     num_workers: int = 4  # loader processes; 0 reads in the main process
-    prefetch_factor: int = 4  # batches each worker keeps ready
+    # Batches each worker keeps ready. Memory in flight is workers x this x batch bytes (pinned on
+    # CUDA); a pack's loader delivers over 20x what an H100 trains on (benchmarks/RESULTS.md).
+    prefetch_factor: int = 2
     pin_memory: bool = True  # used only when training on CUDA
 
 
@@ -69,8 +71,12 @@ class TrainConfig:
     max_steps_per_epoch: int = 0  # 0 = the whole training set each epoch
     max_val_batches: int = 0  # 0 = the whole validation split
     amp: Literal["auto", "bf16", "off"] = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
-    channels_last: bool = True  # CUDA only
-    compile: bool = False  # torch.compile the model
+    # CUDA only. Off: on an H100 eager NCHW steps ran 1.15-1.2x faster (GroupNorm has no channels-last
+    # CUDA kernel, so every norm converts layouts); benchmarks/RESULTS.md.
+    channels_last: bool = False
+    # torch.compile the model: 1.4x faster steps on an H100 (benchmarks/RESULTS.md), after minutes
+    # of compiling at the start of every job (and of every requeue).
+    compile: bool = False
     # Recompute the recurrent steps' gates in the backward pass instead of storing them: less
     # activation memory (bigger batches on a GPU, full-size training in a CPU's RAM) for more compute.
     activation_checkpointing: bool = False

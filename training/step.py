@@ -26,7 +26,7 @@ def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None
 
 
 def use_channels_last(cfg: TrainConfig, device: torch.device) -> bool:
-    """channels_last only pays off with cuDNN; on the CPU it would only cost conversions."""
+    """channels_last on CUDA only, when asked (on the CPU it only costs conversions)."""
     return cfg.channels_last and device.type == "cuda"
 
 
