@@ -8,13 +8,15 @@ It times ``training.step.train_step``, the very step ``stages/train.py`` runs (a
 fused/foreach optimizer, clipping), on random uint8 videos that already sit on the device, so the
 figure is the model's compute; ``--with-loader PACK`` feeds it from the real loader over an HDF5 pack
 instead, which adds decoding, worker processes and host-to-device copies.
-FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` over one forward + backward
-(matrix products and convolutions; the optimizer and element-wise work are not counted), without
-activation checkpointing: its recomputation is extra work, not useful FLOPs.
+FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` over one forward + backward on the
+meta device (matrix products and convolutions; the optimizer and element-wise work are not counted),
+without activation checkpointing: its recomputation is extra work, not useful FLOPs.
+``saved_activations_mb`` is what autograd keeps for the backward pass of one step (not compiled).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import sys
@@ -22,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -58,33 +61,53 @@ def peak_tflops(device: torch.device, dtype_name: str, override: float | None) -
     return None
 
 
-def counted_step(model, optimizer, batch, **step_args) -> int:
-    """Run one (warm-up) training step and return its FLOPs (forward + backward)."""
+def count_flops(model_cfg: ModelConfig, batch: int, frames: int, t_in: int, height: int, width: int,
+                recompute: bool = False) -> int:
+    """FLOPs of one forward + backward, counted on the meta device: shapes only, no memory, no time.
+
+    ``recompute`` counts activation checkpointing's recomputation too (extra work, not useful FLOPs).
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
+    with torch.device("meta"):
+        model = build_model(model_cfg, t_in, frames - t_in)
+        video = torch.empty(batch, frames, 3, height, width)  # (B, T, C, H, W)
+    model.set_activation_checkpointing(recompute)
     counter = FlopCounterMode(display=False)
     with counter:
-        train_step(model, optimizer, batch, **step_args)
+        F.mse_loss(model(video[:, :t_in]), video[:, t_in:]).backward()
     return int(counter.get_total_flops())
 
 
-def reset_peak_rss() -> bool:
-    """Restart this process's peak-RSS count (Linux), so the FLOP-counting step's peak is not reported."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
+class SavedActivations:
+    """Counts what autograd keeps for the backward pass (unique storages) while active.
+
+    Used around the first warm-up step itself: an extra forward just to count would leave its freed
+    memory in the allocator and inflate the peak RSS this script reports.
+    """
+
+    def __init__(self):
+        self.storages: dict[int, int] = {}
+        self.hooks = torch.autograd.graph.saved_tensors_hooks(self._keep, lambda tensor: tensor)
+
+    def _keep(self, tensor):
+        storage = tensor.untyped_storage()
+        self.storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    def __enter__(self):
+        self.hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.hooks.__exit__(*exc)
+
+    @property
+    def mb(self) -> float:
+        return round(sum(self.storages.values()) / 2**20, 1)
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory since the last reset (VmHWM), else since the process started."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
@@ -104,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--t-out", type=int, default=11)
     parser.add_argument("--steps", type=int, default=10, help="timed steps")
     parser.add_argument("--warmup", type=int, default=2,
-                        help="untimed steps first (cuDNN autotune, compile); the first also counts FLOPs")
+                        help="untimed steps first (cuDNN autotune, compile)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--activation-checkpointing", action="store_true",
                         help="recompute the recurrent steps in the backward pass (train.activation_checkpointing)")
@@ -156,11 +179,10 @@ def main(argv: list[str] | None = None) -> dict:
     fixed = torch.randint(0, 256, (args.batch, frames, args.height, args.width, 3), dtype=torch.uint8, device=device)
     step_args = dict(t_in=args.t_in, device=device, amp_dtype=amp, channels_last=channels_last,
                      grad_clip=train_cfg.grad_clip)
-    # The uncompiled model, on the in-memory batch: FLOPs depend on shapes only.
-    flops_per_step = counted_step(model, optimizer, fixed, **step_args)
-    # After counting: the model's FLOPs, not the recomputation, are the useful work.
+    shape = (model_cfg, args.batch, frames, args.t_in, args.height, args.width)
+    flops_per_step = count_flops(*shape)
+    executed_flops_per_step = count_flops(*shape, recompute=True) if args.activation_checkpointing else flops_per_step
     model.set_activation_checkpointing(args.activation_checkpointing)
-    rss_reset = reset_peak_rss()  # the peak of the steps below, not of the counting step
     step_model = torch.compile(model) if args.compile else model
 
     def batches():
@@ -171,8 +193,11 @@ def main(argv: list[str] | None = None) -> dict:
                 yield from loader
 
     stream = batches()
-    for _ in range(args.warmup - 1):
-        train_step(step_model, optimizer, next(stream), **step_args)
+    saved = SavedActivations()
+    for index in range(args.warmup):
+        # Counted in the first (eager) step; a compiled model's saved tensors live inside its graph.
+        with saved if index == 0 and not args.compile else contextlib.nullcontext():
+            train_step(step_model, optimizer, next(stream), **step_args)
     synchronize(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -214,11 +239,12 @@ def main(argv: list[str] | None = None) -> dict:
         "videos_per_s": round(videos_per_s, 3),
         "frames_per_s": round(videos_per_s * frames, 2),
         "gflops_per_video_step": round(flops_per_video / 1e9, 3),
+        "executed_gflops_per_video_step": round(executed_flops_per_step / args.batch / 1e9, 3),  # + recomputation
         "achieved_tflops": round(achieved / 1e12, 4),
         "peak_tflops": peak,
         "fraction_of_peak": round(achieved / (peak * 1e12), 4) if peak else None,
+        "saved_activations_mb": saved.mb if saved.storages else None,
         "peak_rss_mb": peak_rss_mb(),
-        "peak_rss_from": "warm-up and timed steps" if rss_reset else "process start",
         "peak_rss_children_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
         "peak_cuda_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None,
         "torch": torch.__version__,

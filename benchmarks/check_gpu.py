@@ -1,13 +1,15 @@
 """Do the CUDA paths compute the same model? Prints one JSON object of relative errors.
 
     python benchmarks/check_gpu.py             # needs a CUDA device
-    python benchmarks/check_gpu.py --compile   # also the torch.compile'd model
+    python benchmarks/check_gpu.py --compile   # also the torch.compile'd model (a few minutes)
+    python benchmarks/check_gpu.py --seed 123  # repeat a run (its seed is in the JSON)
 
 Each cell (ConvGRU, ConvLSTM) of the default architecture runs once in float64 on the CPU (the
 reference) and then on the GPU in each way training runs it: fp32 (cuDNN may use TF32), bf16
-autocast, channels_last, and optionally compiled. For each, ||out - ref|| / ||ref|| of the predicted
-frames and of the whole gradient (the MSE loss against random targets). Fresh random inputs and
-weights every run. Expected: fp32/TF32 near 1e-3, bf16 between 1e-3 and 5e-2; NaN fails.
+autocast, channels_last, activation checkpointing, and optionally compiled. For each,
+||out - ref|| / ||ref|| of the predicted frames and of the whole gradient (the MSE loss against
+random targets). Expected: fp32/TF32 near 1e-3, bf16 between 1e-3 and 5e-2; NaN fails. The exit
+status is 1 when any check fails.
 """
 from __future__ import annotations
 
@@ -51,13 +53,16 @@ def check_cell(cell: str, args: argparse.Namespace, device: torch.device) -> lis
     targets = torch.rand(args.batch, args.t_out, 3, args.height, args.width, dtype=torch.float64)
     ref_out, ref_grad = forward_backward(reference_model, inputs, targets, None, torch.device("cpu"))
 
-    variants = [("fp32", False, False), ("fp32", True, False), ("bf16", False, False), ("bf16", True, False)]
+    # (arithmetic, channels_last, compiled, activation checkpointing): the ways training can run
+    variants = [("fp32", False, False, False), ("fp32", True, False, False), ("fp32", False, False, True),
+                ("bf16", False, False, False), ("bf16", True, False, False)]
     if args.compile:
-        variants.append(("bf16", True, True))
+        variants += [("bf16", False, True, False), ("bf16", True, True, False)]
     rows = []
-    for dtype, channels_last, compiled in variants:
+    for dtype, channels_last, compiled, recompute in variants:
         model = build_model(ModelConfig(cell=cell), args.t_in, args.t_out)
         model.load_state_dict({k: v.float() for k, v in reference_model.state_dict().items()})
+        model.set_activation_checkpointing(recompute)
         model.to(device)
         x, y = inputs.float().to(device), targets.float().to(device)
         if channels_last:
@@ -65,11 +70,11 @@ def check_cell(cell: str, args: argparse.Namespace, device: torch.device) -> lis
             x = x.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)  # channels innermost, as to_model_input
         run_model = torch.compile(model) if compiled else model
         out, grad = forward_backward(run_model, x, y, torch.bfloat16 if dtype == "bf16" else None, device)
-        row = {"cell": cell, "dtype": dtype, "channels_last": channels_last, "compile": compiled,
-               "output_rel_err": relative_error(out, ref_out), "grad_rel_err": relative_error(grad, ref_grad)}
-        worst = max(row["output_rel_err"], row["grad_rel_err"])
-        row["ok"] = not math.isnan(worst) and worst < TOLERANCE[dtype]
-        rows.append(row)
+        errors = relative_error(out, ref_out), relative_error(grad, ref_grad)
+        rows.append({"cell": cell, "dtype": dtype, "channels_last": channels_last, "compile": compiled,
+                     "activation_checkpointing": recompute,
+                     "output_rel_err": errors[0], "grad_rel_err": errors[1],
+                     "ok": all(math.isfinite(e) and e < TOLERANCE[dtype] for e in errors)})  # NaN never passes
     return rows
 
 
@@ -82,14 +87,16 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--device", default="cuda", help="cpu only to try this script without a GPU")
+    parser.add_argument("--seed", type=int, default=None, help="inputs and weights (default: a fresh one, printed)")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("check_gpu.py needs a CUDA device (or --device cpu for a dry run)")
-    torch.manual_seed(torch.seed())  # fresh inputs and weights every run
+    seed = torch.seed() if args.seed is None else args.seed  # fresh inputs and weights unless given
+    torch.manual_seed(seed)
     rows = [row for cell in ("gru", "lstm") for row in check_cell(cell, args, device)]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(json.dumps({"device": name, "torch": torch.__version__,
+    print(json.dumps({"device": name, "torch": torch.__version__, "seed": seed,
                       "tolerance": TOLERANCE, "checks": rows}, indent=2))
     return 0 if all(row["ok"] for row in rows) else 1
 

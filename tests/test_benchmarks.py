@@ -19,10 +19,11 @@ def test_check_gpu_compares_every_path_with_the_float64_reference():
                       "--t-in", "2", "--t-out", "2", "--batch", "1")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
-    checks = {(c["cell"], c["dtype"], c["channels_last"]): c for c in report["checks"]}
-    assert set(checks) == {(cell, dtype, layout) for cell in ("gru", "lstm")
-                           for dtype in ("fp32", "bf16") for layout in (False, True)}
-    for (cell, dtype, _), check in checks.items():
+    checks = {(c["cell"], c["dtype"], c["channels_last"], c["activation_checkpointing"]): c for c in report["checks"]}
+    assert set(checks) == {(cell, dtype, layout, False) for cell in ("gru", "lstm")
+                           for dtype in ("fp32", "bf16") for layout in (False, True)} | \
+        {("gru", "fp32", False, True), ("lstm", "fp32", False, True)}
+    for (cell, dtype, _, _), check in checks.items():
         assert check["ok"], check
         if dtype == "fp32":  # float32 against float64 on the same CPU kernels: far below the tolerance
             assert check["output_rel_err"] < 1e-4, check
@@ -32,11 +33,14 @@ def test_check_gpu_compares_every_path_with_the_float64_reference():
 
 def test_bench_train_reports_flops_throughput_and_fraction_consistently():
     done = run_script("bench_train.py", "--device", "cpu", "--height", "16", "--width", "24", "--t-in", "2",
-                      "--t-out", "2", "--batch", "2", "--steps", "1", "--warmup", "1", "--peak-tflops", "1")
+                      "--t-out", "2", "--batch", "2", "--steps", "1", "--warmup", "1", "--peak-tflops", "1",
+                      "--activation-checkpointing")
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert (result["dtype"], result["frames"], result["size"], result["batch"]) == ("fp32", [2, 2], [16, 24], 2)
-    assert result["gflops_per_video_step"] > 0
+    # useful FLOPs exclude the recomputation that activation checkpointing adds to what is executed
+    assert 0 < result["gflops_per_video_step"] < result["executed_gflops_per_video_step"]
+    assert result["saved_activations_mb"] > 0
     achieved = result["gflops_per_video_step"] * result["videos_per_s"] / 1000  # TFLOP/s
     assert abs(result["achieved_tflops"] - achieved) <= 1e-3 + 0.01 * achieved
     assert abs(result["fraction_of_peak"] - result["achieved_tflops"] / 1) <= 1e-4  # --peak-tflops 1
