@@ -91,6 +91,8 @@ class Forecaster:
     def load(cls, cfg: Config) -> "Forecaster":
         path = checkpoint_path(cfg)
         device = pick_device(cfg.run.device)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # as in training: fixed shapes, cuDNN's fastest kernels
         model, saved_cfg, state = load_model(path, device)  # FramecastError naming the file
         t_in, t_out = model.t_in, model.t_out  # what load_model built it with, from the checkpoint
         # Data location and loader settings are the caller's; model and frame counts the checkpoint's.
