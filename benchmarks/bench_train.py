@@ -11,7 +11,9 @@ instead, which adds decoding, worker processes and host-to-device copies.
 FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` over one forward + backward on the
 meta device (matrix products and convolutions; the optimizer and element-wise work are not counted),
 without activation checkpointing: its recomputation is extra work, not useful FLOPs.
-``saved_activations_mb`` is what autograd keeps for the backward pass of one step (not compiled).
+``saved_activations_mb`` is what autograd keeps for the backward pass of one step (not compiled; it
+includes the conv weights, ~24 MiB in fp32, which autocast would save as bf16 copies).
+``executed_gflops_per_video_step`` adds activation checkpointing's recomputation, as eager mode runs it.
 """
 from __future__ import annotations
 

@@ -14,11 +14,11 @@ all_parts="check train layout loader predict compile"
 out=${1:?$usage}
 shift
 parts=${*:-$all_parts}
-for part in $parts; do
-    [[ " $all_parts " == *" $part "* ]] || { echo "unknown part '$part'; $usage" >&2; exit 2; }
+for part in $parts; do  # exit status 64 (EX_USAGE), apart from the count of failed benchmarks
+    [[ " $all_parts " == *" $part "* ]] || { echo "unknown part '$part'; $usage" >&2; exit 64; }
 done
-mkdir -p "$out" && out=$(cd "$out" && pwd)  # absolute: the benchmarks run from the repository root
-cd "$(dirname "$0")/.."
+mkdir -p "$out" && out=$(cd "$out" && pwd) || exit 64  # absolute: the benchmarks run from the repository root
+cd "$(dirname "$0")/.." || exit 64
 if [ -z "${PYTHON:-}" ]; then
     if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
