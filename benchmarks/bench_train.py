@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from core.config import DataConfig, ModelConfig, TrainConfig  # noqa: E402
 from core.distributed import pick_device  # noqa: E402
 from models import build_model, count_parameters  # noqa: E402
-from training.step import autocast_dtype, build_optimizer, train_step, use_channels_last  # noqa: E402
+from training.step import autocast_dtype, build_optimizer, train_step, use_channels_last, use_cudnn_autotune  # noqa: E402
 
 # Dense peak TFLOP/s of common accelerators (vendor data sheets, SXM parts where both exist), by the
 # arithmetic the step's convolutions run in: bf16 tensor cores with autocast; without autocast, TF32
@@ -149,8 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    use_cudnn_autotune(device)
     train_cfg = TrainConfig(
         batch_size=args.batch, amp=args.amp, compile=args.compile, channels_last=args.channels_last
     )

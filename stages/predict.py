@@ -34,7 +34,7 @@ from data.datasets import VideoWindowDataset, WindowLoader, make_loader, to_mode
 from data.sources import VideoSource, open_split
 from load_model import load_model
 from np_to_png import index_path_for, load_predictions
-from training.step import autocast, autocast_dtype, use_channels_last
+from training.step import autocast, autocast_dtype, use_channels_last, use_cudnn_autotune
 
 
 # ----------------------------------------------------------------------------- paths
@@ -91,8 +91,7 @@ class Forecaster:
     def load(cls, cfg: Config) -> "Forecaster":
         path = checkpoint_path(cfg)
         device = pick_device(cfg.run.device)
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # as in training: fixed shapes, cuDNN's fastest kernels
+        use_cudnn_autotune(device)  # as in training
         model, saved_cfg, state = load_model(path, device)  # FramecastError naming the file
         t_in, t_out = model.t_in, model.t_out  # what load_model built it with, from the checkpoint
         # Data location and loader settings are the caller's; model and frame counts the checkpoint's.

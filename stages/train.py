@@ -39,6 +39,7 @@ from training.step import (
     build_optimizer,
     train_step,
     use_channels_last,
+    use_cudnn_autotune,
     validation_sums,
 )
 
@@ -92,8 +93,7 @@ class Trainer:
             raise FramecastError(
                 f"train.epochs ({tc.epochs}) and train.log_every_steps ({tc.log_every_steps}) must be >= 1"
             )
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
+        use_cudnn_autotune(self.device)
         self.amp_dtype = autocast_dtype(tc, self.device)
         self.channels_last = use_channels_last(tc, self.device)
 

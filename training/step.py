@@ -25,6 +25,12 @@ def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None
     return None
 
 
+def use_cudnn_autotune(device: torch.device) -> None:
+    """On CUDA, let cuDNN time its kernels once for our fixed shapes and keep the fastest."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
 def use_channels_last(cfg: TrainConfig, device: torch.device) -> bool:
     """channels_last on CUDA only, when asked (on the CPU it only costs conversions)."""
     return cfg.channels_last and device.type == "cuda"
