@@ -7,9 +7,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import shutil
+import socket
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
+
+from core.errors import FramecastError
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -25,26 +30,107 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+# Temporary names: ``.<name>.tmp-<host>-<pid>[suffix]``. The host keeps a writer on another node of a
+# shared file system from mistaking a live writer there for a dead one here.
+TMP_MARK = ".tmp-"
+_HOST = socket.gethostname().split(".")[0].replace("-", "_") or "host"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def remove_dead_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete temporaries left in ``folder`` by writers of this host that no longer run (a kill
+    mid-write); a prediction array's can be gigabytes. Returns what was removed."""
+    removed = []
+    try:
+        entries = list(Path(folder).glob(f".*{TMP_MARK}{_HOST}-*"))
+    except OSError:
+        return removed
+    for entry in entries:
+        pid = entry.name.rsplit(f"{TMP_MARK}{_HOST}-", 1)[1].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                if entry.is_dir():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+                removed.append(entry)
+    return removed
+
+
+def os_error_text(exc: OSError) -> str:
+    """What went wrong, in a few words: HDF5 and torch wrap the errno in pages of text."""
+    found = re.search(r"errno = (\d+)", str(exc))
+    if found:
+        return os.strerror(int(found.group(1)))
+    text = (exc.strerror or str(exc)).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary sibling path; on success fsync it and rename it onto ``path``.
 
     ``suffix`` keeps an extension some writers insist on (``np.save`` appends ``.npy``).
-    On an exception the temporary file is removed and ``path`` is left untouched.
+    On an exception the temporary file is removed and ``path`` is left untouched; an ``OSError``
+    (disk full, say) becomes one ``FramecastError`` line naming ``path``.
     """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}{suffix}")
+    tmp = final.with_name(f".{final.name}{TMP_MARK}{_HOST}-{os.getpid()}{suffix}")
     try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        remove_dead_temporaries(final.parent)
         yield tmp
         if tmp.exists():
             with open(tmp, "rb+") as handle:
                 os.fsync(handle.fileno())
         os.replace(tmp, final)
         _fsync_dir(final.parent)
+    except OSError as exc:
+        # A full disk, a quota, a read-only or vanished folder: the user's to fix, so one line.
+        raise FramecastError(f"{final}: could not write ({os_error_text(exc)}); "
+                             "the previous file, if any, is unchanged") from None
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | os.PathLike, replace: bool = False) -> Iterator[Path]:
+    """Build a folder under a temporary sibling name and rename it onto ``final`` when complete.
+
+    The folder-sized ``atomic_path``: an interrupted generator leaves no half-written split. With
+    ``replace`` an existing ``final`` is swapped out only after success.
+    """
+    target = Path(final)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_temporaries(target.parent)
+    tmp = target.with_name(f".{target.name}{TMP_MARK}{_HOST}-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if target.exists():
+            if not replace:
+                raise FramecastError(f"{target}: already exists")
+            old = target.with_name(f".{target.name}{TMP_MARK}{_HOST}-{os.getpid()}.old")
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, target)
     finally:
         if tmp.exists():
-            tmp.unlink()
+            shutil.rmtree(tmp)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -6,6 +6,8 @@ never silently ignored, so a typo in a config file cannot quietly train the wron
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -37,11 +39,66 @@ class DataConfig:
     prefetch_factor: int = 2
     pin_memory: bool = True  # used only when training on CUDA
 
+    def check(self, where: str) -> None:
+        _check_positive(where, t_in=self.t_in, t_out=self.t_out, prefetch_factor=self.prefetch_factor)
+        _check_at_least(where, 0, num_workers=self.num_workers)
+
+
+# ----------------------------------------------------------------------------- model families
+# One section per family under ``model:``; ``model.family`` picks the one that is built. The builders
+# live in models/ (models/registry.py maps each family name to its module).
+
+# GroupNorm spans of each recurrent cell's gate pre-activations, in gate blocks of ``hidden`` channels:
+# the ConvLSTM normalises its four gates together, the ConvGRU r and z together and its candidate alone.
+CELL_NORM_BLOCKS = {"lstm": (4,), "gru": (2, 1)}
+
+
+def _check_positive(where: str, **values: int | list[int]) -> None:
+    for name, value in values.items():
+        items = value if isinstance(value, list) else [value]
+        if not items or any(v < 1 for v in items):
+            raise FramecastError(f"{where}.{name} must be >= 1{' for every entry' if isinstance(value, list) else ''}, got {value}")
+
+
+def _check_at_least(where: str, low: float, **values: float) -> None:
+    """Each value finite and >= ``low`` (a NaN passes every comparison, so it is tested first)."""
+    for name, value in values.items():
+        if not math.isfinite(value) or value < low:
+            raise FramecastError(f"{where}.{name} must be a number >= {low:g}, got {value}")
+
+
+def _check_odd(where: str, name: str, value: int) -> None:
+    if value % 2 == 0:
+        raise FramecastError(f"{where}.{name} must be odd, got {value}")
+
+
+def _check_norm_groups(where: str, cell: str, hidden: list[int], groups: int) -> None:
+    if groups < 0:
+        raise FramecastError(f"{where}.norm_groups must be >= 0 (0 disables GroupNorm), got {groups}")
+    if groups == 0:
+        return
+    for level, width in enumerate(hidden):
+        for blocks in CELL_NORM_BLOCKS[cell]:
+            if (blocks * width) % groups:
+                raise FramecastError(
+                    f"{where}.norm_groups={groups} does not divide the {blocks * width} gate channels of the "
+                    f"{cell} cell at level {level} ({where}.hidden_channels={hidden}); pick a divisor of "
+                    "them, or 0 to disable GroupNorm"
+                )
+
+
+def _check_sampling(where: str, start: float, stop_step: int) -> None:
+    if not 0.0 <= start <= 1.0:
+        raise FramecastError(f"{where}.sampling_start must be in [0, 1], got {start}")
+    if stop_step < 1:
+        raise FramecastError(f"{where}.sampling_stop_step must be >= 1, got {stop_step}")
+
 
 @dataclass
-class ModelConfig:
+class EncoderForecasterConfig:
+    """The 2017 TrajGRU benchmark's encoder-forecaster (shared README section 3)."""
+
     cell: Literal["lstm", "gru"] = "gru"
-    in_channels: int = 3
     stem_channels: int = 16  # the first (non-recurrent) conv's output channels
     # One entry per level, top (full resolution) first: recurrent hidden channels ...
     hidden_channels: list[int] = field(default_factory=lambda: [64, 96, 96])
@@ -51,6 +108,239 @@ class ModelConfig:
     norm_groups: int = 16  # GroupNorm groups in the cells' gates; 0 disables it
     # Space-to-depth factor applied to frames before the stem (OpenSTL's "patch size").
     patch_size: int = 1
+    # Predict the change from the last input frame; the output head starts at zero, so an untrained
+    # model is exactly copy-last and training starts from that baseline instead of grey frames.
+    residual: bool = False
+    # Keep predictions in [0, 1]: a sigmoid on absolute output, a clamp on residual output.
+    bounded: bool = False
+
+    def check(self, where: str) -> None:
+        if len(self.hidden_channels) != len(self.strides) or not self.hidden_channels:
+            raise FramecastError(
+                f"{where}.hidden_channels and {where}.strides must be non-empty lists of the same length "
+                f"(got {self.hidden_channels} and {self.strides})"
+            )
+        _check_positive(where, hidden_channels=self.hidden_channels, strides=self.strides,
+                        stem_channels=self.stem_channels, patch_size=self.patch_size, kernel_size=self.kernel_size)
+        _check_odd(where, "kernel_size", self.kernel_size)
+        _check_norm_groups(where, self.cell, self.hidden_channels, self.norm_groups)
+
+
+@dataclass
+class ConvLSTMConfig:
+    """Stacked ConvLSTM (or ConvGRU) layers on space-to-depth patches, rolled out frame by frame
+    (OpenSTL's ConvLSTM with scheduled sampling; Shi et al. 2015)."""
+
+    cell: Literal["lstm", "gru"] = "lstm"
+    hidden_channels: list[int] = field(default_factory=lambda: [128, 128, 128, 128])  # one entry per layer
+    kernel_size: int = 5
+    patch_size: int = 4  # frames are cut into patch x patch blocks stacked as channels
+    norm_groups: int = 0  # GroupNorm on the gate pre-activations; 0 = none (OpenSTL uses none)
+    # Scheduled sampling while training: the chance of feeding the true frame rather than the model's
+    # own prediction falls linearly from sampling_start to 0 at sampling_stop_step ("none": always the
+    # model's own prediction, as at inference).
+    sampling: Literal["linear", "none"] = "linear"
+    sampling_start: float = 1.0
+    sampling_stop_step: int = 50000
+
+    def check(self, where: str) -> None:
+        _check_positive(where, hidden_channels=self.hidden_channels, kernel_size=self.kernel_size,
+                        patch_size=self.patch_size)
+        _check_odd(where, "kernel_size", self.kernel_size)
+        _check_norm_groups(where, self.cell, self.hidden_channels, self.norm_groups)
+        _check_sampling(where, self.sampling_start, self.sampling_stop_step)
+
+
+@dataclass
+class PredRNNConfig:
+    """PredRNN-V2 (Wang et al. 2022): stacked spatiotemporal LSTMs with the zigzag memory, the
+    memory-decoupling loss and reverse scheduled sampling."""
+
+    hidden_channels: list[int] = field(default_factory=lambda: [128, 128, 128, 128])  # one entry per layer
+    kernel_size: int = 5
+    patch_size: int = 4
+    layer_norm: bool = True  # normalise each gate convolution's output (PredRNN's layer_norm)
+    decouple_weight: float = 0.1  # beta of the memory-decoupling loss; 0 disables it
+    # "reverse": reverse scheduled sampling (true-frame probability on the INPUT steps rises towards 1
+    # between reverse_start_step and reverse_stop_step, while the one on the predicted steps falls);
+    # "linear": plain scheduled sampling as in the ConvLSTM family; "none": always its own prediction.
+    sampling: Literal["reverse", "linear", "none"] = "reverse"
+    reverse_start_step: int = 25000
+    reverse_stop_step: int = 50000
+    reverse_exp_alpha: float = 5000.0
+    sampling_start: float = 1.0
+    sampling_stop_step: int = 50000
+
+    def check(self, where: str) -> None:
+        _check_positive(where, hidden_channels=self.hidden_channels, kernel_size=self.kernel_size,
+                        patch_size=self.patch_size, reverse_start_step=self.reverse_start_step)
+        if len(set(self.hidden_channels)) != 1:
+            # The memory m passes from every layer to the next (and top to bottom), and one adapter
+            # serves every layer's memory increments: all layers have its width.
+            raise FramecastError(f"{where}.hidden_channels must all be equal (the spatiotemporal memory "
+                                 f"flows through every layer), got {self.hidden_channels}")
+        _check_odd(where, "kernel_size", self.kernel_size)
+        if self.decouple_weight < 0:
+            raise FramecastError(f"{where}.decouple_weight must be >= 0, got {self.decouple_weight}")
+        if self.reverse_stop_step <= self.reverse_start_step:
+            raise FramecastError(
+                f"{where}.reverse_stop_step ({self.reverse_stop_step}) must be after "
+                f"{where}.reverse_start_step ({self.reverse_start_step})"
+            )
+        if self.reverse_exp_alpha <= 0:
+            raise FramecastError(f"{where}.reverse_exp_alpha must be > 0, got {self.reverse_exp_alpha}")
+        _check_sampling(where, self.sampling_start, self.sampling_stop_step)
+
+
+# SimVP's encoder and decoder blocks normalise with this many GroupNorm groups (as the paper).
+SIMVP_NORM_GROUPS = 2
+
+
+@dataclass
+class SimVPConfig:
+    """SimVP (Gao et al. 2022; Tan et al. 2022): a per-frame conv encoder, a translator over the
+    stacked frames' features, a per-frame conv decoder. Translators: gSTA (SimVP-v2) and TAU."""
+
+    translator: Literal["gsta", "tau"] = "gsta"
+    spatial_channels: int = 64  # hid_S: encoder/decoder channels
+    temporal_channels: int = 512  # hid_T: translator channels
+    spatial_layers: int = 4  # N_S: encoder and decoder conv layers each (every other one strided)
+    temporal_layers: int = 8  # N_T: translator blocks
+    spatial_kernel: int = 3  # encoder/decoder conv kernel
+    mlp_ratio: float = 8.0  # translator MLP width / temporal_channels
+    drop_path: float = 0.0  # stochastic depth of the translator blocks
+    # TAU's differential divergence regularisation: KL between the softmax over time of the true and
+    # predicted frame-to-frame differences, this weight times it added to the loss (0 disables it).
+    divergence_weight: float = 0.1
+
+    def check(self, where: str) -> None:
+        _check_positive(where, spatial_channels=self.spatial_channels, temporal_channels=self.temporal_channels,
+                        spatial_layers=self.spatial_layers, temporal_layers=self.temporal_layers,
+                        spatial_kernel=self.spatial_kernel)
+        _check_odd(where, "spatial_kernel", self.spatial_kernel)
+        if self.spatial_channels % SIMVP_NORM_GROUPS:
+            raise FramecastError(f"{where}.spatial_channels={self.spatial_channels} must be divisible by "
+                                 f"{SIMVP_NORM_GROUPS} (the encoder/decoder GroupNorm groups)")
+        if self.mlp_ratio <= 0:
+            raise FramecastError(f"{where}.mlp_ratio must be > 0, got {self.mlp_ratio}")
+        _check_at_least(where, 0, divergence_weight=self.divergence_weight)
+        if not 0.0 <= self.drop_path < 1.0:
+            raise FramecastError(f"{where}.drop_path must be in [0, 1), got {self.drop_path}")
+
+
+@dataclass
+class UNetConfig:
+    """A UNet mapping the stacked input frames to the stacked future frames in one pass (Ronneberger
+    et al. 2015, as the Moving MNIST forecasters of the systems framecast replaces used it)."""
+
+    base_channels: int = 64  # channels at full resolution; each level down doubles them
+    levels: int = 4  # downsamplings (frame sides must be divisible by 2 ** levels)
+    norm_groups: int = 8  # GroupNorm groups in every conv block; 0 disables it
+    # Predict the change from the last input frame (output head zero-initialised: starts at copy-last).
+    residual: bool = False
+
+    def check(self, where: str) -> None:
+        _check_positive(where, base_channels=self.base_channels, levels=self.levels)
+        _check_at_least(where, 0, norm_groups=self.norm_groups)
+        if self.norm_groups and self.base_channels % self.norm_groups:
+            raise FramecastError(f"{where}.norm_groups={self.norm_groups} must divide "
+                                 f"{where}.base_channels={self.base_channels}")
+
+
+@dataclass
+class PhyDNetConfig:
+    """PhyDNet (Le Guen & Thome, CVPR 2020): a PhyCell (convolutions constrained by their moment
+    matrices to act as finite-difference operators: a learned PDE) beside a ConvLSTM branch for the
+    rest, with a shared encoder and decoder."""
+
+    encoder_channels: int = 64  # the shared encoder's output channels (OpenSTL: 64)
+    phycell_channels: int = 49  # F: hidden channels of the PhyCell (7 x 7 moments)
+    phycell_layers: int = 1
+    kernel_size: int = 7  # the PhyCell's kernel; its moment matrix is kernel x kernel
+    convlstm_channels: list[int] = field(default_factory=lambda: [128, 128, 64])  # one per layer
+    convlstm_kernel: int = 3
+    # Weight of the moment-matrix constraint loss (the PhyCell's kernels vs their target moments).
+    moment_weight: float = 1.0
+    # Teacher forcing: the chance of feeding the true frame falls linearly from sampling_start to 0 at
+    # sampling_stop_step ("none": always the model's own prediction).
+    sampling: Literal["linear", "none"] = "linear"
+    sampling_start: float = 1.0
+    sampling_stop_step: int = 50000
+
+    def check(self, where: str) -> None:
+        _check_positive(where, encoder_channels=self.encoder_channels, phycell_channels=self.phycell_channels,
+                        phycell_layers=self.phycell_layers, kernel_size=self.kernel_size,
+                        convlstm_channels=self.convlstm_channels, convlstm_kernel=self.convlstm_kernel)
+        _check_odd(where, "kernel_size", self.kernel_size)
+        _check_odd(where, "convlstm_kernel", self.convlstm_kernel)
+        _check_at_least(where, 0, moment_weight=self.moment_weight)
+        if self.moment_weight > 0 and self.phycell_channels < self.kernel_size**2:
+            raise FramecastError(
+                f"{where}.phycell_channels={self.phycell_channels} must be >= kernel_size**2="
+                f"{self.kernel_size**2}: the moment constraint makes one filter per derivative "
+                f"d^(p+q)/dy^p dx^q, p, q < kernel_size (or set {where}.moment_weight=0)"
+            )
+        _check_sampling(where, self.sampling_start, self.sampling_stop_step)
+
+
+@dataclass
+class AttentionGRUConfig:
+    """A ConvGRU encoder-decoder whose decoder attends over every encoder time step, with blur
+    (anti-aliased) upsampling."""
+
+    hidden_channels: list[int] = field(default_factory=lambda: [64, 96])  # one per level, top first
+    kernel_size: int = 3
+    norm_groups: int = 8  # GroupNorm groups in the GRU gates; 0 disables it
+    patch_size: int = 2  # space-to-depth before the first level
+    residual: bool = True  # predict the change from the last input frame (starts at copy-last)
+
+    def check(self, where: str) -> None:
+        _check_positive(where, hidden_channels=self.hidden_channels, kernel_size=self.kernel_size,
+                        patch_size=self.patch_size)
+        _check_odd(where, "kernel_size", self.kernel_size)
+        _check_norm_groups(where, "gru", self.hidden_channels, self.norm_groups)
+
+
+FamilyName = Literal["encoder_forecaster", "convlstm", "predrnn", "simvp", "unet", "phydnet", "attention_gru"]
+FAMILY_NAMES: tuple[str, ...] = typing.get_args(FamilyName)
+
+
+@dataclass
+class ModelConfig:
+    # Which model is built; its settings are the section of the same name below.
+    family: FamilyName = "encoder_forecaster"
+    # Channels the model sees per frame: 3 for colour, 1 for grey data (frames stored as RGB on disk
+    # are then read as their first channel, and predictions written back as grey RGB).
+    in_channels: int = 3
+    encoder_forecaster: EncoderForecasterConfig = field(default_factory=EncoderForecasterConfig)
+    convlstm: ConvLSTMConfig = field(default_factory=ConvLSTMConfig)
+    predrnn: PredRNNConfig = field(default_factory=PredRNNConfig)
+    simvp: SimVPConfig = field(default_factory=SimVPConfig)
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    phydnet: PhyDNetConfig = field(default_factory=PhyDNetConfig)
+    attention_gru: AttentionGRUConfig = field(default_factory=AttentionGRUConfig)
+
+    @property
+    def section(self) -> Any:
+        """The chosen family's own settings."""
+        return getattr(self, self.family)
+
+    def check(self, where: str) -> None:
+        if self.in_channels not in (1, 3):
+            raise FramecastError(f"{where}.in_channels must be 1 (grey) or 3 (RGB), got {self.in_channels}")
+        for name in FAMILY_NAMES:
+            getattr(self, name).check(f"{where}.{name}")
+
+    @classmethod
+    def unknown_setting_hint(cls, key: str, where: str) -> str:
+        """Where a misplaced setting belongs: a key of a family's section written elsewhere."""
+        owners = [name for name in FAMILY_NAMES
+                  if key in {f.name for f in dataclasses.fields(typing.get_type_hints(cls)[name])}]
+        if not owners:
+            return ""
+        places = " and ".join(f"model.{name}.{key}" for name in owners)
+        families = ", ".join(owners)
+        return f"; {key} is a setting of the {families} famil{'ies' if len(owners) > 1 else 'y'} ({places})"
 
 
 @dataclass
@@ -70,7 +360,13 @@ class TrainConfig:
     val_every_steps: int = 0  # 0 validates once per epoch
     max_steps_per_epoch: int = 0  # 0 = the whole training set each epoch
     max_val_batches: int = 0  # 0 = the whole validation split
-    amp: Literal["auto", "bf16", "off"] = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
+    # Stop (validating and saving first) once this many minutes of training have passed in this
+    # process; the run then counts as finished ("time_budget"). 0 = no limit. For fixed-time
+    # comparisons; on a cluster the job's time limit and requeue are the way to train longer.
+    max_minutes: float = 0.0
+    # Autocast: auto = bf16 on GPUs that compute it natively, fp16 (with a gradient scaler) on older
+    # GPUs, fp32 on the CPU; bf16 / fp16 wherever asked; off = fp32 (core/precision.py).
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     # CUDA only. Off: on an H100 eager NCHW steps ran 1.15-1.2x faster (GroupNorm has no channels-last
     # CUDA kernel, so every norm converts layouts); benchmarks/RESULTS.md.
     channels_last: bool = False
@@ -80,8 +376,24 @@ class TrainConfig:
     # Recompute each recurrent step in the backward pass instead of storing its gates: far fewer
     # stored activations for 17 % more conv FLOPs (default model); same results.
     activation_checkpointing: bool = False
+    # Per-pixel training loss: "mse", "l1", "mse+l1" (their sum) or "bce" (binary cross-entropy on
+    # frames in [0, 1], for near-binary data such as Moving MNIST).
+    loss: Literal["mse", "l1", "mse+l1", "bce"] = "mse"
     seed: int = 0
     log_every_steps: int = 10
+
+    def check(self, where: str) -> None:
+        _check_positive(where, epochs=self.epochs, batch_size=self.batch_size, log_every_steps=self.log_every_steps)
+        _check_at_least(where, 0, lr=self.lr, max_minutes=self.max_minutes, weight_decay=self.weight_decay, grad_clip=self.grad_clip,
+                        early_stop_patience=self.early_stop_patience, val_every_steps=self.val_every_steps,
+                        max_steps_per_epoch=self.max_steps_per_epoch, max_val_batches=self.max_val_batches,
+                        plateau_patience=self.plateau_patience)
+        if len(self.betas) != 2 or not all(math.isfinite(b) and 0 <= b < 1 for b in self.betas):
+            raise FramecastError(f"{where}.betas must be two numbers in [0, 1), got {self.betas}")
+        if not 0 <= self.warmup_frac < 1:
+            raise FramecastError(f"{where}.warmup_frac must be in [0, 1), got {self.warmup_frac}")
+        if not 0 < self.plateau_factor < 1:
+            raise FramecastError(f"{where}.plateau_factor must be in (0, 1), got {self.plateau_factor}")
 
 
 @dataclass
@@ -92,12 +404,35 @@ class PredictConfig:
     batch_size: int = 8
     shards: int = 1  # >1 splits prediction into a Slurm job array, merged before conversion
 
+    def check(self, where: str) -> None:
+        _check_positive(where, batch_size=self.batch_size, shards=self.shards)
+
 
 @dataclass
 class ConvertConfig:
     out: str = ""  # empty means <run.out_dir>/<run.name>/png/<split>
     frames: list[int] = field(default_factory=list)  # frame numbers to write; empty = all
     workers: int = 4
+
+    def check(self, where: str) -> None:
+        _check_positive(where, workers=self.workers)
+        _check_at_least(where, 0, **{f"frames[{i}]": k for i, k in enumerate(self.frames)})
+
+
+@dataclass
+class EvaluateConfig:
+    split: str = "val"
+    out: str = ""  # empty means <run.out_dir>/<run.name>/eval/<split>
+    max_videos: int = 0  # 0 = every video of the split
+    samples: int = 2  # videos drawn in the sample strip and GIF
+    # Grey data (model.in_channels 1) is also scored by the F1 of the binarised frame (pixel >
+    # threshold, in [0, 1]) per lead time, as Moving MNIST forecasters report it.
+    f1_threshold: float = 0.5
+
+    def check(self, where: str) -> None:
+        _check_at_least(where, 0, max_videos=self.max_videos, samples=self.samples)
+        if not 0 < self.f1_threshold < 1:
+            raise FramecastError(f"{where}.f1_threshold must be in (0, 1), got {self.f1_threshold}")
 
 
 @dataclass
@@ -123,12 +458,37 @@ class SlurmConfig:
     max_num_timeout: int = 20  # requeues after time-outs/preemptions before giving up
     array_parallelism: int = 16
 
+    def check(self, where: str) -> None:
+        _check_positive(where, time_min=self.time_min, nodes=self.nodes, tasks_per_node=self.tasks_per_node,
+                        cpus_per_task=self.cpus_per_task, mem_gb=self.mem_gb,
+                        array_parallelism=self.array_parallelism)
+        _check_at_least(where, 0, gpus_per_node=self.gpus_per_node, signal_delay_s=self.signal_delay_s,
+                        max_num_timeout=self.max_num_timeout)
+
+
+_RUN_NAME = re.compile(r"[A-Za-z0-9._+=,-]+")
+
 
 @dataclass
 class RunConfig:
     name: str = "default"
     out_dir: str = "runs"
     device: str = "auto"  # auto = cuda when available, else cpu
+    # A training's lock on its run folder is taken for dead when not refreshed for this long (its
+    # holder refreshes it every quarter of this); a holder on this host or of this Slurm job is
+    # checked directly.
+    lock_stale_s: int = 600
+
+    def check(self, where: str) -> None:
+        # The name is a folder under out_dir: one plain component, never a path that leads elsewhere.
+        if not _RUN_NAME.fullmatch(self.name) or self.name in (".", ".."):
+            raise FramecastError(
+                f"{where}.name={self.name!r}: use letters, digits, '.', '_', '-', '+', '=' and ',' only "
+                "(it names a folder under run.out_dir)"
+            )
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise FramecastError(f"{where}.device={self.device!r}: expected auto, cpu, cuda or cuda:<n>")
+        _check_positive(where, lock_stale_s=self.lock_stale_s)
 
 
 @dataclass
@@ -139,6 +499,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
     convert: ConvertConfig = field(default_factory=ConvertConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
     @property
@@ -220,9 +581,10 @@ def _build(cls: type, values: dict, where: str) -> Any:
     unknown = sorted(set(values) - names)
     if unknown:
         prefix = f"{where}." if where else ""
+        hint = ModelConfig.unknown_setting_hint(unknown[0], where) if where.startswith("model") else ""
         raise FramecastError(
             f"unknown setting {prefix}{unknown[0]} (known in {where or 'the top level'}: "
-            f"{', '.join(sorted(names))})"
+            f"{', '.join(sorted(names))}){hint}"
         )
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in values.items()}
     return cls(**kwargs)
@@ -248,7 +610,7 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
         try:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError as exc:
-            raise FramecastError(f"override {item!r}: value is not valid YAML ({exc})") from None
+            raise FramecastError(f"override {item!r}: value is not valid YAML ({_yaml_problem(exc)})") from None
         parts = key.split(".")
         node = result
         for part in parts[:-1]:
@@ -261,21 +623,18 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
 
 
 def _validate(cfg: Config) -> Config:
-    m = cfg.model
-    if len(m.hidden_channels) != len(m.strides) or not m.hidden_channels:
-        raise FramecastError(
-            "model.hidden_channels and model.strides must be non-empty lists of the same length "
-            f"(got {m.hidden_channels} and {m.strides})"
-        )
-    if m.kernel_size % 2 == 0:
-        raise FramecastError(f"model.kernel_size must be odd, got {m.kernel_size}")
-    if cfg.data.t_in < 1 or cfg.data.t_out < 1:
-        raise FramecastError(f"data.t_in and data.t_out must be >= 1 (got {cfg.data.t_in}, {cfg.data.t_out})")
-    if cfg.train.batch_size < 1 or cfg.predict.batch_size < 1:
-        raise FramecastError("train.batch_size and predict.batch_size must be >= 1")
-    if cfg.predict.shards < 1:
-        raise FramecastError(f"predict.shards must be >= 1, got {cfg.predict.shards}")
+    """Every setting is checked here, once, when a config is loaded: each section checks its own."""
+    for section in dataclasses.fields(cfg):
+        getattr(cfg, section.name).check(section.name)
     return cfg
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's multi-line report as one clause: what is wrong and where (1-based line, column)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}"
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
@@ -288,7 +647,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         try:
             loaded = yaml.safe_load(file.read_text())
         except yaml.YAMLError as exc:
-            raise FramecastError(f"{file}: not valid YAML ({exc})") from None
+            raise FramecastError(f"{file}: not valid YAML ({_yaml_problem(exc)})") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise FramecastError(f"{file}: expected a mapping of sections at the top level")
         values = loaded or {}

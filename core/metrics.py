@@ -9,6 +9,9 @@ Conventions (the Moving MNIST literature's, see shared/README.md section 3):
   (per pixel per channel), i.e. the frame sum divided by C * H * W.
 - ``psnr``: 10 * log10(1 / mse_per_pixel) for each frame (data range 1), averaged over frames.
   A frame predicted exactly has PSNR +inf, and so does any mean that includes one.
+- ``f1`` (grey data only): F1 score of the binarised frame (value > threshold) against the
+  binarised truth, 2 TP / (2 TP + FP + FN) per frame (1 when both are empty), averaged over frames:
+  whether the digits are where they should be, however blurred.
 - ``ssim``: structural similarity with an 11x11 Gaussian window (sigma 1.5), K1 = 0.01, K2 = 0.03,
   data range 1, computed on each channel separately over the "valid" window positions (no padding,
   as in Wang et al.'s reference ssim.m), averaged over channels and positions for each frame, then
@@ -40,6 +43,8 @@ DEFINITIONS = {
     "mse_per_pixel": "squared error averaged over every pixel and channel of a frame in [0,1]",
     "mae_per_pixel": "absolute error averaged over every pixel and channel of a frame in [0,1]",
     "psnr": "10*log10(1/mse_per_pixel) per frame (data range 1), averaged over frames; inf if exact",
+    "f1": "F1 score of the frame binarised at the threshold against the binarised truth, per frame "
+    "(1 when both are empty), averaged over frames (grey data only)",
     "ssim": f"Gaussian-window SSIM ({SSIM_WINDOW}x{SSIM_WINDOW}, sigma {SSIM_SIGMA}, K1 {SSIM_K1}, "
     f"K2 {SSIM_K2}, data range 1, valid positions) per channel, averaged over channels and frames",
 }
@@ -77,8 +82,19 @@ def ssim_per_frame(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     return ssim_map.mean(dim=(1, 2, 3)).reshape(b, t)  # (B, T) float64
 
 
-def frame_metrics(pred: torch.Tensor, truth: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Every metric for every frame: pred/truth float (B, T, C, H, W) in [0, 1] -> {key: (B, T)}."""
+def f1_per_frame(pred: torch.Tensor, truth: torch.Tensor, threshold: float) -> torch.Tensor:
+    """F1 of binarised frames: pred/truth float (B, T, C, H, W) in [0, 1] -> (B, T) float64."""
+    p, t = pred > threshold, truth > threshold
+    tp = (p & t).sum(dim=(2, 3, 4), dtype=torch.float64)  # (B, T)
+    wrong = (p ^ t).sum(dim=(2, 3, 4), dtype=torch.float64)  # FP + FN
+    denominator = 2 * tp + wrong
+    return torch.where(denominator > 0, 2 * tp / denominator.clamp_min(1), torch.ones_like(tp))
+
+
+def frame_metrics(pred: torch.Tensor, truth: torch.Tensor, f1_threshold: float | None = None) -> dict[str, torch.Tensor]:
+    """Every metric for every frame: pred/truth float (B, T, C, H, W) in [0, 1] -> {key: (B, T)}.
+
+    ``f1`` is included when ``f1_threshold`` is given (grey data)."""
     if pred.shape != truth.shape or pred.ndim != 5:
         raise ValueError(f"pred {tuple(pred.shape)} and truth {tuple(truth.shape)} must both be (B, T, C, H, W)")
     pred = pred.float()
@@ -89,7 +105,7 @@ def frame_metrics(pred: torch.Tensor, truth: torch.Tensor) -> dict[str, torch.Te
     mae_sum = diff.abs().sum(dim=(2, 3, 4), dtype=torch.float64)  # (B, T)
     mse_pixel = mse_sum / values_per_frame
     psnr = 10 * torch.log10(1.0 / mse_pixel)  # +inf where a frame is exact
-    return {
+    metrics = {
         "mse_per_frame_sum": mse_sum,
         "mae_per_frame_sum": mae_sum,
         "mse_per_pixel": mse_pixel,
@@ -97,6 +113,9 @@ def frame_metrics(pred: torch.Tensor, truth: torch.Tensor) -> dict[str, torch.Te
         "psnr": psnr,
         "ssim": ssim_per_frame(pred, truth),
     }
+    if f1_threshold is not None:
+        metrics["f1"] = f1_per_frame(pred, truth, f1_threshold)
+    return metrics
 
 
 class LeadTimeMetrics:
@@ -105,16 +124,18 @@ class LeadTimeMetrics:
     Only (T,) float64 sums live here, so evaluating a large split needs no more memory than a batch.
     """
 
-    def __init__(self, t_out: int):
+    def __init__(self, t_out: int, f1_threshold: float | None = None):
         self.t_out = t_out
-        self.sums = {key: torch.zeros(t_out, dtype=torch.float64) for key in METRIC_KEYS}
+        self.f1_threshold = f1_threshold
+        keys = METRIC_KEYS + (("f1",) if f1_threshold is not None else ())
+        self.sums = {key: torch.zeros(t_out, dtype=torch.float64) for key in keys}
         self.count = 0  # sequences seen
 
     def update(self, pred: torch.Tensor, truth: torch.Tensor) -> None:
         """pred/truth float (B, T_out, C, H, W) in [0, 1]."""
         if pred.shape[1] != self.t_out:
             raise ValueError(f"expected {self.t_out} lead times, got {pred.shape[1]}")
-        for key, per_frame in frame_metrics(pred, truth).items():
+        for key, per_frame in frame_metrics(pred, truth, self.f1_threshold).items():
             self.sums[key] += per_frame.sum(dim=0).cpu()  # (T,)
         self.count += pred.shape[0]
 

@@ -31,7 +31,8 @@ class VideoWindowDataset(Dataset):
     per video) with ``all_windows``. ``t_out = 0`` gives the first ``t_in`` frames (the hidden split).
     """
 
-    def __init__(self, sources: VideoSource | Sequence[VideoSource], t_in: int, t_out: int, all_windows: bool = False):
+    def __init__(self, sources: VideoSource | Sequence[VideoSource], t_in: int, t_out: int,
+                 all_windows: bool = False, from_end: bool = False):
         self.sources = [sources] if isinstance(sources, VideoSource) else list(sources)
         if not self.sources:
             raise FramecastError("no video sources given to the dataset (check data.train_splits)")
@@ -52,6 +53,9 @@ class VideoWindowDataset(Dataset):
                     f"t_in + t_out = {t_in} + {t_out}"
                 )
         self.windows_per_video = [s.num_frames - self.length + 1 if all_windows else 1 for s in self.sources]
+        # The one window of each video starts at its first frame, or ends at its last (``from_end``:
+        # a video's future is what follows its last frame).
+        self.first_start = [s.num_frames - self.length if from_end else 0 for s in self.sources]
         # offsets[k]: index of source k's first sample.
         self.offsets = np.cumsum([0] + [len(s) * w for s, w in zip(self.sources, self.windows_per_video)]).tolist()
 
@@ -70,7 +74,7 @@ class VideoWindowDataset(Dataset):
             raise IndexError(f"sample {index} out of range for {len(self)} samples")
         k = bisect.bisect_right(self.offsets, index) - 1
         video, start = divmod(index - self.offsets[k], self.windows_per_video[k])
-        return k, video, start
+        return k, video, start + self.first_start[k]
 
     def __getitem__(self, index: int) -> torch.Tensor:
         k, video, start = self.locate(index)
@@ -225,21 +229,39 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, num_workers
     )
 
 
-def to_model_input(batch_uint8: torch.Tensor, device: torch.device | str, channels_last: bool = False) -> torch.Tensor:
-    """uint8 (B, T, H, W, C) -> float (B, T, C, H, W) in [0, 1] on ``device``, converted there.
+def to_model_input(batch_uint8: torch.Tensor, device: torch.device | str, channels_last: bool = False,
+                   channels: int = 3) -> torch.Tensor:
+    """uint8 (B, T, H, W, 3) -> float (B, T, channels, H, W) in [0, 1] on ``device``, converted there.
 
-    With ``channels_last`` the memory keeps the loaded (B, T, H, W, C) order (a permuted view, no
-    layout copy): channels stay innermost in every frame ``x[:, t]``, as channels-last convolutions want.
+    ``channels=1`` keeps only the first channel: grey data stored as RGB (each channel the same)
+    trains and is scored as one channel. With ``channels_last`` the memory keeps the loaded
+    (B, T, H, W, C) order (a permuted view, no layout copy): channels stay innermost in every frame
+    ``x[:, t]``, as channels-last convolutions want.
     """
+    if channels != batch_uint8.shape[-1]:
+        batch_uint8 = batch_uint8[..., :channels]  # (B, T, H, W, channels) view
     x = batch_uint8.to(device, non_blocking=True).permute(0, 1, 4, 2, 3)  # (B, T, C, H, W) view
     if not channels_last:
         x = x.contiguous()  # still uint8: the layout copy moves a quarter of the float bytes
     return x.float().div_(255)  # .float() keeps the strides of a dense view
 
 
-def build_split_dataset(data_cfg: DataConfig, split: str, with_targets: bool = True) -> VideoWindowDataset:
-    """The first window of every video of ``split``: t_in inputs (+ t_out targets when ``with_targets``)."""
-    return VideoWindowDataset(open_split(data_cfg, split), data_cfg.t_in, data_cfg.t_out if with_targets else 0)
+def build_split_dataset(data_cfg: DataConfig, split: str) -> VideoWindowDataset:
+    """The first window of every video of ``split``: t_in inputs and t_out targets."""
+    return VideoWindowDataset(open_split(data_cfg, split), data_cfg.t_in, data_cfg.t_out)
+
+
+def check_channels(dataset: VideoWindowDataset, channels: int) -> None:
+    """A one-channel model reads the first channel of RGB frames: refuse colour data for it."""
+    if channels == 3:
+        return
+    for source in dataset.sources:
+        window = source.read(0, 0, 1)  # (1, H, W, 3) of the first video
+        if not (np.array_equal(window[..., 0], window[..., 1]) and np.array_equal(window[..., 0], window[..., 2])):
+            raise FramecastError(
+                f"{source.describe()}: model.in_channels=1 reads grey frames, but {source.names[0]} is in "
+                "colour (its R, G and B differ); use model.in_channels=3"
+            )
 
 
 def build_datasets(cfg: Config) -> tuple[VideoWindowDataset, VideoWindowDataset]:

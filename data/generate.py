@@ -18,7 +18,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from core.errors import FramecastError
-from data.layout import LABELED_SPLITS, MASK_NAME, SPLITS, frame_name, staged_dir, video_name
+from core.processes import die_with_parent
+from core.atomic import atomic_dir
+from data.pack import PACKED_DIR
+from data.layout import LABELED_SPLITS, MASK_NAME, SPLITS, frame_name, video_name
 
 Renderer = Callable[[np.random.Generator], "tuple[np.ndarray, np.ndarray]"]
 
@@ -28,7 +31,6 @@ Renderer = Callable[[np.random.Generator], "tuple[np.ndarray, np.ndarray]"]
 PNG_COMPRESS_LEVEL = 1
 # Videos handed to a worker at a time: enough to hide the hand-off, small enough to balance load.
 TASK_CHUNK = 4
-PACKED_DIR = "packed"
 
 _worker_render: Renderer | None = None
 
@@ -71,9 +73,11 @@ def existing_dataset(out: Path) -> list[Path]:
     return [path for path in (*(out / s for s in SPLITS), out / PACKED_DIR) if path.exists()]
 
 
-def _init_worker(render: Renderer) -> None:
+def _init_worker(render: Renderer | None, parent_pid: int | None = None) -> None:
     global _worker_render
     _worker_render = render
+    if parent_pid is not None:  # a pool worker: end with the generating process
+        die_with_parent(parent_pid)
 
 
 def _write_video(task: tuple[Path, int, int, int, bool, int]) -> int:
@@ -118,7 +122,7 @@ def write_dataset(out: str | os.PathLike, counts: dict[str, int], render: Render
         for split in SPLITS:
             count = counts[split]
             if count:
-                tmp = stack.enter_context(staged_dir(root / split, replace=True))
+                tmp = stack.enter_context(atomic_dir(root / split, replace=True))
                 keep = hidden_frames if split == "hidden" else frames
                 labeled = split in LABELED_SPLITS
                 tasks += [(tmp, n, seed, keep, labeled, compress_level) for n in range(first, first + count)]
@@ -136,7 +140,7 @@ def write_dataset(out: str | os.PathLike, counts: dict[str, int], render: Render
             else:
                 # (A worker killed outright fails the run with BrokenProcessPool instead of hanging.)
                 with ProcessPoolExecutor(min(workers, len(tasks)), initializer=_init_worker,
-                                         initargs=(render,)) as pool:
+                                         initargs=(render, os.getpid())) as pool:
                     for _ in pool.map(_write_video, tasks, chunksize=TASK_CHUNK):
                         bar.update()
     # The new splits are in place; drop what would mix with them: splits not regenerated, stale packs.

@@ -6,12 +6,9 @@ does not decode, a frame of another size or colour mode) raises ``FramecastError
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import shutil
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -49,6 +46,13 @@ def _number(path_or_name: str | os.PathLike, pattern: re.Pattern, what: str) -> 
 def video_number(path_or_name: str | os.PathLike) -> int:
     """``video_15000`` (or a path ending in it) -> 15000."""
     return _number(path_or_name, _VIDEO_RE, "video_<n> folder")
+
+
+def check_video_name(name: str, where: str | os.PathLike) -> None:
+    """Names from files (a pack, an index) become folder names: exactly ``video_<n>``, nothing that
+    could point elsewhere (``../x``, ``a/video_1``)."""
+    if not isinstance(name, str) or Path(name).name != name or not _VIDEO_RE.fullmatch(name):
+        raise FramecastError(f"{where}: {name!r} is not a video_<n> folder name")
 
 
 def frame_number(path_or_name: str | os.PathLike) -> int:
@@ -147,32 +151,3 @@ def read_video(video_dir: str | os.PathLike, expected_frames: int | None = None,
     for index, path in enumerate(frames):
         read_frame(path, expected_hw, out=video[index])
     return video
-
-
-@contextlib.contextmanager
-def staged_dir(final: str | os.PathLike, replace: bool = False) -> Iterator[Path]:
-    """Build a folder under a temporary sibling name and rename it onto ``final`` when complete.
-
-    The folder-sized version of ``core.atomic.atomic_path``: an interrupted generator leaves no
-    half-written split. With ``replace`` an existing ``final`` is swapped out only after success.
-    """
-    target = Path(final)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        yield tmp
-        if target.exists():
-            if not replace:
-                raise FramecastError(f"{target}: already exists")
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)

@@ -25,10 +25,12 @@ from tqdm import tqdm
 
 from core.atomic import WritebackAhead, atomic_path
 from core.errors import FramecastError
-from data.generate import PACKED_DIR
+from core.processes import die_with_parent
 from data.layout import CHANNELS, SPLITS, frame_size, list_frames, list_videos, read_video
 
 FORMAT_VERSION = 1
+# Where packs go by default: <data root>/packed/<split>.h5.
+PACKED_DIR = "packed"
 COMPRESSIONS = ("none", "gzip", "lzf")
 GZIP_LEVEL = 4  # zlib level for compression="gzip": most of level 9's size at a fraction of the time
 # Videos per worker kept in flight: keeps every worker busy while bounding the parent's memory.
@@ -64,9 +66,11 @@ def _reference_geometry(videos: Sequence[Path]) -> tuple[int, int, int]:
 _ring: mmap.mmap | None = None
 
 
-def _attach_ring(ring: mmap.mmap) -> None:
+def _attach_ring(ring: mmap.mmap | None, parent_pid: int | None = None) -> None:
     global _ring
     _ring = ring
+    if parent_pid is not None:  # a pool worker: end with the packing process
+        die_with_parent(parent_pid)
 
 
 def _slot(ring: mmap.mmap | bytearray, index: int, shape: tuple[int, ...]) -> np.ndarray:
@@ -122,7 +126,7 @@ def _decoded_videos(videos: Sequence[Path], geometry: tuple[int, int, int], comp
     todo = iter(videos)
     # A worker killed outright (out of memory) fails the pack with BrokenProcessPool instead of hanging.
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
-                               initializer=_attach_ring, initargs=(ring,))
+                               initializer=_attach_ring, initargs=(ring, os.getpid()))
     try:
 
         def submit() -> None:

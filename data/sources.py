@@ -6,7 +6,6 @@ the pack is read one window at a time through a file handle opened in the proces
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -15,10 +14,9 @@ import numpy as np
 
 from core.config import DataConfig
 from core.errors import FramecastError
-from data.generate import PACKED_DIR
-from data.layout import CHANNELS, frame_name, frame_size, list_frames, list_videos, read_frame, video_name
+from data.layout import CHANNELS, check_video_name, frame_name, frame_size, list_frames, list_videos, read_frame, video_name
 from data.moving_mnist import read_toronto
-from data.pack import pack_path
+from data.pack import PACKED_DIR, pack_path
 
 
 class VideoSource:
@@ -47,6 +45,12 @@ class VideoSource:
         raise NotImplementedError
 
 
+def open_pack(path: Path) -> h5py.File:
+    """A pack opened read-only without HDF5's file locking, which fails on many NFS and Lustre mounts
+    (a pack is never written in place: packing writes a new file and renames it)."""
+    return h5py.File(path, "r", locking=False)
+
+
 class H5VideoSource(VideoSource):
     """A pack written by ``data.pack``. The file is opened on first read in each process.
 
@@ -59,24 +63,25 @@ class H5VideoSource(VideoSource):
         if not self.path.is_file():
             raise FramecastError(f"{self.path}: pack file not found")
         try:
-            with h5py.File(self.path, "r") as h5:
+            with open_pack(self.path) as h5:
                 frames = h5["frames"]
                 if frames.dtype != np.uint8 or frames.ndim != 5 or frames.shape[-1] != CHANNELS:
                     raise FramecastError(f"{self.path}: 'frames' is {frames.dtype} {frames.shape}, expected uint8 (N, T, H, W, 3)")
                 shape = frames.shape  # (N, T, H, W, C)
                 self.names = [str(name) for name in h5["names"].asstr()[()]]
-                self.skipped = json.loads(h5.attrs.get("skipped", "[]"))
         except (OSError, KeyError) as exc:
             raise FramecastError(f"{self.path}: not a framecast pack ({exc})") from None
         if len(self.names) != shape[0]:
             raise FramecastError(f"{self.path}: {len(self.names)} names for {shape[0]} videos")
+        for name in self.names:
+            check_video_name(name, self.path)  # a crafted pack must not name folders elsewhere
         self.num_frames = shape[1]
         self.frame_shape = tuple(shape[2:])
         self._file = self._frames = self._pid = None  # opened lazily, per process
 
     def _dataset(self) -> h5py.Dataset:
         if self._pid != os.getpid():
-            self._file = h5py.File(self.path, "r")
+            self._file = open_pack(self.path)
             self._frames = self._file["frames"]  # (N, T, H, W, C)
             self._pid = os.getpid()
         return self._frames

@@ -1,29 +1,22 @@
-"""Video-prediction models: ConvLSTM/ConvGRU encoder-forecasters built from ``core.config.ModelConfig``."""
+"""Video-prediction model families behind one contract (``models.base``), chosen by ``model.family``."""
 from __future__ import annotations
 
-from torch import nn
-
-from core.config import ModelConfig
+from models.base import FamilyModel, Forecast, TrainingForward, count_parameters
 from models.cells import CELLS, ConvGRUCell, ConvLSTMCell, ConvRNNCell
 from models.encoder_forecaster import EncoderForecaster, total_stride
+from models.registry import FAMILIES, build_model
 
 __all__ = [
     "CELLS",
+    "FAMILIES",
     "ConvGRUCell",
     "ConvLSTMCell",
     "ConvRNNCell",
     "EncoderForecaster",
+    "FamilyModel",
+    "Forecast",
+    "TrainingForward",
     "build_model",
     "count_parameters",
     "total_stride",
 ]
-
-
-def build_model(model_cfg: ModelConfig, t_in: int, t_out: int) -> nn.Module:
-    """The one place a model is made from config, so training and ``load_model`` build the same thing."""
-    return EncoderForecaster(model_cfg, t_in, t_out)
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Number of scalars in the model's parameters (a torch.compile wrapper counts as its model)."""
-    return sum(p.numel() for p in model.parameters())

@@ -14,6 +14,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from core.config import CELL_NORM_BLOCKS
+
 State = tuple[Tensor, ...]  # ConvLSTM: (h, c); ConvGRU: (h,). Each (B, hidden, H, W).
 
 # The LSTM forget gate starts biased open (Jozefowicz et al. 2015) so early gradients flow through
@@ -145,7 +147,7 @@ class ConvLSTMCell(ConvRNNCell):
     """
 
     GATES = 4
-    NORM_BLOCKS = (4,)  # one GroupNorm over all four gate pre-activations, as the reference
+    NORM_BLOCKS = CELL_NORM_BLOCKS["lstm"]  # one GroupNorm over all four gates, as the reference
 
     def __init__(self, in_channels: int, hidden_channels: int, kernel_size: int, norm_groups: int):
         super().__init__(in_channels, hidden_channels, kernel_size, norm_groups)
@@ -172,7 +174,7 @@ class ConvGRUCell(ConvRNNCell):
     """
 
     GATES = 3
-    NORM_BLOCKS = (2, 1)  # r and z together, then the candidate (it needs r first)
+    NORM_BLOCKS = CELL_NORM_BLOCKS["gru"]  # r and z together, then the candidate (it needs r first)
 
     def step(self, input_gates: Tensor | None, state: State | None) -> State:
         hidden = self.hidden_channels

@@ -1,15 +1,33 @@
 """The convert stage: the prediction ``.npy`` -> ``<convert.out>/video_<n>/image_<k>.png``.
 
-Runs after predict (or after a job array of predict shards, which it merges first when the merged
-array is missing or older than its shards), so one Slurm dependency chain covers the whole path.
+    python np_to_png.py preds/hidden.npy --out DIR [--frames 21] [--workers 4]
+    python main.py convert --config ...
+
+Video names and frame numbers ``k`` (those that follow each video's last input frame: 11..21 for
+the reference data) come from the array's index (``data.predictions``). Runs after predict (or after
+a job array of predict shards, which it merges first when the merged array is missing or older than
+its shards), so one Slurm dependency chain covers the whole path.
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-from core.config import Config
-from np_to_png import convert
-from stages.predict import merge_shards, output_path, shard_path
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from core.atomic import atomic_path, os_error_text
+from core.config import Config, ConvertConfig
+from core.errors import FramecastError
+from core.processes import die_with_parent
+from data.layout import frame_name
+from data.predictions import load_predictions, merge_if_newer
+from stages.predict import output_path
+
+# Rows per task handed to a worker: a few tasks per worker keep the bar moving and the pool busy.
+TASKS_PER_WORKER = 8
 
 
 def png_dir(cfg: Config) -> Path:
@@ -20,12 +38,70 @@ def png_dir(cfg: Config) -> Path:
 def run(cfg: Config) -> Path:
     """Write the PNGs of ``predict.out`` (``convert.frames`` only, when set); returns the PNG folder."""
     npy = output_path(cfg)
-    shards = cfg.predict.shards
-    if shards > 1:
-        parts = [shard_path(npy, i, shards) for i in range(shards)]
-        present = [p for p in parts if p.is_file()]
-        if present and (not npy.is_file() or max(p.stat().st_mtime for p in present) > npy.stat().st_mtime):
-            merge_shards(npy, shards)  # names any missing shard
+    merge_if_newer(npy, cfg.predict.shards)
     out = png_dir(cfg)
-    convert(npy, out, frames=cfg.convert.frames or None, workers=cfg.convert.workers)
+    write_pngs(npy, out, frames=cfg.convert.frames or None, workers=cfg.convert.workers)
     return out
+
+
+def _write_rows(npy_path: str, rows: range, columns: list[int], frame_numbers: list[int],
+                videos: list[str], out_dir: str) -> int:
+    """Write the PNGs of ``rows`` (only ``columns`` of each); opens the memmap itself (in a worker)."""
+    array = np.load(npy_path, mmap_mode="r")  # (N, T, H, W, 3) uint8, nothing read yet
+    written = 0
+    for row in rows:
+        video_dir = Path(out_dir) / videos[row]
+        for column in columns:
+            frame = np.ascontiguousarray(array[row, column])  # (H, W, 3) uint8
+            with atomic_path(video_dir / frame_name(frame_numbers[column])) as tmp:
+                Image.fromarray(frame).save(tmp, format="PNG")
+            written += 1
+    return written
+
+
+def write_pngs(npy_path: str | os.PathLike, out_dir: str | os.PathLike, frames: list[int] | None = None,
+               workers: int = ConvertConfig.workers, index_path: str | os.PathLike | None = None) -> int:
+    """Write ``out_dir/video_<n>/image_<k>.png`` for every (or each requested) predicted frame.
+
+    ``frames`` are frame numbers as in the index (e.g. ``[21]`` for only the last one); ``workers``
+    processes write in parallel (1 writes in this process). Returns the number of PNGs written.
+    """
+    array, index = load_predictions(npy_path, index_path)
+    frame_numbers: list[int] = index["frames"]
+    if frames:
+        missing = sorted(set(frames) - set(frame_numbers))
+        if missing:
+            raise FramecastError(f"{npy_path}: frame(s) {missing} were not predicted (it holds frames {frame_numbers})")
+        columns = [frame_numbers.index(k) for k in sorted(set(frames))]
+    else:
+        columns = list(range(len(frame_numbers)))
+    if workers < 1:
+        raise FramecastError(f"convert.workers must be >= 1, got {workers}")
+
+    videos: list[str] = index["videos"]
+    n_rows = array.shape[0]
+    del array  # workers open their own memmap
+    try:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FramecastError(f"{out_dir}: cannot create the PNG folder ({os_error_text(exc)})") from None
+    task_args = (str(npy_path), columns, frame_numbers, videos, str(out_dir))
+    rows_per_task = max(1, -(-n_rows // (workers * TASKS_PER_WORKER)))
+    chunks = [range(lo, min(lo + rows_per_task, n_rows)) for lo in range(0, n_rows, rows_per_task)]
+
+    written = 0
+    with tqdm(total=n_rows * len(columns), desc="png", unit="frame", disable=None) as bar:
+        if workers == 1 or len(chunks) <= 1:
+            for chunk in chunks:
+                done = _write_rows(task_args[0], chunk, *task_args[1:])
+                written += done
+                bar.update(done)
+        else:
+            with ProcessPoolExecutor(max_workers=min(workers, len(chunks)), initializer=die_with_parent,
+                                     initargs=(os.getpid(),)) as pool:
+                futures = [pool.submit(_write_rows, task_args[0], chunk, *task_args[1:]) for chunk in chunks]
+                for future in as_completed(futures):
+                    done = future.result()
+                    written += done
+                    bar.update(done)
+    return written

@@ -1,17 +1,19 @@
-"""The evaluate stage: how good are the forecasts, lead time by lead time, against a naive baseline?
+"""The evaluate stage: how good are the forecasts, lead time by lead time, against naive baselines?
 
     python main.py evaluate --checkpoint runs/<name>/best.pt --split val
 
 For each of the ``t_out`` predicted frames of every video (the first ``t_in + t_out`` frames of a
 labeled split), ``core.metrics`` computes MSE and MAE (summed over a frame as the Moving MNIST
-literature reports them, and per pixel), PSNR and SSIM, for the model and for the copy-last-frame
-baseline (the last input frame repeated), which any useful model must beat.
+literature reports them, and per pixel), PSNR and SSIM, and for grey data (``model.in_channels``
+1, scored as one channel) the F1 of the binarised frame, for the model and two baselines any useful
+model must beat: copy-last (the last input frame repeated) and mean-of-inputs (no motion, blurred
+where things move: a model that wins on MSE but loses on SSIM to it has learned to blur).
 
 Predictions are scored as the model's output clipped to [0, 1], in float (not quantized to 8 bits).
 
 Writes into ``out_dir`` (default ``<run_dir>/eval/<split>``):
-- ``report.json``: both sets of per-lead-time metrics and their means, definitions, checkpoint, split;
-- ``metrics_vs_lead_time.png``: model vs baseline per lead time (MSE, MAE, PSNR, SSIM panels);
+- ``report.json``: per-lead-time metrics and their means for the model and each baseline;
+- ``metrics_vs_lead_time.png``: model vs baselines per lead time, one panel per metric;
 - ``samples.png``: rows input / truth / prediction for the first few videos;
 - ``samples.gif``: the same videos animated, truth and prediction side by side.
 """
@@ -32,9 +34,9 @@ from tqdm import tqdm
 from core.atomic import atomic_path, write_json_atomic
 from core.errors import FramecastError
 from core.metrics import DEFINITIONS, LeadTimeMetrics
-from data.datasets import VideoWindowDataset, to_model_input
+from data.datasets import VideoWindowDataset, check_channels, to_model_input
 from data.sources import open_split
-from stages.predict import Forecaster, to_uint8_frames
+from stages.inference import Predictor, to_uint8_frames
 from training.step import split_video
 
 REPORT_NAME = "report.json"
@@ -46,83 +48,104 @@ GUTTER_PX = 96  # label column of the strip
 GAP_PX = 2  # between frames
 BACKGROUND = (255, 255, 255)
 TEXT = (0, 0, 0)
+# Forecasts any useful model must beat: inputs (B, t_in, C, H, W) -> (B, t_out, C, H, W).
+BASELINES = {
+    "copy_last_frame": lambda inputs, t_out: inputs[:, -1:].expand(-1, t_out, -1, -1, -1),
+    # No motion at all, but blurred where things move: it shows what MSE alone rewards.
+    "mean_of_inputs": lambda inputs, t_out: inputs.mean(dim=1, keepdim=True).expand(-1, t_out, -1, -1, -1),
+}
+BASELINE_LABELS = {"model": "model", "copy_last_frame": "copy-last", "mean_of_inputs": "mean-of-inputs"}
 PLOTTED = (("mse_per_frame_sum", "MSE (sum over frame)"), ("mae_per_frame_sum", "MAE (sum over frame)"),
            ("psnr", "PSNR (dB)"), ("ssim", "SSIM"))
 
 
-def default_out_dir(cfg, split: str) -> Path:
-    return cfg.run_dir / "eval" / Path(split).stem
+def out_dir_for(cfg, split: str | None = None) -> Path:
+    """``evaluate.out``, or ``<run_dir>/eval/<split>`` (``split`` defaults to ``evaluate.split``)."""
+    if cfg.evaluate.out:
+        return Path(cfg.evaluate.out)
+    return cfg.run_dir / "eval" / Path(split or cfg.evaluate.split or cfg.data.val_split).stem
 
 
 def run(cfg, split: str | None = None, out_dir: str | Path | None = None, max_videos: int | None = None,
-        samples: int = 2, gif_frame_ms: int = 400) -> dict[str, Any]:
+        samples: int | None = None, gif_frame_ms: int = 400) -> dict[str, Any]:
     """Evaluate the checkpoint (``predict.checkpoint`` or ``<run_dir>/best.pt``) on ``split``.
 
     ``max_videos`` evaluates only the first videos of the split (numeric order); ``samples`` videos
-    are drawn in the strip and GIF. Returns the report (as written to ``report.json``).
+    are drawn in the strip and GIF. Each defaults to its ``evaluate.*`` setting. Returns the report
+    (as written to ``report.json``).
     """
-    split = split or cfg.data.val_split
-    forecaster = Forecaster.load(cfg)
-    t_in, t_out = forecaster.t_in, forecaster.t_out
+    ec = cfg.evaluate
+    split = split or ec.split or cfg.data.val_split
+    out = Path(out_dir) if out_dir is not None else out_dir_for(cfg, split)
+    max_videos = max_videos if max_videos is not None else (ec.max_videos or None)
+    samples = samples if samples is not None else ec.samples
+    predictor = Predictor.load(cfg)
+    t_in, t_out = predictor.t_in, predictor.t_out
     source = open_split(cfg.data, split)
     if source.num_frames < t_in + t_out:
         raise FramecastError(
             f"{source.describe()}: videos have {source.num_frames} frames, but evaluating "
-            f"{forecaster.checkpoint} needs t_in + t_out = {t_in} + {t_out} (targets); use a labeled split such as val"
+            f"{predictor.checkpoint} needs t_in + t_out = {t_in} + {t_out} (targets); use a labeled split such as val"
         )
     if max_videos is not None and max_videos < 1:
         raise FramecastError(f"max_videos must be >= 1, got {max_videos}")
     dataset = VideoWindowDataset(source, t_in, t_out)  # the first t_in + t_out frames of each video
+    check_channels(dataset, predictor.in_channels)
     count = len(dataset) if max_videos is None else min(len(dataset), max_videos)
     names = [dataset.video_name(i) for i in range(min(samples, count))]
 
-    model_metrics, baseline_metrics = LeadTimeMetrics(t_out), LeadTimeMetrics(t_out)
+    grey = predictor.in_channels == 1
+    f1_threshold = ec.f1_threshold if grey else None
+    scores = {name: LeadTimeMetrics(t_out, f1_threshold) for name in ("model", *BASELINES)}
     kept: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # uint8 sample videos
     kept_count = 0
-    for batch in tqdm(forecaster.loader(Subset(dataset, range(count))), desc=f"evaluate {split}", unit="batch",
+    device, channels_last = predictor.precision.device, predictor.precision.channels_last
+    for batch in tqdm(predictor.loader(Subset(dataset, range(count))), desc=f"evaluate {split}", unit="batch",
                       disable=None):
-        video = to_model_input(batch, forecaster.device, forecaster.channels_last)  # (B, T, C, H, W)
+        video = to_model_input(batch, device, channels_last, predictor.in_channels)  # (B, T, C, H, W)
         inputs, truth = split_video(video, t_in)  # (B, t_in, C, H, W), (B, t_out, C, H, W)
-        raw = forecaster(inputs)  # (B, t_out, C, H, W)
-        prediction = raw.clamp(0, 1)
-        model_metrics.update(prediction, truth)
-        baseline_metrics.update(inputs[:, -1:].expand_as(truth), truth)  # copy the last input frame
+        raw = predictor(inputs)  # (B, t_out, C, H, W)
+        scores["model"].update(raw.clamp(0, 1), truth)
+        for name, baseline in BASELINES.items():
+            scores[name].update(baseline(inputs, t_out), truth)
         if kept_count < len(names):
             take = len(names) - kept_count
             kept.append(tuple(to_uint8_frames(t[:take]).cpu() for t in (inputs, truth, raw)))
             kept_count += len(kept[-1][0])
 
-    out = Path(out_dir) if out_dir is not None else default_out_dir(cfg, split)
     files = {"report": out / REPORT_NAME, "plot": out / PLOT_NAME}
     if names:
         files.update(strip=out / STRIP_NAME, gif=out / GIF_NAME)
     frames = list(range(t_in, t_in + t_out))
-    model_result, baseline_result = model_metrics.compute(), baseline_metrics.compute()
+    results = {name: metrics.compute() for name, metrics in scores.items()}
     report = {
-        "checkpoint": str(forecaster.checkpoint),
-        "epoch": forecaster.state.get("epoch"),
+        "checkpoint": str(predictor.checkpoint),
+        "epoch": predictor.epoch,
+        "family": predictor.model.family,
         "split": split,
         "source": source.describe(),
         "videos": count,
         "t_in": t_in,
         "t_out": t_out,
         "frames": frames,
-        "device": str(forecaster.device),
-        "autocast": str(forecaster.amp_dtype).replace("torch.", "") if forecaster.amp_dtype else "fp32",
-        "scored": "model output clipped to [0, 1], float (not quantized to 8 bits)",
-        "definitions": DEFINITIONS,
-        "model": model_result,
-        "copy_last_frame": baseline_result,
+        "channels": predictor.in_channels,
+        "device": str(device),
+        "autocast": predictor.precision.describe(),
+        "scored": "model output clipped to [0, 1], float (not quantized to 8 bits)"
+                  + ("; grey data: one channel" if grey else ""),
+        "definitions": {k: v for k, v in DEFINITIONS.items() if grey or k != "f1"},
+        **({"f1_threshold": f1_threshold} if grey else {}),
+        **results,
         "files": {key: str(path) for key, path in files.items()},
     }
     report = _json_safe(report)
     write_json_atomic(files["report"], report)
-    plot_metrics(model_result, baseline_result, frames, files["plot"], title=f"{split}: {count} videos")
+    plot_metrics(results, frames, files["plot"], title=f"{split}: {count} videos, {predictor.model.title}")
     if names:
         inputs_u8, truth_u8, pred_u8 = (torch.cat(parts).numpy() for parts in zip(*kept))  # (S, T, H, W, C) each
         sample_strip(inputs_u8, truth_u8, pred_u8, names, t_in).save_to(files["strip"])
         write_gif(inputs_u8, truth_u8, pred_u8, names, t_in, files["gif"], gif_frame_ms)
-    _print_summary(report)
+    print_summary(report)
     return report
 
 
@@ -137,12 +160,16 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _print_summary(report: dict[str, Any]) -> None:
+def print_summary(report: dict[str, Any]) -> None:
+    """The mean over lead times of every metric, for the model and each baseline, and the verdict."""
+    columns = ("model", *BASELINES)
     print(f"{report['split']}: {report['videos']} videos, frames {report['frames'][0]}..{report['frames'][-1]}")
-    print(f"{'mean over lead times':22s} {'model':>12s} {'copy-last':>12s}")
-    for key in DEFINITIONS:
-        model, base = report["model"]["mean"][key], report["copy_last_frame"]["mean"][key]
-        print(f"{key:22s} {_fmt(model):>12s} {_fmt(base):>12s}")
+    print(f"{'mean over lead times':22s}" + "".join(f"{BASELINE_LABELS.get(c, c):>16s}" for c in columns))
+    for key in report["definitions"]:
+        print(f"{key:22s}" + "".join(f"{_fmt(report[c]['mean'][key]):>16s}" for c in columns))
+    model, copy = report["model"]["mean"], report["copy_last_frame"]["mean"]
+    change = model["mse_per_frame_sum"] / copy["mse_per_frame_sum"] - 1 if copy["mse_per_frame_sum"] else math.nan
+    print(f"vs copy-last: MSE {change:+.1%}, SSIM {_fmt(model['ssim'])} vs {_fmt(copy['ssim'])}")
     print(f"report: {report['files']['report']}")
 
 
@@ -150,17 +177,21 @@ def _fmt(value: Any) -> str:
     return f"{value:.5g}" if isinstance(value, float) else str(value)
 
 
-def plot_metrics(model: dict, baseline: dict, frames: list[int], path: Path, title: str) -> None:
-    """Model vs copy-last-frame baseline, one panel per metric, lead time (frame number) on x."""
-    fig = Figure(figsize=(10, 7), layout="constrained")
-    axes = fig.subplots(2, 2).ravel()
-    for ax, (key, label) in zip(axes, PLOTTED):
-        ax.plot(frames, model["per_lead_time"][key], marker="o", label="model")
-        ax.plot(frames, baseline["per_lead_time"][key], marker="s", linestyle="--", label="copy last frame")
+def plot_metrics(results: dict[str, dict], frames: list[int], path: Path, title: str) -> None:
+    """Model vs the baselines, one panel per metric, lead time (frame number) on x."""
+    panels = PLOTTED + ((("f1", "F1 (binarised)"),) if "f1" in results["model"]["per_lead_time"] else ())
+    fig = Figure(figsize=(10, 3.5 * ((len(panels) + 1) // 2)), layout="constrained")
+    axes = fig.subplots((len(panels) + 1) // 2, 2).ravel()
+    for ax, (key, label) in zip(axes, panels):
+        for name, style in (("model", dict(marker="o")), ("copy_last_frame", dict(marker="s", linestyle="--")),
+                            ("mean_of_inputs", dict(marker="^", linestyle=":"))):
+            ax.plot(frames, results[name]["per_lead_time"][key], label=BASELINE_LABELS.get(name, name), **style)
         ax.set_xlabel("predicted frame")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
     axes[0].legend()
     fig.suptitle(title)
     with atomic_path(path) as tmp:

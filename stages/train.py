@@ -1,17 +1,21 @@
 """The train stage: ``run(cfg)`` trains the configured model and keeps ``last.pt`` / ``best.pt``.
 
 It works the same in a terminal, under torchrun, in a submitit job and from an SBATCH file:
-- the process layout comes from the environment (``core.distributed``); only rank 0 writes files;
-- it resumes by itself from ``<run_dir>/last.pt`` and continues exactly as an uninterrupted run
-  would (the learning rate is a function of the step, each epoch's data order a function of
-  ``(seed, epoch)``, and everything else that changes is in the checkpoint);
+- the process layout comes from the environment (``core.distributed``); only rank 0 writes files,
+  and only one training at a time writes a run folder (``core.runlock``);
+- it resumes by itself from ``<run_dir>/last.pt`` (from ``best.pt`` when only that is left) and
+  continues exactly as an uninterrupted run would (the learning rate and the sampling
+  probabilities are functions of the step, each epoch's data order a function of ``(seed, epoch)``,
+  and everything else that changes is in the checkpoint);
+- a stop signal (a Slurm time limit or preemption) saves ``last.pt`` at the next step boundary
+  (multi-process: the next log interval, where the processes agree) before the job stops or, under
+  submitit, is requeued;
 - it refuses to resume a checkpoint of a different model, and stops with a clear message on a
   non-finite loss without ever saving a non-finite model.
 """
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import math
 import os
@@ -24,29 +28,25 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from core.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint, save_checkpoint
-from core.config import Config, config_to_dict, save_config
+from core.checkpoint import BEST_NAME, LAST_NAME, check_same_model, load_checkpoint, save_checkpoint
+from core.config import Config, config_from_dict, config_to_dict, save_config
 from core.distributed import DistContext, all_reduce_sum, barrier, cleanup_distributed, init_distributed
 from core.errors import FramecastError
+from core.precision import Precision
+from core.runlock import RunLock
 from core.seeding import capture_rng_state, restore_rng_state, seed_everything
-from data.datasets import build_datasets, make_loader
-from models import build_model, count_parameters
+from data.datasets import build_datasets, check_channels, make_loader
+from models import TrainingForward, build_model, count_parameters
 from training.metrics import MetricsLog
+from training.progress import Progress, epoch_number
 from training.sampler import EpochSampler
 from training.schedule import LRSchedule
-from training.step import (
-    autocast_dtype,
-    build_optimizer,
-    train_step,
-    use_channels_last,
-    use_cudnn_autotune,
-    validation_sums,
-)
+from training.step import build_grad_scaler, build_optimizer, train_step, validation_sums
 
 log = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.yaml"
-# Signals that ask for a checkpoint and a clean stop, when nobody else (submitit) handles them.
+# Signals that ask for a checkpoint and a clean stop.
 STOP_SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR2", None)) if s)
 
 CheckpointHook = Callable[[dict[str, Any]], None]
@@ -70,13 +70,37 @@ def run(cfg: Config, *, on_checkpoint: CheckpointHook | None = None) -> dict[str
     """
     ctx = init_distributed(cfg.run.device)
     try:
-        trainer = Trainer(cfg, ctx, on_checkpoint)
-        with trainer.stop_signals():
-            summary = trainer.fit()
-        barrier(ctx)  # leave together: rank 0 may still be saving when the others finish
+        with _run_folder_lock(cfg, ctx):
+            trainer = Trainer(cfg, ctx, on_checkpoint)
+            with trainer.stop_signals():
+                summary = trainer.fit()
+            barrier(ctx)  # leave together: rank 0 may still be saving when the others finish
         return summary
     finally:
         cleanup_distributed(ctx)
+
+
+@contextlib.contextmanager
+def _run_folder_lock(cfg: Config, ctx: DistContext):
+    """Rank 0 holds the run folder's lock; every rank learns whether it got it, so all stop together."""
+    lock = RunLock(cfg.run_dir, cfg.run.lock_stale_s) if ctx.is_main else None
+    refusal = None
+    if lock is not None:
+        try:
+            lock.acquire()
+        except FramecastError as exc:
+            refusal = exc
+    if ctx.distributed:
+        flag = torch.tensor([1.0 if refusal else 0.0], device=ctx.device)
+        if all_reduce_sum(flag, ctx).item() and refusal is None:
+            refusal = FramecastError(f"{cfg.run_dir}: another training is writing this run folder (see rank 0)")
+    if refusal is not None:
+        raise refusal
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 class Trainer:
@@ -89,33 +113,29 @@ class Trainer:
         self.last_path = self.run_dir / LAST_NAME
         self.best_path = self.run_dir / BEST_NAME
         self.t_in, self.t_out = cfg.data.t_in, cfg.data.t_out
-        if tc.epochs < 1 or tc.log_every_steps < 1:
-            raise FramecastError(
-                f"train.epochs ({tc.epochs}) and train.log_every_steps ({tc.log_every_steps}) must be >= 1"
-            )
-        use_cudnn_autotune(self.device)
-        self.amp_dtype = autocast_dtype(tc, self.device)
-        self.channels_last = use_channels_last(tc, self.device)
+        self.in_channels = cfg.model.in_channels
+        self.precision = Precision.for_run(tc, self.device)
 
-        resume = self._read_resume_checkpoint()
+        resume_path, resume = self._read_resume_checkpoint()
 
         # ---- data: each rank's share, in an order fixed by (seed, epoch)
         train_set, val_set = build_datasets(cfg)
+        check_channels(train_set, self.in_channels)
         self.train_videos, self.val_videos = len(train_set), len(val_set)
         if self.val_videos == 0:
             raise FramecastError(f"{cfg.data.root}: validation split {cfg.data.val_split!r} holds no videos")
         self.train_sampler = EpochSampler(
             len(train_set), rank=ctx.rank, world_size=ctx.world_size, shuffle=True, seed=tc.seed, pad=True
         )
-        self.steps_per_epoch = self.train_sampler.per_rank // tc.batch_size
+        steps_per_epoch = self.train_sampler.per_rank // tc.batch_size
         if tc.max_steps_per_epoch > 0:
-            self.steps_per_epoch = min(self.steps_per_epoch, tc.max_steps_per_epoch)
-        if self.steps_per_epoch == 0:
+            steps_per_epoch = min(steps_per_epoch, tc.max_steps_per_epoch)
+        if steps_per_epoch == 0:
             raise FramecastError(
                 f"{cfg.data.root}: the training splits {cfg.data.train_splits} hold {len(train_set)} "
                 f"windows, fewer than train.batch_size={tc.batch_size} for each of {ctx.world_size} process(es)"
             )
-        self.train_sampler.limit = self.steps_per_epoch * tc.batch_size  # whole batches only
+        self.train_sampler.limit = steps_per_epoch * tc.batch_size  # whole batches only
         val_sampler = EpochSampler(
             len(val_set), rank=ctx.rank, world_size=ctx.world_size, shuffle=False, pad=False
         )
@@ -135,69 +155,67 @@ class Trainer:
         seed_everything(tc.seed)
         self.model = build_model(cfg.model, self.t_in, self.t_out).to(self.device)
         self.model.set_activation_checkpointing(tc.activation_checkpointing)
-        if self.channels_last:
+        if self.precision.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.num_parameters = count_parameters(self.model)
         self.optimizer = build_optimizer(self.model, tc, self.device)
-        self.total_steps = tc.epochs * self.steps_per_epoch
-        self.schedule = LRSchedule(tc, self.total_steps)
+        self.scaler = build_grad_scaler(self.precision)
+        self.schedule = LRSchedule(tc, tc.epochs * steps_per_epoch)
 
-        # ---- progress (1-based epoch numbers in files and messages; 0-based indices in loops)
-        self.step = 0
-        self.epoch = 0  # 1-based number of the epoch last worked on
+        self.progress = Progress(steps_per_epoch=steps_per_epoch, total_steps=tc.epochs * steps_per_epoch,
+                                 world_size=ctx.world_size)
         self.start_epoch = 0  # index of the first epoch this process runs
         self.skip_batches = 0  # batches of that epoch already consumed before a resume
-        self.batches_done = 0
-        self.val_loss: float | None = None
-        self.best_val_loss = math.inf
-        self.best_epoch = 0
-        self.best_step = 0
-        self.bad_validations = 0
-        self.stopped = ""  # "early_stop" once patience ran out
-        self.resumed_from: dict[str, int] | None = None
+        self.resumed_from: dict[str, Any] | None = None
         if resume is not None:
-            self._restore(resume)
+            self._restore(resume_path, resume)
 
         # ---- execution wrappers (the checkpoint always holds the plain module's weights)
+        training_pass = TrainingForward(self.model)
         self.forward_model = torch.compile(self.model) if tc.compile else self.model
+        training_pass = torch.compile(training_pass) if tc.compile else training_pass
         if ctx.distributed:
             self.train_model = DistributedDataParallel(
-                self.forward_model,
+                training_pass,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 gradient_as_bucket_view=True,
             )
         else:
-            self.train_model = self.forward_model
+            self.train_model = training_pass
         self.metrics = MetricsLog(self.run_dir, enabled=ctx.is_main)
         self._stop_signal = ""  # set by the signal handler in this process
         self._stop_signal_anywhere = False  # any process got one (agreed at each log interval)
+        self._chained_handlers: dict[int, Callable] = {}  # submitit's own handlers, run after saving
         self._saved_step = -1
         self._last_train = (math.nan, math.nan)  # (loss, videos/s) of the latest log interval
 
+    @property
+    def step(self) -> int:
+        return self.progress.step
+
     # ------------------------------------------------------------------ resume
 
-    def _read_resume_checkpoint(self) -> dict[str, Any] | None:
-        """``last.pt`` when present and of this very model; a corrupt one is an error, never ignored."""
-        if not self.last_path.exists():
-            return None
-        state = load_checkpoint(self.last_path)  # FramecastError naming the file when unreadable
-        saved = state.get("model_config") or {}
-        wanted = dataclasses.asdict(self.cfg.model)
-        for key in wanted:
-            if saved.get(key) != wanted[key]:
-                raise FramecastError(
-                    f"{self.last_path}: holds a model with model.{key}={saved.get(key)!r} but the config "
-                    f"asks for model.{key}={wanted[key]!r}; choose another run.name or remove "
-                    f"{self.run_dir} to start over"
-                )
-        if (state.get("t_in"), state.get("t_out")) != (self.t_in, self.t_out):
-            raise FramecastError(
-                f"{self.last_path}: trained with data.t_in={state.get('t_in')}, data.t_out={state.get('t_out')} "
-                f"but the config asks for {self.t_in}, {self.t_out}; choose another run.name"
-            )
-        return state
+    def _read_resume_checkpoint(self) -> tuple[Any, dict[str, Any] | None]:
+        """``last.pt`` when present, else ``best.pt`` (never thrown away), checked to be this model.
 
-    def _restore(self, state: dict[str, Any]) -> None:
+        A corrupt file is an error, never ignored.
+        """
+        path = self.last_path if self.last_path.exists() else self.best_path
+        if not path.exists():
+            return path, None
+        state = load_checkpoint(path)  # FramecastError naming the file when unreadable
+        try:
+            saved = config_to_dict(config_from_dict(state["config"]))
+        except FramecastError as exc:
+            raise FramecastError(f"{path}: its saved config does not fit this framecast ({exc})") from None
+        check_same_model(path, saved, config_to_dict(self.cfg),
+                         f"choose another run.name or remove {self.run_dir} to start over")
+        if path == self.best_path:
+            log.warning("%s is missing: resuming from %s (the training after its epoch is redone; "
+                        "best.pt is kept)", self.last_path, self.best_path)
+        return path, state
+
+    def _restore(self, path, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])  # strict: every tensor must match
         self.optimizer.load_state_dict(state["optimizer"])
         for group in self.optimizer.param_groups:
@@ -206,43 +224,46 @@ class Trainer:
                 if key in self.optimizer.defaults:
                     group[key] = self.optimizer.defaults[key]
         self.schedule.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         restore_rng_state(state["rng"])
-        self.step = int(state["step"])
-        epoch, done = int(state["epoch"]), int(state["batches_done"])
-        if state.get("steps_per_epoch") != self.steps_per_epoch or state.get("total_steps") != self.total_steps:
+        saved = Progress.from_dict(state["progress"])
+        now = self.progress
+        if (saved.steps_per_epoch, saved.total_steps) != (now.steps_per_epoch, now.total_steps):
             log.warning(
                 "%s: saved with %s steps per epoch (%s in all), this run has %d (%d): the data, "
                 "train.batch_size, train.epochs or the number of processes changed, so the run will "
                 "not match an uninterrupted one",
-                self.last_path, state.get("steps_per_epoch"), state.get("total_steps"),
-                self.steps_per_epoch, self.total_steps,
+                path, saved.steps_per_epoch, saved.total_steps, now.steps_per_epoch, now.total_steps,
             )
-        if done >= int(state["steps_per_epoch"]):
-            self.start_epoch, self.skip_batches = epoch, 0
+        if saved.epoch_complete:
+            self.start_epoch, self.skip_batches = saved.epoch, 0
         else:
-            self.start_epoch, self.skip_batches = epoch - 1, min(done, self.steps_per_epoch)
-        self.epoch = epoch
-        self.val_loss = state.get("val_loss")
-        self.best_val_loss = float(state["best_val_loss"])
-        self.best_epoch = int(state.get("best_epoch", 0))
-        self.best_step = int(state.get("best_step", 0))
-        self.bad_validations = int(state.get("bad_validations", 0))
-        self.stopped = str(state.get("stopped", ""))
-        self.resumed_from = {"epoch": epoch, "step": self.step, "batches_done": done}
+            self.start_epoch, self.skip_batches = saved.epoch - 1, min(saved.batches_done, now.steps_per_epoch)
+        saved.steps_per_epoch, saved.total_steps, saved.world_size = now.steps_per_epoch, now.total_steps, now.world_size
+        self.progress = saved
+        self.resumed_from = {"epoch": saved.epoch, "step": saved.step, "batches_done": saved.batches_done,
+                             "checkpoint": str(path)}
 
     # ------------------------------------------------------------------ signals
 
     @contextlib.contextmanager
     def stop_signals(self):
-        """Turn SIGTERM/SIGUSR2 into "checkpoint at the next log interval and stop".
+        """Turn SIGTERM/SIGUSR2 into "save last.pt at the next step boundary, then stop".
 
-        Only where nobody else handles them: under submitit its own handler requeues the job (and the
-        epoch checkpoints are what it resumes from), and a handler set by the caller is left alone.
+        Under submitit its handler (which requeues the job and exits) is chained: it runs after the
+        save instead of at once, so a requeued job loses no steps. A handler set by any other caller
+        is left alone.
         """
         installed: dict[int, Any] = {}
-        if not os.environ.get("SUBMITIT_EXECUTOR") and threading.current_thread() is threading.main_thread():
+        if threading.current_thread() is threading.main_thread():
+            under_submitit = bool(os.environ.get("SUBMITIT_EXECUTOR"))
             for sig in STOP_SIGNALS:
-                if signal.getsignal(sig) is signal.SIG_DFL:
+                previous = signal.getsignal(sig)
+                if previous is signal.SIG_DFL:
+                    installed[sig] = signal.signal(sig, self._on_signal)
+                elif under_submitit and callable(previous) and sig == signal.SIGUSR2:
+                    self._chained_handlers[sig] = previous
                     installed[sig] = signal.signal(sig, self._on_signal)
         try:
             yield
@@ -252,81 +273,116 @@ class Trainer:
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         self._stop_signal = signal.Signals(signum).name
+        self._stop_signum = signum
+
+    def _stop_requested(self) -> bool:
+        """One process: a signal seen now. Several: one any process saw by the last log interval."""
+        return self._stop_signal_anywhere or (not self.ctx.distributed and bool(self._stop_signal))
+
+    def _stop_now(self, epoch: int) -> None:
+        """Save (if not just saved), then hand over to submitit's requeue or stop with a message."""
+        if self._saved_step != self.step:
+            self._checkpoint(epoch, False)
+        chained = self._chained_handlers.get(getattr(self, "_stop_signum", -1))
+        if chained is not None:
+            log.info("stop signal %s: last.pt saved at step %d; handing over to submitit to requeue",
+                     self._stop_signal, self.step)
+            chained(self._stop_signum, None)  # requeues and exits (rank 0); returns on other ranks
+        raise TrainingInterrupted(
+            f"training stopped by {self._stop_signal or 'a signal to another process'} at epoch "
+            f"{epoch_number(epoch)}, step {self.step}; progress saved to {self.last_path}; "
+            "run the same command again to resume"
+        )
 
     # ------------------------------------------------------------------ the loop
 
+    def _out_of_time(self) -> bool:
+        minutes = self.tc.max_minutes
+        return minutes > 0 and time.perf_counter() - self._started > 60 * minutes
+
     def fit(self) -> dict[str, Any]:
-        started = time.perf_counter()
+        started = self._started = time.perf_counter()
         tc = self.tc
-        if self.stopped or self.start_epoch >= tc.epochs:
+        if self.progress.stopped or self.start_epoch >= tc.epochs:
             log.info("%s: already finished (epoch %d, %s); nothing to train", self.last_path,
-                     self.start_epoch, self.stopped or "all epochs done")
+                     self.start_epoch, self.progress.stopped or "all epochs done")
             return self._summary(started)
         if self.ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.cfg, self.run_dir / CONFIG_NAME)
             self.metrics.start(self.step if self.resumed_from else None)
         if self.resumed_from:
-            log.info("resuming %s from epoch %d, step %d", self.last_path, self.resumed_from["epoch"], self.step)
+            log.info("resuming %s from epoch %d, step %d", self.resumed_from["checkpoint"],
+                     self.resumed_from["epoch"], self.step)
         log.info(
-            "training %s: %s cell, %s parameters, %d train / %d val videos, %d steps per epoch, "
+            "training %s: %s, %s parameters, %d train / %d val videos, %d steps per epoch, "
             "%d process(es) on %s, %s",
-            self.run_dir, self.cfg.model.cell, f"{self.num_parameters:,}", self.train_videos, self.val_videos,
-            self.steps_per_epoch, self.ctx.world_size, self.device, self.amp_dtype or "fp32",
+            self.run_dir, self.model.title, f"{self.num_parameters:,}", self.train_videos, self.val_videos,
+            self.progress.steps_per_epoch, self.ctx.world_size, self.device, self.precision.describe(),
         )
         self.train_model.train()
         for epoch in range(self.start_epoch, tc.epochs):
             skip, self.skip_batches = self.skip_batches, 0
             self._train_epoch(epoch, skip)
-            if self.stopped:
+            if self.progress.stopped:
                 break
         return self._summary(started)
 
     def _train_epoch(self, epoch: int, skip: int) -> None:
-        tc = self.tc
+        tc, progress = self.tc, self.progress
         self.train_sampler.set_epoch(epoch, skip * tc.batch_size)
-        self._loss_sum = torch.zeros((), device=self.device)  # summed on the device: no sync per step
-        self._loss_steps = 0
+        # Summed on the device (no sync per step); a resumed run continues the saved log interval.
+        self._loss_sum = torch.tensor(progress.interval_loss, dtype=torch.float32, device=self.device)
+        self._loss_steps = progress.interval_steps
+        progress.interval_loss, progress.interval_steps = [0.0, 0.0], 0
         self._mark = time.perf_counter()
-        self.batches_done = skip
-        self.epoch = epoch + 1
+        progress.batches_done = skip
+        progress.epoch = epoch_number(epoch)
         bar = tqdm(
-            total=self.steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{tc.epochs}", unit="step",
-            disable=None if self.ctx.is_main else True, dynamic_ncols=True, leave=False,
+            total=progress.steps_per_epoch, initial=skip, desc=f"epoch {progress.epoch}/{tc.epochs}",
+            unit="step", disable=None if self.ctx.is_main else True, dynamic_ncols=True, leave=False,
         )
         with bar:
             for batch in self.train_loader:  # uint8 (B, T, H, W, C)
                 lr = self.schedule.apply(self.optimizer, self.step)
-                loss = train_step(
-                    self.train_model, self.optimizer, batch, t_in=self.t_in, device=self.device,
-                    amp_dtype=self.amp_dtype, channels_last=self.channels_last, grad_clip=tc.grad_clip,
+                losses = train_step(
+                    self.train_model, self.optimizer, batch, step=self.step, t_in=self.t_in,
+                    in_channels=self.in_channels, precision=self.precision, loss=tc.loss,
+                    grad_clip=tc.grad_clip, scaler=self.scaler,
                 )
-                self._loss_sum += loss
+                self._loss_sum += losses
                 self._loss_steps += 1
-                self.step += 1
-                self.batches_done += 1
+                progress.step += 1
+                progress.batches_done += 1
                 bar.update()
                 validate_now = tc.val_every_steps > 0 and self.step % tc.val_every_steps == 0
-                if self.step % tc.log_every_steps == 0 or validate_now or self.batches_done == self.steps_per_epoch:
+                if (self.step % tc.log_every_steps == 0 or validate_now
+                        or progress.batches_done == progress.steps_per_epoch):
                     self._log_train(epoch, lr, bar)
                 if validate_now:
                     improved = self._validate(epoch)
                     self._checkpoint(epoch, improved)
-                    if self.stopped:
+                    if progress.stopped:
                         return
-                if self._stop_signal_anywhere:
-                    if self._saved_step != self.step:
-                        self._checkpoint(epoch, False)
-                    raise TrainingInterrupted(
-                        f"training stopped by {self._stop_signal or 'a signal to another process'} at epoch "
-                        f"{epoch + 1}, step {self.step}; progress saved to {self.last_path}; "
-                        "run the same command again to resume"
-                    )
+                if self._out_of_time_agreed():
+                    progress.stopped = "time_budget"
+                    improved = False if validate_now else self._validate(epoch)
+                    self._checkpoint(epoch, improved)
+                    return
+                if self._stop_requested():
+                    self._stop_now(epoch)
         if tc.val_every_steps == 0:
             improved = self._validate(epoch)
             self._checkpoint(epoch, improved)
         elif self._saved_step != self.step:
             self._checkpoint(epoch, False)
+
+    def _out_of_time_agreed(self) -> bool:
+        """``train.max_minutes`` passed, looked at on log intervals so every process agrees."""
+        if self.tc.max_minutes <= 0 or self.step % self.tc.log_every_steps:
+            return False
+        over = torch.tensor([1.0 if self._out_of_time() else 0.0], device=self.device)
+        return bool(all_reduce_sum(over, self.ctx).item())
 
     def _log_train(self, epoch: int, lr: float, bar: tqdm) -> None:
         """Read the accumulated loss (the only host-device sync of the step loop) and log it.
@@ -338,20 +394,23 @@ class Trainer:
             return
         flag = 1.0 if self._stop_signal else 0.0
         extra = torch.tensor([self._loss_steps, flag], dtype=torch.float64).to(self.device, non_blocking=True)
-        packed = torch.cat([self._loss_sum.reshape(1).double(), extra])  # (3,): loss sum, steps, signals
-        loss_sum, steps, flags = all_reduce_sum(packed, self.ctx).tolist()
+        packed = torch.cat([self._loss_sum.double(), extra])  # (4,): frame loss, extra loss, steps, signals
+        loss_sum, extra_sum, steps, flags = all_reduce_sum(packed, self.ctx).tolist()
         now = time.perf_counter()
         train_loss = loss_sum / steps
-        if not math.isfinite(train_loss):
+        extra_loss = extra_sum / steps
+        if not (math.isfinite(train_loss) and math.isfinite(extra_loss)):
             raise NonFiniteLossError(
-                f"non-finite loss ({train_loss}) at epoch {epoch + 1} step {self.step} (within the last "
-                f"{self._loss_steps} steps); last good checkpoint kept at {self._kept()}"
+                f"non-finite loss ({train_loss}, extra terms {extra_loss}) at epoch {epoch_number(epoch)} "
+                f"step {self.step} (within the last {self._loss_steps} steps); last good checkpoint kept "
+                f"at {self._kept()}"
             )
         videos_per_s = self._loss_steps * self.tc.batch_size * self.ctx.world_size / max(now - self._mark, 1e-9)
-        self.metrics.append({
-            "kind": "train", "epoch": epoch + 1, "step": self.step, "train_loss": train_loss, "lr": lr,
-            "videos_per_s": videos_per_s, "time": time.time(),
-        })
+        record = {"kind": "train", "epoch": epoch_number(epoch), "step": self.step, "train_loss": train_loss,
+                  "lr": lr, "videos_per_s": videos_per_s, "time": time.time()}
+        if extra_sum:
+            record["train_extra_loss"] = extra_loss
+        self.metrics.append(record)
         bar.set_postfix(loss=f"{train_loss:.4g}", videos_s=f"{videos_per_s:.1f}", refresh=False)
         self._last_train = (train_loss, videos_per_s)
         self._loss_sum.zero_()
@@ -363,42 +422,44 @@ class Trainer:
         return str(self.last_path) if self.last_path.exists() else "none (no checkpoint written yet)"
 
     def _validate(self, epoch: int) -> bool:
-        """Mean per-video MSE over the whole validation split (all processes together)."""
+        """Mean per-video loss over the whole validation split (all processes together)."""
+        progress = self.progress
         self.forward_model.eval()
         sums = validation_sums(
-            self.forward_model, self.val_loader, t_in=self.t_in, device=self.device, amp_dtype=self.amp_dtype,
-            channels_last=self.channels_last, max_batches=self.tc.max_val_batches,
+            self.forward_model, self.val_loader, t_in=self.t_in, in_channels=self.in_channels,
+            precision=self.precision, loss=self.tc.loss, max_batches=self.tc.max_val_batches,
         )
         total, count = all_reduce_sum(sums, self.ctx).tolist()
-        self.forward_model.train()
+        self.train_model.train()
         val_loss = total / count
         if not math.isfinite(val_loss):
             raise NonFiniteLossError(
-                f"non-finite validation loss ({val_loss}) at epoch {epoch + 1} step {self.step}; "
+                f"non-finite validation loss ({val_loss}) at epoch {epoch_number(epoch)} step {self.step}; "
                 f"last good checkpoint kept at {self._kept()}"
             )
-        self.val_loss = val_loss
-        improved = val_loss < self.best_val_loss
+        progress.val_loss = val_loss
+        improved = val_loss < progress.best_val_loss
         if improved:
-            self.best_val_loss, self.best_epoch, self.best_step = val_loss, epoch + 1, self.step
-            self.bad_validations = 0
+            progress.best_val_loss, progress.best_epoch, progress.best_step = val_loss, epoch_number(epoch), self.step
+            progress.bad_validations = 0
         else:
-            self.bad_validations += 1
+            progress.bad_validations += 1
         self.schedule.observe(val_loss)
         patience = self.tc.early_stop_patience
-        if patience > 0 and self.bad_validations >= patience:
-            self.stopped = "early_stop"
+        if patience > 0 and progress.bad_validations >= patience:
+            progress.stopped = "early_stop"
         lr = self.schedule.lr(self.step)
         self.metrics.append({
-            "kind": "val", "epoch": epoch + 1, "step": self.step, "val_loss": val_loss,
-            "best_val_loss": self.best_val_loss, "lr": lr, "time": time.time(),
+            "kind": "val", "epoch": epoch_number(epoch), "step": self.step, "val_loss": val_loss,
+            "best_val_loss": progress.best_val_loss, "lr": lr, "time": time.time(),
         })
         self.metrics.plot()
         log.info(
             "epoch %d/%d step %d: train loss %.5g, val loss %.5g (best %.5g at epoch %d), %.1f videos/s, "
-            "lr %.3g%s", epoch + 1, self.tc.epochs, self.step, self._last_train[0], val_loss,
-            self.best_val_loss, self.best_epoch, self._last_train[1], lr,
-            f"; no improvement for {self.bad_validations} validations, stopping early" if self.stopped else "",
+            "lr %.3g%s", epoch_number(epoch), self.tc.epochs, self.step, self._last_train[0], val_loss,
+            progress.best_val_loss, progress.best_epoch, self._last_train[1], lr,
+            f"; no improvement for {progress.bad_validations} validations, stopping early"
+            if progress.stopped else "",
         )
         self._mark = time.perf_counter()
         return improved
@@ -412,11 +473,11 @@ class Trainer:
         finite = torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all()
         if not bool(finite):
             raise NonFiniteLossError(
-                f"non-finite weights at epoch {epoch + 1} step {self.step}; not saved; last good "
+                f"non-finite weights at epoch {epoch_number(epoch)} step {self.step}; not saved; last good "
                 f"checkpoint kept at {self._kept()}"
             )
         if self.ctx.is_main:
-            state = self._state(epoch)
+            state = self._state()
             if improved:
                 save_checkpoint(state, self.best_path)
             save_checkpoint(state, self.last_path)
@@ -424,57 +485,48 @@ class Trainer:
         self._mark = time.perf_counter()
         if self.on_checkpoint is not None:
             self.on_checkpoint({
-                "epoch": epoch + 1, "step": self.step, "batches_done": self.batches_done,
-                "val_loss": self.val_loss, "model": self.model, "rank": self.ctx.rank,
+                "epoch": self.progress.epoch, "step": self.step, "batches_done": self.progress.batches_done,
+                "val_loss": self.progress.val_loss, "model": self.model, "rank": self.ctx.rank,
             })
 
-    def _state(self, epoch: int) -> dict[str, Any]:
+    def _state(self) -> dict[str, Any]:
+        self.progress.interval_loss = self._loss_sum.tolist()
+        self.progress.interval_steps = self._loss_steps
         return {
             "model": self.model.state_dict(),
-            "model_config": dataclasses.asdict(self.cfg.model),
-            "t_in": self.t_in,
-            "t_out": self.t_out,
+            "config": config_to_dict(self.cfg),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.schedule.state_dict(),
-            "step": self.step,
-            "epoch": epoch + 1,
-            "batches_done": self.batches_done,
-            "steps_per_epoch": self.steps_per_epoch,
-            "total_steps": self.total_steps,
-            "val_loss": self.val_loss,
-            "best_val_loss": self.best_val_loss,
-            "best_epoch": self.best_epoch,
-            "best_step": self.best_step,
-            "bad_validations": self.bad_validations,
-            "stopped": self.stopped,
-            "world_size": self.ctx.world_size,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "progress": self.progress.to_dict(),
             "parameters": self.num_parameters,
             "rng": capture_rng_state(),
-            "config": config_to_dict(self.cfg),
         }
 
     def _summary(self, started: float) -> dict[str, Any]:
+        progress = self.progress
+        validated = progress.best_epoch > 0
         summary = {
             "run_dir": str(self.run_dir),
             "last_checkpoint": str(self.last_path),
-            "best_checkpoint": str(self.best_path) if self.best_epoch else None,
-            "cell": self.cfg.model.cell,
+            "best_checkpoint": str(self.best_path) if validated else None,
+            "family": self.cfg.model.family,
             "parameters": self.num_parameters,
-            "epochs_run": self.epoch,
-            "steps": self.step,
-            "val_loss": self.val_loss,
-            "best_val_loss": self.best_val_loss if self.best_epoch else None,
-            "best_epoch": self.best_epoch,
-            "stopped": self.stopped or "completed",
+            "epochs_run": progress.epoch,
+            "steps": progress.step,
+            "val_loss": progress.val_loss,
+            "best_val_loss": progress.best_val_loss if validated else None,
+            "best_epoch": progress.best_epoch,
+            "stopped": progress.stopped or "completed",
             "resumed_from": self.resumed_from,
             "world_size": self.ctx.world_size,
             "device": str(self.device),
             "seconds": round(time.perf_counter() - started, 3),
         }
         log.info(
-            "train done: %s, %s cell, %d epochs, %d steps, best val loss %s at epoch %d (%s), %.1f s",
-            self.run_dir, summary["cell"], summary["epochs_run"], self.step,
-            f"{self.best_val_loss:.5g}" if self.best_epoch else "n/a", self.best_epoch, summary["stopped"],
+            "train done: %s, %s, %d epochs, %d steps, best val loss %s at epoch %d (%s), %.1f s",
+            self.run_dir, self.model.title, summary["epochs_run"], progress.step,
+            f"{progress.best_val_loss:.5g}" if validated else "n/a", progress.best_epoch, summary["stopped"],
             summary["seconds"],
         )
         return summary

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from core.checkpoint import BEST_NAME, save_checkpoint
-from core.config import Config, ModelConfig, config_to_dict
+from core.config import Config, EncoderForecasterConfig, ModelConfig, config_to_dict
 from data.synthetic import make_shapes_dataset
 from models import build_model
 
@@ -22,8 +22,8 @@ COUNTS = {"val": 3, "hidden": 8}
 
 
 def tiny_model_config() -> ModelConfig:
-    return ModelConfig(cell="gru", hidden_channels=[8, 8], strides=[1, 2], kernel_size=3, stem_channels=8,
-                       norm_groups=4)
+    return ModelConfig(encoder_forecaster=EncoderForecasterConfig(
+        cell="gru", hidden_channels=[8, 8], strides=[1, 2], kernel_size=3, stem_channels=8, norm_groups=4))
 
 
 def make_data(root: Path, frames: int = 8) -> Path:
@@ -45,6 +45,7 @@ def make_checkpoint(cfg: Config, path: Path | None = None, bias: tuple[float, fl
     """A checkpoint of an untrained tiny model; with ``bias`` the model outputs that constant colour
     (head weights zeroed), which is how tests get outputs outside [0, 1]."""
     torch.manual_seed(seed)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, t_in=t_in, t_out=T_OUT))
     model = build_model(cfg.model, t_in, T_OUT)
     if bias is not None:
         with torch.no_grad():
@@ -52,9 +53,8 @@ def make_checkpoint(cfg: Config, path: Path | None = None, bias: tuple[float, fl
             model.head.bias.copy_(torch.tensor(bias))
     path = path or cfg.run_dir / BEST_NAME
     save_checkpoint({
-        "model": model.state_dict(), "model_config": dataclasses.asdict(cfg.model), "t_in": t_in,
-        "t_out": T_OUT, "config": config_to_dict(cfg), "epoch": 3, "step": 30, "best_val_loss": 0.05,
-        "val_loss": 0.05,
+        "model": model.state_dict(), "config": config_to_dict(cfg),
+        "progress": {"epoch": 3, "step": 30, "best_val_loss": 0.05, "val_loss": 0.05},
     }, path)
     return path
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from core.checkpoint import config_from_checkpoint, load_checkpoint, save_checkpoint
-from core.config import config_to_dict, load_config, save_config
+from core.config import FAMILY_NAMES, config_to_dict, load_config, save_config
 from core.errors import FramecastError
 
 CONFIGS = sorted(Path(__file__).resolve().parent.parent.joinpath("configs").glob("*.yaml"))
@@ -14,15 +14,17 @@ CONFIGS = sorted(Path(__file__).resolve().parent.parent.joinpath("configs").glob
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_config_loads(path):
     cfg = load_config(path)
-    assert cfg.data.t_in >= 1 and cfg.model.cell in ("lstm", "gru")
+    assert cfg.data.t_in >= 1 and cfg.model.family in FAMILY_NAMES
 
 
 def test_overrides_are_typed_and_applied(tmp_path):
-    cfg = load_config(None, ["train.lr=3e-4", "model.cell=lstm", "model.hidden_channels=[4, 8]",
-                             "model.strides=[1,2]", "data.train_splits=[train]", "train.compile=true"])
+    cfg = load_config(None, ["train.lr=3e-4", "model.encoder_forecaster.cell=lstm",
+                             "model.encoder_forecaster.hidden_channels=[4, 8]", "model.encoder_forecaster.strides=[1,2]",
+                             "model.encoder_forecaster.norm_groups=4", "data.train_splits=[train]",
+                             "train.compile=true"])
     assert cfg.train.lr == pytest.approx(3e-4) and isinstance(cfg.train.lr, float)
-    assert cfg.model.cell == "lstm"
-    assert cfg.model.hidden_channels == [4, 8]
+    assert cfg.model.encoder_forecaster.cell == "lstm"
+    assert cfg.model.encoder_forecaster.hidden_channels == [4, 8]
     assert cfg.data.train_splits == ["train"]
     assert cfg.train.compile is True
 
@@ -38,13 +40,20 @@ def test_override_wins_over_file(tmp_path):
     "override, fragment",
     [
         ("train.lrr=1", "train.lrr"),
-        ("modle.cell=gru", "modle"),
-        ("model.cell=transformer", "model.cell"),
+        ("modle.family=simvp", "modle"),
+        ("model.encoder_forecaster.cell=transformer", "model.encoder_forecaster.cell"),
+        ("model.family=transformer", "model.family"),
         ("train.epochs=2.5", "train.epochs"),
         ("train.compile=yes please", "train.compile"),
-        ("model.kernel_size=4", "kernel_size"),
-        ("model.strides=[1]", "model.strides"),
+        ("model.encoder_forecaster.kernel_size=4", "kernel_size"),
+        ("model.encoder_forecaster.strides=[1]", "model.encoder_forecaster.strides"),
         ("novalue", "novalue"),
+        ("train.lr=-1", "train.lr"),
+        ("train.lr=.nan", "train.lr"),
+        ("train.grad_clip=-1", "train.grad_clip"),
+        ("data.num_workers=-2", "data.num_workers"),
+        ("run.name=../elsewhere", "run.name"),
+        ("run.name=a/b", "run.name"),
     ],
 )
 def test_bad_settings_name_the_setting(override, fragment):
@@ -66,18 +75,18 @@ def test_missing_and_invalid_files_are_errors(tmp_path):
 
 
 def test_saved_config_round_trips(tmp_path):
-    cfg = load_config(None, ["model.cell=lstm", "train.lr=0.25", "slurm.setup=['module load cuda']"])
+    cfg = load_config(None, ["model.encoder_forecaster.cell=lstm", "train.lr=0.25", "slurm.setup=['module load cuda']"])
     save_config(cfg, tmp_path / "config.yaml")
     assert config_to_dict(load_config(tmp_path / "config.yaml")) == config_to_dict(cfg)
 
 
 def test_checkpoint_carries_its_config_and_loads_weights_only(tmp_path):
-    cfg = load_config(None, ["model.cell=lstm", "run.name=x"])
+    cfg = load_config(None, ["model.encoder_forecaster.cell=lstm", "run.name=x"])
     path = tmp_path / "best.pt"
     save_checkpoint({"model": {"w": torch.ones(2)}, "config": config_to_dict(cfg)}, path)
     assert torch.load(path, weights_only=True)["model"]["w"].sum() == 2
     restored = config_from_checkpoint(path, ["predict.split=val"])
-    assert restored.model.cell == "lstm" and restored.predict.split == "val"
+    assert restored.model.encoder_forecaster.cell == "lstm" and restored.predict.split == "val"
     assert restored.predict.checkpoint == str(path)
     assert not list(tmp_path.glob(".*tmp*")), "temporary file left behind"
 
@@ -87,10 +96,31 @@ def test_missing_or_corrupt_checkpoint_names_the_file(tmp_path):
         load_checkpoint(tmp_path / "absent.pt")
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"\x00not a zip archive at all")
-    with pytest.raises(FramecastError, match=r"corrupt\.pt: not a readable checkpoint"):
+    with pytest.raises(FramecastError, match=r"corrupt\.pt: not a framecast checkpoint"):
         load_checkpoint(corrupt)
     truncated = tmp_path / "truncated.pt"
     save_checkpoint({"model": {"w": torch.ones(1000)}, "config": {}}, truncated)
     truncated.write_bytes(truncated.read_bytes()[:200])
     with pytest.raises(FramecastError, match=r"truncated\.pt"):
         load_checkpoint(truncated)
+
+
+@pytest.mark.parametrize(
+    "override, belongs",
+    [("model.cell=lstm", r"model\.encoder_forecaster\.cell and model\.convlstm\.cell"),
+     ("model.simvp.decouple_weight=0.1", r"predrnn family \(model\.predrnn\.decouple_weight\)"),
+     ("model.hidden_channels=[8]", r"model\.encoder_forecaster\.hidden_channels")],
+)
+def test_a_setting_of_another_family_says_where_it_belongs(override, belongs):
+    """Old flat model keys and keys written in the wrong family's section name their real place."""
+    with pytest.raises(FramecastError, match=belongs):
+        load_config(None, [override])
+
+
+def test_yaml_syntax_error_is_one_line_naming_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  lr: 0.1\n  epochs: [3\nmodel:\n  family: simvp\n")
+    with pytest.raises(FramecastError) as info:
+        load_config(bad)
+    message = str(info.value)
+    assert message.startswith(f"{bad}: not valid YAML") and "\n" not in message and "line" in message

@@ -82,7 +82,7 @@ def test_training_combines_splits_and_validation_uses_val(dataset):
 
 
 def test_hidden_split_gives_the_input_frames_only(dataset):
-    hidden = build_split_dataset(config(dataset).data, "hidden", with_targets=False)
+    hidden = VideoWindowDataset(open_split(config(dataset).data, "hidden"), T_IN, 0)
     assert len(hidden) == 2 and hidden[1].shape == (T_IN, HEIGHT, WIDTH, 3)
     np.testing.assert_array_equal(hidden[1].numpy(), read_video(dataset / "hidden" / "video_8"))
     with pytest.raises(FramecastError, match=r"hidden\.h5: videos have 3 frames, fewer than t_in \+ t_out = 3 \+ 4"):

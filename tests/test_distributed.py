@@ -23,9 +23,10 @@ from core.distributed import (
 )
 from core.errors import FramecastError
 from data.datasets import build_datasets
-from load_model import load_model
+from models.loading import load_model
 from train_helpers import losses, make_data, tiny_config
 from training.sampler import EpochSampler
+from core.precision import Precision
 from training.step import validation_sums
 
 REPO = Path(__file__).resolve().parents[1]
@@ -149,10 +150,10 @@ def test_two_process_gloo_run_trains_and_ranks_agree(tmp_path):
     model, _, state = load_model(cfg.run_dir / "last.pt")
     _, val_set = build_datasets(cfg)
     batches = (val_set[i].unsqueeze(0) for i in range(len(val_set)))
-    total, count = validation_sums(model, batches, t_in=cfg.data.t_in, device=torch.device("cpu"),
-                                   amp_dtype=None, channels_last=False).tolist()
+    total, count = validation_sums(model, batches, t_in=cfg.data.t_in, in_channels=3, loss="mse",
+                                   precision=Precision(torch.device("cpu"), None, False)).tolist()
     assert count == 5 and math.isclose(total / count, vals[-1], rel_tol=1e-5)
-    assert state["world_size"] == 2
+    assert state["progress"]["world_size"] == 2
 
 
 def _no_idle_slurm_node() -> str | None:

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from core.errors import FramecastError
-from load_model import load_model
+from models.loading import load_model
 from predict_helpers import COUNTS, HEIGHT, T_IN, T_OUT, WIDTH, read_first_frames
 from predict_helpers import cfg, data_root  # noqa: F401 (fixtures)
 from stages import evaluate

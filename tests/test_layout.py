@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core.atomic import atomic_dir
 from core.errors import FramecastError
 from data import png
 from data.layout import (
-    frame_number, list_frames, list_videos, read_frame, read_video, staged_dir, video_number,
+    frame_number, list_frames, list_videos, read_frame, read_video, video_number,
 )
 
 H, W = 12, 16
@@ -125,16 +126,16 @@ def test_missing_split_and_video_folders_are_named(tmp_path):
         list_frames(tmp_path / "video_0")
 
 
-def test_staged_dir_leaves_nothing_when_interrupted_and_swaps_when_done(tmp_path):
+def test_atomic_dir_leaves_nothing_when_interrupted_and_swaps_when_done(tmp_path):
     target = tmp_path / "train"
     with pytest.raises(KeyboardInterrupt):
-        with staged_dir(target) as tmp:
+        with atomic_dir(target) as tmp:
             (tmp / "partial").write_text("x")
             raise KeyboardInterrupt
     assert list(tmp_path.iterdir()) == []
-    with staged_dir(target) as tmp:
+    with atomic_dir(target) as tmp:
         (tmp / "first").write_text("1")
-    with staged_dir(target, replace=True) as tmp:
+    with atomic_dir(target, replace=True) as tmp:
         (tmp / "second").write_text("2")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train"]
     assert sorted(p.name for p in target.iterdir()) == ["second"]

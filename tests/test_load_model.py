@@ -10,7 +10,8 @@ import torch
 
 from core.checkpoint import load_checkpoint, save_checkpoint
 from core.errors import FramecastError
-from load_model import load_model, main
+from load_model import main
+from models.loading import load_model
 from models import ConvLSTMCell, count_parameters
 from stages.train import run
 from train_helpers import make_data, tiny_config
@@ -25,7 +26,8 @@ def trained(tmp_path_factory):
     torch.set_num_threads(1)
     try:
         root = make_data(tmp_path_factory.mktemp("shapes"))
-        cfg = tiny_config(root, tmp_path_factory.mktemp("runs"), "lstm", "model.cell=lstm", "train.epochs=1")
+        cfg = tiny_config(root, tmp_path_factory.mktemp("runs"), "lstm", "model.encoder_forecaster.cell=lstm",
+                          "train.epochs=1")
         run(cfg)
     finally:
         torch.set_num_threads(previous)
@@ -52,10 +54,12 @@ def test_cli_prints_cell_parameters_epoch_and_validation_loss(trained):
                           capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert "cell:            lstm (ConvLSTM" in out
+    progress = state["progress"]
+    assert "family:          encoder_forecaster (ConvLSTM/ConvGRU encoder-forecaster)" in out
+    assert "cell:            lstm (modules: ConvLSTMCell)" in out
     assert f"parameters:      {count_parameters(model):,}" in out
-    assert f"epoch:           1 (step {state['step']})" in out
-    assert f"validation loss: {state['val_loss']:.6g}" in out
+    assert f"epoch:           1 (step {progress['step']})" in out
+    assert f"validation loss: {progress['val_loss']:.6g}" in out
 
 
 def test_missing_checkpoint_is_a_one_line_error(tmp_path, capsys):
@@ -76,7 +80,7 @@ def test_corrupt_checkpoint_is_a_clear_error(trained, tmp_path, damage):
         pattern = "not a readable checkpoint"
     elif damage == "garbage":
         bad.write_bytes(b"\x00not a checkpoint at all" * 100)
-        pattern = "not a readable checkpoint"
+        pattern = "not a framecast checkpoint"
     else:
         torch.save({"weights": torch.zeros(3)}, bad)
         pattern = "not a framecast checkpoint"
@@ -87,9 +91,8 @@ def test_corrupt_checkpoint_is_a_clear_error(trained, tmp_path, damage):
 def test_weights_that_do_not_fit_their_config_are_a_clear_error(trained, tmp_path):
     _, best = trained
     state = load_checkpoint(best)
-    state["model_config"]["hidden_channels"] = [16, 8]  # config says 16 channels, weights have 8
-    state["config"]["model"]["hidden_channels"] = [16, 8]
+    state["config"]["model"]["encoder_forecaster"]["hidden_channels"] = [16, 8]  # weights have 8
     bad = tmp_path / "mismatch.pt"
     save_checkpoint(state, bad)
-    with pytest.raises(FramecastError, match=rf"{bad}: weights do not fit the lstm model"):
+    with pytest.raises(FramecastError, match=rf"{bad}: weights do not fit the encoder_forecaster model"):
         load_model(bad)

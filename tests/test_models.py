@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.config import ModelConfig
+from core.config import ModelConfig, config_from_dict
 from core.errors import FramecastError
 from models import ConvGRUCell, ConvLSTMCell, build_model, count_parameters, total_stride
 
@@ -25,8 +25,9 @@ GATES = {"lstm": 4, "gru": 3}  # gate blocks in each cell's equations: i, f, o, 
 
 
 def tiny(cell: str = "gru", **changes) -> ModelConfig:
+    """A checked model config (as loading a file does) of a tiny encoder-forecaster."""
     base = dict(cell=cell, stem_channels=4, hidden_channels=[8, 8], strides=[1, 2], kernel_size=3, norm_groups=4)
-    return ModelConfig(**{**base, **changes})
+    return config_from_dict({"model": {"encoder_forecaster": {**base, **changes}}}).model
 
 
 def frames(batch=2, t=3, height=32, width=48, seed=0) -> torch.Tensor:
@@ -59,7 +60,7 @@ def test_reference_sizes_are_accepted():
 
 def test_frame_size_not_divisible_by_stride_names_sizes():
     cfg = tiny(strides=[1, 2], patch_size=2)
-    assert total_stride(cfg) == 4
+    assert total_stride(cfg.encoder_forecaster) == 4
     model = build_model(cfg, t_in=3, t_out=3)
     with pytest.raises(FramecastError, match=r"34x48.*total stride 4"):
         model(frames(height=34, width=48))
@@ -74,7 +75,7 @@ def test_wrong_frame_count_or_channels_is_a_user_error():
 
 
 def test_norm_groups_must_divide_gate_channels():
-    with pytest.raises(FramecastError, match="model.norm_groups=16"):
+    with pytest.raises(FramecastError, match=r"model\.encoder_forecaster\.norm_groups=16"):
         build_model(tiny("gru", norm_groups=16), 3, 3)  # candidate gate has 8 channels
     build_model(tiny("lstm", norm_groups=16), 3, 3)  # 4 x 8 = 32 gate channels: fine
 
@@ -264,7 +265,7 @@ def test_runs_under_bfloat16_autocast():
 def test_build_model_takes_any_config_copy():
     """Rebuilding from a plain dict (as load_model does from a checkpoint) gives the same architecture."""
     cfg = tiny("lstm")
-    again = ModelConfig(**dataclasses.asdict(cfg))
+    again = config_from_dict({"model": dataclasses.asdict(cfg)}).model
     a, b = build_model(cfg, 3, 3), build_model(again, 3, 3)
     b.load_state_dict(a.state_dict(), strict=True)
     assert count_parameters(a) == count_parameters(b)

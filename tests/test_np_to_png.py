@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import np_to_png
+from stages.convert import write_pngs
 from core.errors import FramecastError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,7 +37,7 @@ def preds(tmp_path: Path) -> tuple[Path, np.ndarray]:
 def test_pngs_equal_the_array_pixels(preds, tmp_path: Path, workers: int):
     npy, array = preds
     out = tmp_path / "png"
-    assert np_to_png.convert(npy, out, workers=workers) == array.shape[0] * array.shape[1]
+    assert write_pngs(npy, out, workers=workers) == array.shape[0] * array.shape[1]
     for row, video in enumerate(VIDEOS):
         files = sorted(p.name for p in (out / video).iterdir())
         assert files == sorted(f"image_{k}.png" for k in FRAMES)
@@ -51,14 +51,14 @@ def test_pngs_equal_the_array_pixels(preds, tmp_path: Path, workers: int):
 def test_frames_option_writes_only_those(preds, tmp_path: Path):
     npy, array = preds
     out = tmp_path / "last"
-    assert np_to_png.convert(npy, out, frames=[6], workers=1) == len(VIDEOS)
+    assert write_pngs(npy, out, frames=[6], workers=1) == len(VIDEOS)
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == sorted(
         f"{v}/image_6.png" for v in VIDEOS
     )
     with Image.open(out / "video_10" / "image_6.png") as image:
         np.testing.assert_array_equal(np.asarray(image), array[2, 2])
     with pytest.raises(FramecastError, match=r"preds\.npy: frame\(s\) \[3\] were not predicted"):
-        np_to_png.convert(npy, out, frames=[3, 6])
+        write_pngs(npy, out, frames=[3, 6])
 
 
 @pytest.mark.parametrize(
@@ -76,7 +76,7 @@ def test_frames_option_writes_only_those(preds, tmp_path: Path):
 def test_refuses_array_that_disagrees_with_its_index(tmp_path: Path, array, videos, frames, message):
     npy = write_preds(tmp_path, array, videos, frames)
     with pytest.raises(FramecastError, match=message) as info:
-        np_to_png.convert(npy, tmp_path / "png", workers=1)
+        write_pngs(npy, tmp_path / "png", workers=1)
     assert "\n" not in str(info.value)
     assert not (tmp_path / "png").exists() or not any((tmp_path / "png").iterdir())
 
@@ -87,10 +87,10 @@ def test_refuses_missing_index_and_shape_mismatch_in_index(preds, tmp_path: Path
     index["shape"] = [4, 3, 32, 40, 3]
     (tmp_path / "preds.json").write_text(json.dumps(index))
     with pytest.raises(FramecastError, match=r"shape \[4, 3, 32, 48, 3\], but its index .* says"):
-        np_to_png.convert(npy, tmp_path / "png")
+        write_pngs(npy, tmp_path / "png")
     (tmp_path / "preds.json").unlink()
     with pytest.raises(FramecastError, match=r"preds\.json: prediction index not found"):
-        np_to_png.convert(npy, tmp_path / "png")
+        write_pngs(npy, tmp_path / "png")
 
 
 def test_cli_writes_pngs_and_reports_errors_in_one_line(preds, tmp_path: Path):

@@ -11,10 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-import np_to_png
 from core.errors import FramecastError
 from data.pack import pack_dataset
-from load_model import load_model
+from data.predictions import load_predictions, merge_shards, shard_rows
+from stages.inference import to_uint8_frames
+from models.loading import load_model
 from predict_helpers import T_IN, T_OUT, HEIGHT, WIDTH, make_checkpoint, read_first_frames
 from predict_helpers import cfg, data_root  # noqa: F401 (fixtures)
 from stages import convert, predict
@@ -45,7 +46,7 @@ def test_npy_shape_dtype_loads_with_plain_numpy_and_index_in_numeric_order(cfg):
     assert index["videos"] == numeric and numeric[-2:] == ["video_9", "video_10"]
     assert index["frames"] == list(range(T_IN, T_IN + T_OUT))
     assert index["checkpoint"] == str(cfg.run_dir / "best.pt") and index["epoch"] == 3
-    assert index["config"]["model"]["hidden_channels"] == [8, 8] and index["shape"] == [N_HIDDEN, T_OUT, HEIGHT, WIDTH, 3]
+    assert index["config"]["model"]["encoder_forecaster"]["hidden_channels"] == [8, 8] and index["shape"] == [N_HIDDEN, T_OUT, HEIGHT, WIDTH, 3]
     # Each row is the prediction for the video the index names at that row (up to float
     # summation order in another batch size: a value on a .5 boundary may round the other way).
     diff = np.abs(np.load(out).astype(int) - expected_rows(cfg, index["videos"]))
@@ -81,7 +82,7 @@ def test_out_of_range_outputs_are_clipped_and_rounded_not_wrapped(cfg, bias, col
 def test_to_uint8_frames_on_boundaries():
     raw = torch.tensor([-5.0, -1e-6, 0.4 / 255, 0.6 / 255, 127.4 / 255, 127.6 / 255, 1.0, 1.0 + 1e-6, 300.0])
     raw = raw.reshape(1, 9, 1, 1, 1).expand(1, 9, 3, 1, 1)  # (B, T, C, H, W)
-    frames = predict.to_uint8_frames(raw)
+    frames = to_uint8_frames(raw)
     assert frames.shape == (1, 9, 1, 1, 3) and frames.dtype == torch.uint8
     assert frames[0, :, 0, 0, 0].tolist() == [0, 0, 0, 1, 127, 128, 255, 255, 255]
 
@@ -99,7 +100,7 @@ def test_sharded_prediction_merged_equals_unsharded(cfg, tmp_path: Path, shards:
     sizes = [np.load(p).shape[0] for p in sorted(written)]
     assert sum(sizes) == N_HIDDEN and max(sizes) - min(sizes) <= 1
 
-    merged = predict.merge_shards(cfg.predict.out, shards)
+    merged = merge_shards(cfg.predict.out, shards)
     np.testing.assert_array_equal(np.load(merged), np.load(whole))
     a, b = (json.loads(p.with_suffix(".json").read_text()) for p in (merged, whole))
     assert a["videos"] == b["videos"] and a["frames"] == b["frames"] and a["shape"] == b["shape"]
@@ -111,13 +112,13 @@ def test_merge_names_the_missing_or_inconsistent_shard(cfg, tmp_path: Path):
     for i in (0, 2):
         predict.run(cfg, shard=(i, 3))
     with pytest.raises(FramecastError, match=r"hidden\.shard1of3\.npy: shard missing"):
-        predict.merge_shards(cfg.predict.out, 3)
+        merge_shards(cfg.predict.out, 3)
 
     other = make_checkpoint(cfg, path=tmp_path / "other.pt", seed=1)
     cfg.predict.checkpoint = str(other)
     predict.run(cfg, shard=(1, 3))
     with pytest.raises(FramecastError, match=r"hidden\.shard1of3\.npy: 'checkpoint' differs from .*shard0of3\.npy"):
-        predict.merge_shards(cfg.predict.out, 3)
+        merge_shards(cfg.predict.out, 3)
     assert not Path(cfg.predict.out).exists()
 
 
@@ -128,7 +129,7 @@ def test_convert_stage_merges_shards_then_writes_pngs_equal_to_the_array(cfg, tm
         predict.run(cfg, shard=(i, 2))
     png_dir = convert.run(cfg)
     assert png_dir == cfg.run_dir / "png" / "hidden"
-    array, index = np_to_png.load_predictions(cfg.predict.out)  # merged by convert
+    array, index = load_predictions(cfg.predict.out)  # merged by convert
     for row, video in enumerate(index["videos"]):
         for column, k in enumerate(index["frames"]):
             with Image.open(png_dir / video / f"image_{k}.png") as image:
@@ -147,10 +148,14 @@ def test_user_errors_name_the_file(cfg, tmp_path: Path):
         predict.run(cfg)
     # A model wanting more input frames than the hidden videos have.
     cfg.predict.checkpoint = str(make_checkpoint(cfg, path=tmp_path / "t5.pt", t_in=T_IN + 1))
-    with pytest.raises(FramecastError, match=r"hidden: videos have 4 frames, but .*t5\.pt needs t_in=5"):
+    # ... a config asking for another t_in than the checkpoint's model is refused, never ignored
+    with pytest.raises(FramecastError, match=r"t5\.pt: holds a model with data\.t_in=5 but the config asks for data\.t_in=4"):
+        predict.run(cfg)
+    cfg.data.t_in = T_IN + 1
+    with pytest.raises(FramecastError, match=r"hidden: videos have 4 frames, but .*t5\.pt needs its last t_in=5"):
         predict.run(cfg)
     with pytest.raises(FramecastError, match=r"shard 3/3"):
-        predict.shard_rows(10, 3, 3)
+        shard_rows(10, 3, 3)
     cfg.predict.out = str(tmp_path / "none.npy")
     with pytest.raises(FramecastError, match=r"none\.npy: prediction array not found"):
         convert.run(cfg)

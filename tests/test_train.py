@@ -23,10 +23,11 @@ from torch.utils.checkpoint import checkpoint
 
 from core.checkpoint import load_checkpoint
 from core.config import load_config
+from core.precision import Precision
 from core.errors import FramecastError
 from data.datasets import build_datasets
 import models.cells
-from load_model import load_model
+from models.loading import load_model
 from models import ConvGRUCell, ConvLSTMCell
 from stages.train import NonFiniteLossError, TrainingInterrupted, run
 from train_helpers import losses, make_data, state_digest, tiny_config
@@ -71,6 +72,7 @@ def assert_same_run(run_dir: Path, reference_dir: Path) -> None:
     assert state_digest(ours["model"]) == state_digest(theirs["model"])
     for a, b in zip(ours["optimizer"]["state"].values(), theirs["optimizer"]["state"].values()):
         assert torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
+    ours, theirs = ours["progress"], theirs["progress"]
     assert (ours["step"], ours["epoch"], ours["best_val_loss"]) == (theirs["step"], theirs["epoch"], theirs["best_val_loss"])
 
 
@@ -97,16 +99,16 @@ def test_best_checkpoint_holds_the_epoch_with_the_lowest_validation_loss(referen
     cfg, _ = reference
     vals = val_losses(cfg.run_dir)
     best_epoch = vals.index(min(vals)) + 1
-    best = load_checkpoint(cfg.run_dir / "best.pt")
-    last = load_checkpoint(cfg.run_dir / "last.pt")
+    best = load_checkpoint(cfg.run_dir / "best.pt")["progress"]
+    last = load_checkpoint(cfg.run_dir / "last.pt")["progress"]
     assert best["epoch"] == best_epoch and best["best_val_loss"] == min(vals) == best["val_loss"]
     assert last["epoch"] == 4 and last["val_loss"] == vals[-1] and last["best_epoch"] == best_epoch
     # the weights in best.pt really score that loss on the validation split
     model, _, _ = load_model(cfg.run_dir / "best.pt")
     _, val_set = build_datasets(cfg)
     batches = (val_set[i].unsqueeze(0) for i in range(len(val_set)))  # uint8 (1, T, H, W, C)
-    total, count = validation_sums(model, batches, t_in=cfg.data.t_in, device=torch.device("cpu"),
-                                   amp_dtype=None, channels_last=False).tolist()
+    total, count = validation_sums(model, batches, t_in=cfg.data.t_in, in_channels=3, loss="mse",
+                                   precision=Precision(torch.device("cpu"), None, False)).tolist()
     assert count == len(val_set) == 5
     assert math.isclose(total / count, best["val_loss"], rel_tol=1e-5)
 
@@ -114,9 +116,14 @@ def test_best_checkpoint_holds_the_epoch_with_the_lowest_validation_loss(referen
 def test_checkpoints_hold_resume_state_as_plain_values(reference):
     cfg, _ = reference
     state = torch.load(cfg.run_dir / "last.pt", weights_only=True)  # no pickled objects inside
-    for key in ("model", "model_config", "optimizer", "scheduler", "step", "epoch", "best_val_loss", "rng", "config"):
+    for key in ("model", "optimizer", "scheduler", "progress", "rng", "config"):
         assert key in state, key
-    assert state["model_config"]["cell"] == "gru" and state["config"]["model"]["cell"] == "gru"
+    for key in ("step", "epoch", "best_val_loss"):
+        assert key in state["progress"], key
+    # the model is described once: by the config's model section and frame counts
+    assert "model_config" not in state and "t_in" not in state
+    assert state["config"]["model"]["family"] == "encoder_forecaster"
+    assert state["config"]["model"]["encoder_forecaster"]["cell"] == "gru"
     assert set(state["rng"]) >= {"torch", "numpy", "python"}
 
 
@@ -155,7 +162,7 @@ def test_run_killed_after_an_epoch_resumes_to_the_same_losses(reference, data_ro
         proc.kill()
         proc.wait()
     cfg = tiny_config(data_root, tmp_path, "killed")
-    assert load_checkpoint(cfg.run_dir / "last.pt")["epoch"] == 2
+    assert load_checkpoint(cfg.run_dir / "last.pt")["progress"]["epoch"] == 2
     summary = run(cfg)
     assert summary["resumed_from"]["epoch"] == 2 and summary["epochs_run"] == 4
     assert_same_run(cfg.run_dir, cfg_ref.run_dir)
@@ -174,13 +181,15 @@ def test_stop_signal_saves_mid_epoch_and_resumes_to_the_same_losses(reference, d
         if info["epoch"] == 1:
             os.kill(os.getpid(), signal.SIGUSR2)  # as Slurm does before a time limit
 
-    with pytest.raises(TrainingInterrupted, match=r"SIGUSR2 at epoch 2, step 6.*last\.pt"):
+    # one process stops at the next step boundary (several at the next log interval, where they agree)
+    with pytest.raises(TrainingInterrupted, match=r"SIGUSR2 at epoch 2, step 5.*last\.pt"):
         run(cfg, on_checkpoint=hook)
     assert signal.getsignal(signal.SIGUSR2) is signal.SIG_DFL  # handler removed again
-    saved = load_checkpoint(cfg.run_dir / "last.pt")
-    assert (saved["epoch"], saved["batches_done"], saved["step"]) == (2, 2, 6)  # the next log interval
+    saved = load_checkpoint(cfg.run_dir / "last.pt")["progress"]
+    assert (saved["epoch"], saved["batches_done"], saved["step"]) == (2, 1, 5)
     summary = run(cfg)
-    assert summary["resumed_from"] == {"epoch": 2, "step": 6, "batches_done": 2}
+    assert summary["resumed_from"] == {"epoch": 2, "step": 5, "batches_done": 1,
+                                       "checkpoint": str(cfg.run_dir / "last.pt")}
     assert_same_run(cfg.run_dir, cfg_ref.run_dir)
 
 
@@ -198,7 +207,7 @@ def test_validation_every_n_steps_resumes_mid_epoch_to_the_same_losses(data_root
 
     with pytest.raises(Killed):
         run(cfg, on_checkpoint=hook)
-    assert load_checkpoint(cfg.run_dir / "last.pt")["batches_done"] == 3  # part-way through epoch 1
+    assert load_checkpoint(cfg.run_dir / "last.pt")["progress"]["batches_done"] == 3  # part-way through epoch 1
     assert run(cfg)["resumed_from"]["step"] == 3
     assert_same_run(cfg.run_dir, uninterrupted.run_dir)
 
@@ -208,14 +217,15 @@ def test_validation_every_n_steps_resumes_mid_epoch_to_the_same_losses(data_root
 
 def test_both_cells_train_and_differ_as_their_equations_say(reference, data_root, tmp_path):
     cfg_gru, _ = reference
-    cfg_lstm = tiny_config(data_root, tmp_path, "lstm", "model.cell=lstm", "train.epochs=2")
+    cfg_lstm = tiny_config(data_root, tmp_path, "lstm", "model.encoder_forecaster.cell=lstm", "train.epochs=2")
     summary = run(cfg_lstm)
     vals = val_losses(cfg_lstm.run_dir)
-    assert summary["cell"] == "lstm" and vals[-1] < vals[0]
+    assert summary["family"] == "encoder_forecaster" and vals[-1] < vals[0]
 
     lstm, lstm_cfg, lstm_state = load_model(cfg_lstm.run_dir / "best.pt")
     gru, _, _ = load_model(cfg_gru.run_dir / "best.pt")
-    assert lstm_cfg.model.cell == "lstm" and lstm_state["model_config"]["cell"] == "lstm"
+    assert lstm_cfg.model.encoder_forecaster.cell == "lstm"
+    assert lstm_state["config"]["model"]["encoder_forecaster"]["cell"] == "lstm"
     # what was asked for is what was trained: only ConvLSTM cells in the LSTM model, and vice versa
     assert {type(m) for m in lstm.modules()} & {ConvLSTMCell, ConvGRUCell} == {ConvLSTMCell}
     assert {type(m) for m in gru.modules()} & {ConvLSTMCell, ConvGRUCell} == {ConvGRUCell}
@@ -267,7 +277,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data_root, tmp
         run(cfg, on_checkpoint=poison)
     for name in ("last.pt", "best.pt"):
         saved = load_checkpoint(cfg.run_dir / name)
-        assert saved["epoch"] == 1 and saved["step"] == 4
+        assert saved["progress"]["epoch"] == 1 and saved["progress"]["step"] == 4
         assert all(torch.isfinite(t).all() for t in saved["model"].values())
     assert max(step for _, _, step, _ in losses(cfg.run_dir)) == 4  # nothing logged from the bad steps
 
@@ -285,8 +295,9 @@ def test_corrupt_last_checkpoint_is_a_clear_error(reference, tmp_path):
 def test_resuming_a_different_model_is_refused(reference, tmp_path):
     cfg_ref, _ = reference
     shutil.copytree(cfg_ref.run_dir, tmp_path / "reference")
-    cfg = load_config(cfg_ref.run_dir / "config.yaml", [f"run.out_dir={tmp_path}", "model.cell=lstm"])
-    with pytest.raises(FramecastError, match=r"last\.pt: holds a model with model\.cell='gru'.*model\.cell='lstm'"):
+    cfg = load_config(cfg_ref.run_dir / "config.yaml", [f"run.out_dir={tmp_path}", "model.encoder_forecaster.cell=lstm"])
+    with pytest.raises(FramecastError, match=r"last\.pt: holds a model with model\.encoder_forecaster\.cell='gru'"
+                                             r".*model\.encoder_forecaster\.cell='lstm'"):
         run(cfg)
 
 

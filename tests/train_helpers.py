@@ -17,8 +17,9 @@ HEIGHT, WIDTH = 32, 48
 COUNTS = {"train": 8, "val": 5, "unlabeled": 0, "hidden": 0}
 
 TINY_MODEL = [
-    "model.stem_channels=8", "model.hidden_channels=[8,8]", "model.strides=[1,2]",
-    "model.kernel_size=3", "model.norm_groups=4",
+    "model.encoder_forecaster.stem_channels=8", "model.encoder_forecaster.hidden_channels=[8,8]",
+    "model.encoder_forecaster.strides=[1,2]", "model.encoder_forecaster.kernel_size=3",
+    "model.encoder_forecaster.norm_groups=4",
 ]
 
 

@@ -13,7 +13,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from core.atomic import atomic_path, write_text_atomic
+from core.atomic import atomic_path, os_error_text, write_text_atomic
+from core.errors import FramecastError
 
 METRICS_NAME = "metrics.jsonl"
 CURVE_NAME = "loss_curve.png"
@@ -58,9 +59,12 @@ class MetricsLog:
         if not self.enabled:
             return
         self.records.append(record)
-        with open(self.path, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
-            handle.flush()
+        try:
+            with open(self.path, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+                handle.flush()
+        except OSError as exc:
+            raise FramecastError(f"{self.path}: could not append ({os_error_text(exc)})") from None
 
     def plot(self) -> None:
         """Redraw ``loss_curve.png``: training loss per log interval, validation loss, the best point."""

@@ -5,7 +5,6 @@ caller decides when to read them (``.item()`` only at log intervals).
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Iterable
 
 import torch
@@ -13,33 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.config import TrainConfig
+from core.precision import Precision
 from data.datasets import to_model_input
 
-
-def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on CUDA unless ``train.amp=off``; fp32 on CPU unless ``train.amp=bf16``."""
-    if cfg.amp == "off":
-        return None
-    if cfg.amp == "bf16" or device.type == "cuda":
-        return torch.bfloat16
-    return None
-
-
-def use_cudnn_autotune(device: torch.device) -> None:
-    """On CUDA, let cuDNN time its kernels once for our fixed shapes and keep the fastest."""
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-
-
-def use_channels_last(cfg: TrainConfig, device: torch.device) -> bool:
-    """channels_last on CUDA only, when asked (on the CPU it only costs conversions)."""
-    return cfg.channels_last and device.type == "cuda"
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+# Binary cross-entropy needs probabilities strictly inside (0, 1): raw outputs are clipped this close.
+BCE_EPS = 1e-4
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -51,46 +28,81 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) ->
     )
 
 
+def build_grad_scaler(precision: Precision) -> torch.amp.GradScaler | None:
+    """A loss scaler for fp16 autocast (its state goes into the checkpoint); None otherwise."""
+    if not precision.needs_grad_scaler:
+        return None
+    return torch.amp.GradScaler(precision.device.type)
+
+
 def split_video(video: torch.Tensor, t_in: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, t_in + t_out, C, H, W) -> inputs (B, t_in, C, H, W), targets (B, t_out, C, H, W)."""
     return video[:, :t_in], video[:, t_in:]
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: torch.Tensor, *,
-               t_in: int, device: torch.device, amp_dtype: torch.dtype | None,
-               channels_last: bool, grad_clip: float) -> torch.Tensor:
-    """Forward, MSE, backward, clip, update. Returns the batch's loss, detached, fp32, on the device."""
-    video = to_model_input(batch, device, channels_last)  # uint8 (B, T, H, W, C) -> float (B, T, C, H, W)
+def frame_loss(kind: str, prediction: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``train.loss`` between predicted and true frames, averaged over every value (fp32 scalar)."""
+    prediction = prediction.float()
+    if kind == "mse":
+        return F.mse_loss(prediction, targets)
+    if kind == "l1":
+        return F.l1_loss(prediction, targets)
+    if kind == "mse+l1":
+        return F.mse_loss(prediction, targets) + F.l1_loss(prediction, targets)
+    if kind == "bce":
+        return F.binary_cross_entropy(prediction.clamp(BCE_EPS, 1 - BCE_EPS), targets)
+    raise ValueError(f"unknown loss {kind!r}")
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: torch.Tensor, *, step: int,
+               t_in: int, in_channels: int, precision: Precision, loss: str, grad_clip: float,
+               scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
+    """Forward (the family's training pass), loss, backward, clip, update.
+
+    ``model`` is a ``models.TrainingForward`` (or its DDP / compiled wrapper). Returns, detached and
+    on the device, (frame loss, the family's extra loss terms) as a float32 tensor (2,).
+    """
+    video = to_model_input(batch, precision.device, precision.channels_last, in_channels)  # (B, T, C, H, W)
     inputs, targets = split_video(video, t_in)
-    with autocast(device, amp_dtype):
-        prediction = model(inputs)  # (B, t_out, C, H, W)
-    loss = F.mse_loss(prediction.float(), targets)
+    with precision.autocast():
+        forecast = model(inputs, targets, step)  # frames (B, t_out, C, H, W)
+    main = frame_loss(loss, forecast.frames, targets)
+    extra = sum((term.float() for term in forecast.losses.values()), torch.zeros((), device=main.device))
+    total = main + extra
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    if scaler is not None:
+        scaler.scale(total).backward()
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+    else:
+        total.backward()
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip, foreach=True)
-    optimizer.step()
-    return loss.detach()
+    if scaler is not None:
+        scaler.step(optimizer)  # skipped when the scaled gradients overflowed
+        scaler.update()
+    else:
+        optimizer.step()
+    return torch.stack([main.detach(), extra.detach()])
 
 
 @torch.no_grad()
-def validation_sums(model: nn.Module, batches: Iterable[torch.Tensor], *, t_in: int,
-                    device: torch.device, amp_dtype: torch.dtype | None, channels_last: bool,
-                    max_batches: int = 0) -> torch.Tensor:
-    """Sum over videos of each video's mean squared error, and the video count: tensor (2,) on device.
+def validation_sums(model: nn.Module, batches: Iterable[torch.Tensor], *, t_in: int, in_channels: int,
+                    precision: Precision, loss: str, max_batches: int = 0) -> torch.Tensor:
+    """Sum over videos of each video's ``loss`` (as at inference: no true future frames fed in), and
+    the video count: tensor (2,) float64 on the device.
 
     Sums rather than a mean so processes holding different numbers of videos can add theirs up
     into the exact mean over the whole validation split.
     """
-    totals = torch.zeros(2, dtype=torch.float64, device=device)  # (sum of per-video MSE, videos)
+    totals = torch.zeros(2, dtype=torch.float64, device=precision.device)  # (sum of per-video loss, videos)
     for index, batch in enumerate(batches):
         if max_batches and index >= max_batches:
             break
-        video = to_model_input(batch, device, channels_last)  # (B, T, C, H, W)
+        video = to_model_input(batch, precision.device, precision.channels_last, in_channels)  # (B, T, C, H, W)
         inputs, targets = split_video(video, t_in)
-        with autocast(device, amp_dtype):
+        with precision.autocast():
             prediction = model(inputs)  # (B, t_out, C, H, W)
-        per_video = (prediction.float() - targets).pow(2).flatten(1).mean(1)  # (B,)
+        per_video = torch.stack([frame_loss(loss, p, t) for p, t in zip(prediction, targets)])  # (B,)
         totals[0] += per_video.sum(dtype=torch.float64)
         totals[1] += per_video.numel()
     return totals

@@ -1,0 +1,41 @@
+"""Worker processes that never outlive the process that started them.
+
+A pool's workers wait on their task queue; when the parent is killed outright (SIGKILL, the out-of-
+memory killer) nobody tells them, and each lingers with its memory (hundreds of MB while decoding
+or encoding frames). On Linux the kernel can send a worker a signal when its parent dies
+(``PR_SET_PDEATHSIG``); elsewhere a thread polls the parent's pid.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import signal
+import sys
+import threading
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# Seconds between looks at the parent where the kernel cannot watch it for us.
+PARENT_POLL_S = 1.0
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Pool initializer: end this worker when ``parent_pid`` (the process that made the pool) ends.
+
+    Pools must be created from the main thread: the kernel's signal fires when the creating thread
+    ends. If the parent is already gone by the time this runs, the worker exits at once.
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    else:
+        threading.Thread(target=_watch_parent, args=(parent_pid,), name="parent-watch", daemon=True).start()
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while True:
+        if os.getppid() != parent_pid:
+            os._exit(1)
+        threading.Event().wait(PARENT_POLL_S)

@@ -1,0 +1,215 @@
+"""The prediction hand-off: one ``.npy`` of uint8 (N, T_out, H, W, 3) and its JSON index.
+
+This module is the format's one home: the writer (predict), the reader (convert, evaluate of a saved
+array, ``np_to_png.py``), the index and the shard merge all live here.
+
+- ``preds/hidden.npy``: a plain ``.npy`` (``numpy.load`` reads it anywhere), one row per video in
+  numeric order, written under a temporary name and renamed when complete;
+- ``preds/hidden.json`` (``index_path_for``): {"videos": [...], "frames": [...], "inputs": [...],
+  "shape": [...], "dtype": "uint8", "checkpoint", "config", ...}. ``frames`` are the frame numbers
+  the rows hold (those that follow each video's last input frame); an array that disagrees with
+  its index is refused, since writing it out would give videos the wrong frames;
+- shards ``preds/hidden.shard<i>of<n>.npy`` (+ index) are contiguous slices of the rows, joined by
+  ``merge_shards`` file to file, never through memory.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any, BinaryIO, Iterator
+
+import numpy as np
+from numpy.lib.format import open_memmap
+from tqdm import tqdm
+
+from core.atomic import atomic_path, write_json_atomic
+from core.errors import FramecastError
+from data.layout import check_video_name
+
+# Merge copies shard data in blocks of this size (bounded memory, large enough to stream fast).
+COPY_BLOCK_BYTES = 16 << 20
+# Index entries every shard of one prediction must share.
+SHARED_KEYS = ("frames", "split", "source", "checkpoint", "epoch", "total_videos", "config")
+
+
+def index_path_for(npy_path: str | os.PathLike) -> Path:
+    """The sidecar index of a prediction array: ``preds/hidden.npy`` -> ``preds/hidden.json``."""
+    return Path(npy_path).with_suffix(".json")
+
+
+def shard_path(out: str | os.PathLike, index: int, count: int) -> Path:
+    """``preds/hidden.npy`` -> ``preds/hidden.shard<i>of<n>.npy`` (its index: ``.shard<i>of<n>.json``)."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.shard{index}of{count}.npy")
+
+
+def shard_rows(num_videos: int, index: int, count: int) -> range:
+    """Rows of shard ``index`` of ``count``: contiguous, sizes differing by at most one (np.array_split)."""
+    if not 0 <= index < count:
+        raise FramecastError(f"shard {index}/{count}: expected 0 <= i < n")
+    base, extra = divmod(num_videos, count)
+    start = index * base + min(index, extra)
+    return range(start, start + base + (1 if index < extra else 0))
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def read_index(index_path: str | os.PathLike) -> dict[str, Any]:
+    """The index JSON, checked for the keys every reader relies on."""
+    file = Path(index_path)
+    if not file.is_file():
+        raise FramecastError(f"{file}: prediction index not found (predict writes it next to the .npy)")
+    try:
+        index = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise FramecastError(f"{file}: not a valid JSON index ({exc})") from None
+    if not isinstance(index, dict):
+        raise FramecastError(f"{file}: expected a JSON object with 'videos' and 'frames'")
+    videos, frames = index.get("videos"), index.get("frames")
+    if not isinstance(videos, list) or not all(isinstance(v, str) for v in videos):
+        raise FramecastError(f"{file}: 'videos' must be a list of video_<n> names")
+    if not isinstance(frames, list) or not all(isinstance(k, int) and not isinstance(k, bool) for k in frames):
+        raise FramecastError(f"{file}: 'frames' must be a list of frame numbers")
+    for name in videos:
+        check_video_name(name, file)  # names become folder names: exactly video_<n>
+    if len(set(videos)) != len(videos):
+        raise FramecastError(f"{file}: a video is named twice in 'videos'")
+    return index
+
+
+def load_predictions(npy_path: str | os.PathLike, index_path: str | os.PathLike | None = None
+                     ) -> tuple[np.ndarray, dict[str, Any]]:
+    """(memory-mapped uint8 (N, T, H, W, 3) array, its index), after checking they agree.
+
+    Nothing is read into memory: the array is opened with ``mmap_mode="r"``.
+    """
+    npy = Path(npy_path)
+    index_file = Path(index_path) if index_path is not None else index_path_for(npy)
+    if not npy.is_file():
+        raise FramecastError(f"{npy}: prediction array not found")
+    index = read_index(index_file)
+    try:
+        array = np.load(npy, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise FramecastError(f"{npy}: not a readable .npy array ({exc})") from None
+    if not isinstance(array, np.ndarray):
+        raise FramecastError(f"{npy}: holds {type(array).__name__}, not one array")
+    if array.ndim != 5 or array.shape[-1] != 3:
+        raise FramecastError(f"{npy}: shape {list(array.shape)}, expected (videos, frames, height, width, 3)")
+    if array.dtype != np.uint8:
+        raise FramecastError(f"{npy}: dtype {array.dtype}, expected uint8")
+    if array.shape[0] != len(index["videos"]):
+        raise FramecastError(
+            f"{npy}: {array.shape[0]} rows, but its index {index_file} names {len(index['videos'])} videos"
+        )
+    if array.shape[1] != len(index["frames"]):
+        raise FramecastError(
+            f"{npy}: {array.shape[1]} frames per video, but its index {index_file} lists "
+            f"{len(index['frames'])} frame numbers"
+        )
+    if "shape" in index and list(index["shape"]) != list(array.shape):
+        raise FramecastError(f"{npy}: shape {list(array.shape)}, but its index {index_file} says {index['shape']}")
+    return array, index
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+@contextlib.contextmanager
+def npy_rows(out: Path, shape: tuple[int, ...]) -> Iterator[BinaryIO]:
+    """A uint8 ``.npy`` of ``shape`` opened for writing its rows in order; renamed onto ``out`` at the end.
+
+    ``open_memmap`` writes the header and sizes the file; the rows then go through the file handle
+    (page cache) rather than the mapping, because every page written through a mapping stays in the
+    process's resident set until the kernel reclaims it, so RSS would grow with N. Just before the
+    new array replaces ``out``, the older index is removed: until the new index is written, readers
+    find no index and refuse, rather than pairing new rows with old names. A full disk is one line
+    naming the file, and the previous array stays.
+    """
+    with atomic_path(out, suffix=".npy") as tmp:
+        header = open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        offset, size = header.offset, header.nbytes
+        del header
+        with open(tmp, "r+b") as handle:
+            handle.seek(offset)
+            yield handle
+            if handle.tell() != offset + size:
+                raise RuntimeError(f"{out}: wrote {handle.tell() - offset} of {size} bytes")
+        index_path_for(out).unlink(missing_ok=True)
+
+
+def write_index(out: Path, index: dict[str, Any], shape: tuple[int, ...]) -> None:
+    write_json_atomic(index_path_for(out), {**index, "shape": list(shape), "dtype": "uint8"})
+
+
+def _copy_bytes(src: BinaryIO, dst: BinaryIO, count: int) -> int:
+    copied = 0
+    while copied < count:
+        block = src.read(min(COPY_BLOCK_BYTES, count - copied))
+        if not block:
+            break
+        dst.write(block)
+        copied += len(block)
+    return copied
+
+
+def merge_shards(out: str | os.PathLike, shards: int) -> Path:
+    """Join ``<stem>.shard<i>of<n>.npy`` for i = 0..n-1 into ``out`` (+ index), in order.
+
+    Every shard must exist, come from the same checkpoint, split and config, and cover its slice of
+    the split; the data is copied file to file in blocks, never held in RAM.
+    """
+    out = Path(out)
+    if shards < 1:
+        raise FramecastError(f"predict.shards must be >= 1, got {shards}")
+    paths = [shard_path(out, i, shards) for i in range(shards)]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FramecastError(f"{missing[0]}: shard missing ({len(missing)} of {shards} not written yet: "
+                             f"run predict --shard i/{shards} for each)")
+    parts = [load_predictions(p) for p in paths]  # (memmap, index), each checked against itself
+    first_path, (first, first_index) = paths[0], parts[0]
+    total = first_index.get("total_videos")
+    for i, (path, (array, index)) in enumerate(zip(paths, parts)):
+        if index.get("shard") != [i, shards]:
+            raise FramecastError(f"{path}: its index says shard {index.get('shard')}, expected [{i}, {shards}]")
+        for key in SHARED_KEYS:
+            if index.get(key) != first_index.get(key):
+                raise FramecastError(f"{path}: '{key}' differs from {first_path} (shards of different predictions)")
+        if array.shape[1:] != first.shape[1:]:
+            raise FramecastError(f"{path}: frames of shape {list(array.shape[1:])}, {first_path} has {list(first.shape[1:])}")
+        expected = shard_rows(total, i, shards)
+        if index.get("rows") != [expected.start, expected.stop] or array.shape[0] != len(expected):
+            raise FramecastError(f"{path}: holds rows {index.get('rows')}, expected [{expected.start}, {expected.stop}]")
+    shape = (sum(a.shape[0] for a, _ in parts), *first.shape[1:])  # (N, t_out, H, W, C)
+    # Each shard's data is its rows in C order, so the merged data is the shards' bytes end to end:
+    # copy them file to file (page cache), never through memory maps or arrays.
+    with npy_rows(out, shape) as handle:
+        for path, (array, _) in tqdm(list(zip(paths, parts)), desc=f"merge {out.name}", unit="shard", disable=None):
+            if not array.flags.c_contiguous:
+                raise FramecastError(f"{path}: stored in Fortran order, expected a C-order .npy from predict")
+            with open(path, "rb") as shard_file:
+                shard_file.seek(array.offset)
+                copied = _copy_bytes(shard_file, handle, array.nbytes)
+            if copied != array.nbytes:
+                raise FramecastError(f"{path}: truncated ({copied} of {array.nbytes} data bytes)")
+    index = {key: first_index.get(key) for key in SHARED_KEYS}
+    for key in ("inputs",):
+        if key in first_index:
+            index[key] = first_index[key]
+    index.update(videos=[v for _, ix in parts for v in ix["videos"]], shard=None, shards=shards, rows=[0, shape[0]])
+    write_index(out, index, shape)
+    return out
+
+
+def merge_if_newer(out: str | os.PathLike, shards: int) -> None:
+    """Merge the shards when the merged array is missing or older than any of them."""
+    if shards <= 1:
+        return
+    npy = Path(out)
+    present = [p for p in (shard_path(npy, i, shards) for i in range(shards)) if p.is_file()]
+    if present and (not npy.is_file() or max(p.stat().st_mtime for p in present) > npy.stat().st_mtime):
+        merge_shards(npy, shards)  # names any missing shard

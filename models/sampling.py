@@ -1,0 +1,34 @@
+"""Scheduled-sampling probabilities as pure functions of the global step.
+
+A recurrent family rolled out frame by frame is trained on a mix of true frames and its own
+predictions; these functions say how likely the true frame is at a given step. Being functions of
+the step alone (the nanoGPT ``get_lr`` idea), a resumed run draws from the same probabilities as an
+uninterrupted one, and the draws themselves come from torch's generator, whose state is in the
+checkpoint.
+"""
+from __future__ import annotations
+
+import math
+
+
+def linear_true_frame_probability(step: int, start: float, stop_step: int) -> float:
+    """Scheduled sampling (Bengio et al. 2015, as OpenSTL): ``start`` at step 0, falling linearly to 0
+    at ``stop_step``, 0 after."""
+    return max(0.0, start * (1.0 - step / stop_step))
+
+
+def reverse_true_frame_probabilities(step: int, start_step: int, stop_step: int, alpha: float) -> tuple[float, float]:
+    """Reverse scheduled sampling (PredRNN-V2, Wang et al. 2022): (input steps, predicted steps).
+
+    On the input steps the encoder is at first fed its own predictions half of the time, and the
+    chance of the true frame rises exponentially towards 1 from ``start_step`` (so it learns long-term
+    dynamics instead of leaning on the frame just seen); on the predicted steps the chance of the true
+    frame falls linearly from 1/2 to 0 between ``start_step`` and ``stop_step``.
+    """
+    if step < start_step:
+        return 0.5, 0.5
+    if step < stop_step:
+        rising = 1.0 - 0.5 * math.exp(-(step - start_step) / alpha)
+        falling = 0.5 - 0.5 * (step - start_step) / (stop_step - start_step)
+        return rising, falling
+    return 1.0, 0.0
