@@ -1,5 +1,8 @@
 """framecast command line: parse, load config, call one stage. No pipeline logic lives here.
 
+The stage commands (train, predict, merge, convert, evaluate, ...) and their flags come from the stage
+registry, stages/registry.py: each flag is a config override, so jobs and files see one config.
+
     python main.py make-data --kind shapes --out datasets/shapes
     python main.py pack --data datasets/shapes
     python main.py train --config configs/default.yaml train.lr=3e-4
@@ -17,6 +20,7 @@ import sys
 from pathlib import Path
 
 from core.errors import FramecastError
+from stages import registry
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -87,38 +91,12 @@ def cmd_pack(args: argparse.Namespace) -> None:
         print(f"wrote {path}")
 
 
-def cmd_train(args: argparse.Namespace) -> None:
-    from stages.train import run
-
-    run(_load(args))
-
-
-def cmd_predict(args: argparse.Namespace) -> None:
-    from stages.predict import run
-
-    cfg = _load(args, {"checkpoint": "predict.checkpoint", "split": "predict.split", "out": "predict.out"})
-    print(f"wrote {run(cfg, shard=args.shard)}")
-
-
-def cmd_merge(args: argparse.Namespace) -> None:
-    from stages.predict import merge_shards, output_path
-
-    cfg = _load(args, {"out": "predict.out", "shards": "predict.shards"})
-    print(f"wrote {merge_shards(output_path(cfg), cfg.predict.shards)}")
-
-
-def cmd_convert(args: argparse.Namespace) -> None:
-    from stages.convert import run
-
-    cfg = _load(args, {"npy": "predict.out", "out": "convert.out"})
-    print(f"wrote {run(cfg)}")
-
-
-def cmd_evaluate(args: argparse.Namespace) -> None:
-    from stages.evaluate import run
-
-    cfg = _load(args, {"checkpoint": "predict.checkpoint"})
-    run(cfg, split=args.split, out_dir=Path(args.out) if args.out else None, max_videos=args.max_videos)
+def cmd_stage(args: argparse.Namespace) -> None:
+    """Any declared stage (stages/registry.py): its flags become config overrides, then its run(cfg)."""
+    stage = args.declared_stage
+    result = registry.run_stage(stage, _load(args, stage.flag_keys()), args.shard)
+    if isinstance(result, Path):
+        print(f"wrote {result}")
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -131,6 +109,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from jobs.demo import run_demo
 
     return run_demo(args)
+
+
+def _add_stage_command(commands: argparse._SubParsersAction, stage: registry.Stage) -> None:
+    p = commands.add_parser(stage.name, help=stage.help)
+    _add_config_arguments(p, required=stage.config_required)
+    for arg in stage.args:
+        p.add_argument(arg.flag, type=arg.type, help=f"{arg.help} [sets {arg.key}]")
+    if stage.shards:
+        p.add_argument("--shard", type=_parse_shard, default=registry.WHOLE, help="run only shard i of n (i/n)")
+    p.set_defaults(func=cmd_stage, declared_stage=stage, shard=registry.WHOLE)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -165,37 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad", action="store_true", help="skip and record bad videos instead of stopping")
     p.set_defaults(func=cmd_pack)
 
-    p = commands.add_parser("train", help="train a model (resumes from runs/<name>/last.pt)")
-    _add_config_arguments(p)
-    p.set_defaults(func=cmd_train)
-
-    p = commands.add_parser("predict", help="predict the future frames of a split into one .npy")
-    _add_config_arguments(p, required=False)
-    p.add_argument("--checkpoint", help="checkpoint (default: runs/<name>/best.pt)")
-    p.add_argument("--split", help="split to predict (default: predict.split)")
-    p.add_argument("--out", help="output .npy (default: runs/<name>/preds/<split>.npy)")
-    p.add_argument("--shard", type=_parse_shard, default=(0, 1), help="predict only shard i of n (i/n)")
-    p.set_defaults(func=cmd_predict)
-
-    p = commands.add_parser("merge", help="join prediction shards into one .npy")
-    _add_config_arguments(p, required=False)
-    p.add_argument("--out", help="the merged .npy (shards are named after it)")
-    p.add_argument("--shards", type=int, help="number of shards")
-    p.set_defaults(func=cmd_merge)
-
-    p = commands.add_parser("convert", help="write a prediction .npy as PNG frames")
-    _add_config_arguments(p, required=False)
-    p.add_argument("--npy", help="prediction array (default: predict.out)")
-    p.add_argument("--out", help="PNG folder (default: convert.out)")
-    p.set_defaults(func=cmd_convert)
-
-    p = commands.add_parser("evaluate", help="per-lead-time metrics, plots and samples on a labeled split")
-    _add_config_arguments(p, required=False)
-    p.add_argument("--checkpoint", help="checkpoint (default: runs/<name>/best.pt)")
-    p.add_argument("--split", default="val")
-    p.add_argument("--out", help="report folder (default: runs/<name>/eval/<split>)")
-    p.add_argument("--max-videos", type=int, default=None, help="evaluate at most this many videos")
-    p.set_defaults(func=cmd_evaluate)
+    for stage in registry.stages():
+        _add_stage_command(commands, stage)
 
     p = commands.add_parser("submit", help="submit stages as Slurm (or local) jobs through submitit")
     from jobs.submit import add_submit_arguments

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-time set-up on a fresh machine: the Python virtualenv in .venv with every package pinned in
 # requirements.txt, plus (when run as root or with sudo on Debian/Ubuntu) the Fashion-MNIST package
-# the Moving-MNIST tests read. Safe to run again.
+# the Moving-MNIST tests read and rsync. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -9,13 +9,16 @@ PYTHON=${PYTHON:-python3}
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo -n"
 
-if command -v apt-get >/dev/null 2>&1 && ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then
+# rsync: submitit's RsyncSnapshot copies the code each job runs (jobs/snapshot.py).
+APT_PACKAGES="dataset-fashion-mnist rsync"
+if command -v apt-get >/dev/null 2>&1 && ! dpkg -s $APT_PACKAGES >/dev/null 2>&1; then
     if $SUDO true 2>/dev/null; then
-        echo "setup: installing Debian package dataset-fashion-mnist"
+        echo "setup: installing Debian packages $APT_PACKAGES"
         $SUDO apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $APT_PACKAGES >/dev/null
     else
-        echo "setup: no root or sudo; skipping dataset-fashion-mnist (its tests will be skipped)"
+        echo "setup: no root or sudo; skipping $APT_PACKAGES (the Fashion-MNIST tests will be skipped; without"
+        echo "       rsync, job code snapshots copy the .py files only)"
     fi
 fi
 

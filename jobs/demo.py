@@ -1,24 +1,22 @@
 """``main.py demo``: the whole pipeline on a small generated data set, as submitit jobs.
 
-Data preparation (generate, pack) runs here; train -> predict -> convert run as jobs: on Slurm
-when ``sbatch`` is on the PATH, on this machine otherwise. Each step is skipped when its output
-is already there, so a second run only re-submits the jobs (and training resumes from last.pt).
+Data preparation (generate, pack) runs here; the pipeline's stages (``jobs.submit.PIPELINE``: train,
+then predict and evaluate, then convert) run as jobs: on Slurm when ``sbatch`` is on the PATH, on
+this machine otherwise. Each preparation step is skipped when its output is already there, so a
+second run only re-submits the jobs (and training resumes from last.pt). It ends by printing where
+everything is and the evaluation's scores against the baselines.
+
+The data and stage modules are imported when the demo runs, not when its arguments are declared:
+``main.py --help`` must not load torch.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
-from core.config import Config, load_config
-from data.layout import SPLITS
-from data.pack import pack_dataset, pack_path
-from data.synthetic import make_shapes_dataset
-from jobs.submit import describe_submission, resolve_executor, submit_pipeline
-from jobs.wait import wait_jobs
-from stages.convert import png_dir
-from stages.predict import output_path as npy_path
-
+from core.config import Config
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--executor", choices=["auto", "slurm", "local"], default=None,
@@ -34,6 +32,10 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _prepare_data(cfg: Config, args: argparse.Namespace) -> None:
+    from data.layout import SPLITS
+    from data.pack import pack_dataset, pack_path
+    from data.synthetic import make_shapes_dataset
+
     root = Path(cfg.data.root)
     frames = cfg.data.t_in + cfg.data.t_out
     if not (root / "train").is_dir():
@@ -50,23 +52,54 @@ def _prepare_data(cfg: Config, args: argparse.Namespace) -> None:
         pack_dataset(root, out_dir=pack_dir, splits=missing)
 
 
+def _print_outputs(cfg: Config, minutes: float) -> None:
+    from stages.convert import png_dir
+    from stages.evaluate import GIF_NAME, PLOT_NAME, REPORT_NAME, STRIP_NAME, out_dir_for, print_summary
+    from stages.predict import output_path as npy_path
+
+    eval_dir = out_dir_for(cfg)
+    outputs = (
+        ("checkpoint", f"{cfg.run_dir / 'best.pt'}  (python load_model.py {cfg.run_dir / 'best.pt'})"),
+        ("loss curve", cfg.run_dir / "loss_curve.png"),
+        ("predictions", npy_path(cfg)),
+        ("PNG frames", png_dir(cfg)),
+        ("evaluation", eval_dir / REPORT_NAME),
+        ("metrics plot", eval_dir / PLOT_NAME),
+        ("sample strip", eval_dir / STRIP_NAME),
+        ("sample GIF", eval_dir / GIF_NAME),
+    )
+    width = max(len(label) for label, _ in outputs) + 1
+    print(f"[demo] done in {minutes:.1f} min", flush=True)
+    for label, value in outputs:
+        print(f"  {label + ':':{width}s} {value}", flush=True)
+    report_file = eval_dir / REPORT_NAME
+    try:
+        report = json.loads(report_file.read_text())
+    except (OSError, ValueError) as exc:
+        print(f"[demo] no evaluation report to summarise ({report_file}: {exc})", flush=True)
+        return
+    print(f"[demo] evaluation of {report.get('checkpoint')}:", flush=True)
+    print_summary(report)
+
+
 def run_demo(args: argparse.Namespace) -> int:
+    from core.config import load_config
+    from jobs.submit import describe_pipeline, describe_submission, pipeline_job_count, resolve_executor, \
+        snapshot_for, submit_pipeline
+    from jobs.wait import wait_jobs
+
     cfg = load_config(args.config, list(args.overrides))
     _prepare_data(cfg, args)
     executor = resolve_executor(args.executor, cfg)
-    print(f"[demo] submitting train -> predict -> convert ({executor} executor)", flush=True)
+    code = snapshot_for(cfg)
+    print(f"[demo] submitting {describe_pipeline()} ({executor} executor; {code.describe()}, snapshot in "
+          f"{code.root})", flush=True)
     started = time.monotonic()
     jobs = submit_pipeline(cfg, executor, on_submit=lambda job: print(describe_submission(job), flush=True),
-                           timeout_s=args.timeout)
+                           timeout_s=args.timeout, code=code)
     ends = wait_jobs(jobs, timeout_s=args.timeout, report=lambda end: print(end.describe(), flush=True))
-    expected = 2 + cfg.predict.shards
-    if len(jobs) != expected or not all(end.ok for end in ends):
+    if len(jobs) != pipeline_job_count(cfg) or not all(end.ok for end in ends):
         print("[demo] the pipeline did not complete; see the logs above", flush=True)
         return 1
-    minutes = (time.monotonic() - started) / 60
-    print(f"[demo] done in {minutes:.1f} min\n"
-          f"  checkpoint:  {cfg.run_dir / 'best.pt'}  (python load_model.py {cfg.run_dir / 'best.pt'})\n"
-          f"  loss curve:  {cfg.run_dir / 'loss_curve.png'}\n"
-          f"  predictions: {npy_path(cfg)}\n"
-          f"  PNG frames:  {png_dir(cfg)}", flush=True)
+    _print_outputs(cfg, (time.monotonic() - started) / 60)
     return 0

@@ -105,11 +105,6 @@ def slurm_states(job_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
     return states
 
 
-def slurm_state(job_id: str) -> tuple[str, str] | None:
-    """(state, pending reason) of one Slurm job; None when neither squeue nor sacct knows it."""
-    return slurm_states([job_id]).get(job_id)
-
-
 def _error_tail(path: Path | None, lines: int = 5) -> str:
     """The last non-empty lines of a log, joined on one line: enough to see why a job died."""
     if path is None or not path.is_file():
@@ -215,7 +210,6 @@ def wait_jobs(
     timeout_s: float | None = None,
     poll_s: float = POLL_S,
     report: Callable[[JobEnd], None] | None = None,
-    labels: Sequence[str] | None = None,
 ) -> list[JobEnd]:
     """Wait until every job has ended or ``timeout_s`` passed; one ``JobEnd`` per job, in order.
 
@@ -223,9 +217,7 @@ def wait_jobs(
     timeout are reported as ``WAIT_TIMEOUT`` and left running (the caller decides to cancel).
     """
     started = time.monotonic()
-    watches = [
-        _Watch(job, labels[i] if labels is not None else job_label(job)) for i, job in enumerate(jobs)
-    ]
+    watches = [_Watch(job, job_label(job)) for job in jobs]
     while True:
         now = time.monotonic()
         pending = [w for w in watches if w.end is None]
@@ -250,29 +242,3 @@ def wait_jobs(
         time.sleep(poll_s)
     return [w.end for w in watches]  # type: ignore[misc]
 
-
-def wait_slurm_job(job_id: str, timeout_s: float, poll_s: float = POLL_S) -> str:
-    """Final Slurm state of a job submitted without submitit (e.g. ``sbatch jobs/train.SBATCH``).
-
-    Cancels and returns "CANCELLED" for a job whose dependency can never be satisfied;
-    returns "WAIT_TIMEOUT" (job left running) when ``timeout_s`` passes first.
-    """
-    started = time.monotonic()
-    unknown_since: float | None = None
-    while time.monotonic() - started < timeout_s:
-        info = slurm_state(job_id)
-        now = time.monotonic()
-        if info is None:
-            unknown_since = unknown_since or now
-            if now - unknown_since >= UNKNOWN_GRACE_S:
-                return "UNKNOWN"
-        else:
-            unknown_since = None
-            state, reason = info
-            if state == "PENDING" and reason == NEVER_SATISFIED:
-                _run(["scancel", job_id])
-                return "CANCELLED"
-            if state not in SLURM_ACTIVE_STATES:
-                return state
-        time.sleep(poll_s)
-    return "WAIT_TIMEOUT"

@@ -1,11 +1,16 @@
-"""Tiny importable callables for testing the jobs machinery (submitted callables must be importable)."""
+"""Tiny importable callables for testing the jobs machinery (submitted callables must be importable),
+tiny configs, and waiting for Slurm jobs submitted without submitit (``sbatch jobs/*.SBATCH``)."""
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
 import submitit
+
+from jobs.wait import COMMAND_TIMEOUT_S, NEVER_SATISFIED, POLL_S, SLURM_ACTIVE_STATES, UNKNOWN_GRACE_S, slurm_states
 
 
 def add(a: int, b: int) -> int:
@@ -42,8 +47,9 @@ def tiny_config(data_root: Path, out_dir: Path, name: str, executor: str = "slur
     values = {
         "run": {"name": name, "out_dir": str(out_dir), "device": "cpu"},
         "data": {"root": str(data_root), "t_in": 4, "t_out": 4, "num_workers": 0},
-        "model": {"cell": "gru", "stem_channels": 8, "hidden_channels": [8, 8], "strides": [1, 2],
-                  "kernel_size": 3, "norm_groups": 4},
+        "model": {"family": "encoder_forecaster", "encoder_forecaster": {
+            "cell": "gru", "stem_channels": 8, "hidden_channels": [8, 8], "strides": [1, 2], "kernel_size": 3,
+            "norm_groups": 4}},
         "train": {"epochs": 2, "batch_size": 2, "lr": 3e-3, "log_every_steps": 1, "early_stop_patience": 0},
         "predict": {"batch_size": 2},
         "convert": {"workers": 1},
@@ -52,3 +58,53 @@ def tiny_config(data_root: Path, out_dir: Path, name: str, executor: str = "slur
     for section, updates in sections.items():
         values[section] = {**values.get(section, {}), **updates}
     return values
+
+
+def slurm_state(job_id: str) -> tuple[str, str] | None:
+    """(state, pending reason) of one Slurm job; None when neither squeue nor sacct knows it."""
+    return slurm_states([job_id]).get(job_id)
+
+
+def wait_slurm_job(job_id: str, timeout_s: float, poll_s: float = POLL_S) -> str:
+    """Final Slurm state of a job submitted without submitit (e.g. ``sbatch jobs/train.SBATCH``).
+
+    Cancels and returns "CANCELLED" for a job whose dependency can never be satisfied;
+    returns "WAIT_TIMEOUT" (job left running) when ``timeout_s`` passes first.
+    """
+    started = time.monotonic()
+    unknown_since: float | None = None
+    while time.monotonic() - started < timeout_s:
+        info = slurm_state(job_id)
+        now = time.monotonic()
+        if info is None:
+            unknown_since = unknown_since or now
+            if now - unknown_since >= UNKNOWN_GRACE_S:
+                return "UNKNOWN"
+        else:
+            unknown_since = None
+            state, reason = info
+            if state == "PENDING" and reason == NEVER_SATISFIED:
+                subprocess.run(["scancel", job_id], capture_output=True, timeout=COMMAND_TIMEOUT_S)
+                return "CANCELLED"
+            if state not in SLURM_ACTIVE_STATES:
+                return state
+        time.sleep(poll_s)
+    return "WAIT_TIMEOUT"
+
+
+def slurm_unavailable() -> str | None:
+    """Why the Slurm tests cannot run here, or None when a node is ready."""
+    for tool in ("sinfo", "sbatch", "squeue", "scontrol", "scancel"):
+        if shutil.which(tool) is None:
+            return f"{tool} not on PATH (start a one-node Slurm with: sudo jobs/local_slurm.sh)"
+    try:
+        done = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"sinfo failed: {exc}"
+    if done.returncode != 0:
+        return f"sinfo failed: {done.stderr.strip()}"
+    states = done.stdout.split()
+    # A node busy with other jobs still counts: ours queue behind them.  Down or drained ones do not.
+    if not any(s in ("idle", "mixed", "allocated", "completing") for s in states):
+        return f"no usable Slurm node (sinfo states: {states or 'none'})"
+    return None

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from core.config import config_from_dict
+from core.config import config_from_dict, load_config
 from core.errors import FramecastError
 from jobs import submit
 from jobs.wait import wait_jobs
@@ -60,12 +60,18 @@ def test_local_pipeline_ends_with_png_frames(data_root, tmp_path, no_slurm_path)
     config_file.write_text(yaml.safe_dump(tiny_config(data_root, tmp_path / "runs", "local")))
     done = _submit_cli(config_file, no_slurm_path, "predict.shards=2")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.count("(local)") == 4  # train, 2 predict shards, convert: ids and log paths
-    assert done.stdout.count(" COMPLETED at ") == 4 and "log: " in done.stdout
+    # train, 2 predict shards, evaluate, convert: ids and log paths
+    expected = submit.pipeline_job_count(load_config(config_file, ["predict.shards=2"]))
+    assert expected == 5
+    assert done.stdout.count("(local)") == expected
+    assert done.stdout.count(" COMPLETED at ") == expected and "log: " in done.stdout
     pngs = tmp_path / "runs" / "local" / "png" / "hidden"
     videos = sorted(p.name for p in pngs.iterdir())
     assert videos == sorted(p.name for p in (data_root / "hidden").iterdir())
     assert all(len(list((pngs / v).glob("image_*.png"))) == 4 for v in videos)
+    evaluation = tmp_path / "runs" / "local" / "eval" / "val"
+    assert {"report.json", "metrics_vs_lead_time.png", "samples.png", "samples.gif"} <= {
+        p.name for p in evaluation.iterdir()}
 
 
 def test_local_pipeline_stops_at_the_stage_that_failed(tmp_path, no_slurm_path):
@@ -73,7 +79,7 @@ def test_local_pipeline_stops_at_the_stage_that_failed(tmp_path, no_slurm_path):
     config_file.write_text(yaml.safe_dump(tiny_config(tmp_path / "no-such-data", tmp_path / "runs", "broken")))
     done = _submit_cli(config_file, no_slurm_path)
     assert done.returncode == 1, done.stdout + done.stderr
-    assert done.stdout.count("submitted ") == 1  # predict and convert were never submitted
+    assert done.stdout.count("submitted ") == 1  # predict, evaluate and convert were never submitted
     failed = [line for line in done.stdout.splitlines() if "(train) FAILED" in line]
     assert failed and "no-such-data" in failed[0], done.stdout  # the stage's own one-line error
     assert "pipeline stopped" in done.stderr

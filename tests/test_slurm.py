@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -18,32 +17,13 @@ import yaml
 
 from core.config import config_from_dict
 from jobs import submit
-from jobs.wait import slurm_state, wait_jobs, wait_slurm_job
+from jobs.wait import wait_jobs
 from tests import slurm_helpers
-from tests.slurm_helpers import tiny_config
+from tests.slurm_helpers import slurm_state, tiny_config, wait_slurm_job
 
 REPO = Path(__file__).resolve().parent.parent
 
-
-def _slurm_unavailable() -> str | None:
-    """Why the Slurm tests cannot run here, or None when a node is ready."""
-    for tool in ("sinfo", "sbatch", "squeue", "scontrol", "scancel"):
-        if shutil.which(tool) is None:
-            return f"{tool} not on PATH (start a one-node Slurm with: sudo jobs/local_slurm.sh)"
-    try:
-        done = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.SubprocessError) as exc:
-        return f"sinfo failed: {exc}"
-    if done.returncode != 0:
-        return f"sinfo failed: {done.stderr.strip()}"
-    states = done.stdout.split()
-    # A node busy with other jobs still counts: ours queue behind them.  Down or drained ones do not.
-    if not any(s in ("idle", "mixed", "allocated", "completing") for s in states):
-        return f"no usable Slurm node (sinfo states: {states or 'none'})"
-    return None
-
-
-REASON = _slurm_unavailable()
+REASON = slurm_helpers.slurm_unavailable()
 pytestmark = [pytest.mark.slurm, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
 
 # Hard limits on waiting, generous for a loaded 2-core CI machine.
@@ -78,7 +58,8 @@ def _describe(ends) -> str:
 
 
 def test_pipeline_on_slurm_ends_with_png_frames(data_root, tmp_path, cleanup):
-    """`submit pipeline`: train -> 2 predict shards (a job array) -> convert (merges), chained afterok."""
+    """`submit pipeline`: train -> 2 predict shards (a job array) -> convert (merges), and evaluate after
+    train, chained afterok."""
     values = tiny_config(data_root, tmp_path / "runs", "pipeline", predict={"batch_size": 2, "shards": 2})
     config_file = tmp_path / "pipeline.yaml"
     config_file.write_text(yaml.safe_dump(values))
@@ -90,15 +71,19 @@ def test_pipeline_on_slurm_ends_with_png_frames(data_root, tmp_path, cleanup):
     ids = [line.split("job ")[1].split()[0] for line in done.stdout.splitlines() if line.startswith("submitted")]
     cleanup.extend(ids)
     assert done.returncode == 0, done.stdout + done.stderr
-    # train, two array tasks <array>_0 and <array>_1, convert; each printed with its log paths.
-    assert len(ids) == 4 and ids[1].endswith("_0") and ids[2].endswith("_1"), done.stdout
-    assert done.stdout.count("COMPLETED") == 4 and "log: " in done.stdout
+    # train, two array tasks <array>_0 and <array>_1, evaluate, convert; each printed with its log paths.
+    expected = submit.pipeline_job_count(config_from_dict(values))
+    assert expected == 5
+    assert len(ids) == expected and ids[1].endswith("_0") and ids[2].endswith("_1"), done.stdout
+    assert done.stdout.count("COMPLETED") == expected and "log: " in done.stdout
     pngs = tmp_path / "runs" / "pipeline" / "png" / "hidden"
     videos = sorted(p.name for p in pngs.iterdir())
     assert videos == sorted(p.name for p in (data_root / "hidden").iterdir())
     for video in videos:
         frames = sorted(p.name for p in (pngs / video).glob("*.png"))
         assert len(frames) == 4, (video, frames)  # t_out predicted frames each
+    report = json.loads((tmp_path / "runs" / "pipeline" / "eval" / "val" / "report.json").read_text())
+    assert report["split"] == "val" and report["checkpoint"].endswith("best.pt")
 
 
 def _sbatch(script: str, env: dict, *options: str) -> str:
@@ -130,7 +115,7 @@ def test_sbatch_files_train_predict_shards_and_convert(data_root, tmp_path, clea
     from core.checkpoint import load_checkpoint
 
     best = tmp_path / "runs" / "sbatch" / "best.pt"
-    assert load_checkpoint(best)["epoch"] == 1  # trained, with the OVERRIDES applied
+    assert load_checkpoint(best)["progress"]["epoch"] == 1  # trained, with the OVERRIDES applied
 
     state = wait_slurm_job(convert, timeout_s=JOB_TIMEOUT_S, poll_s=POLL_S)
     logs = "\n".join(p.read_text() for p in sorted(tmp_path.glob("*.out")))
@@ -139,6 +124,44 @@ def test_sbatch_files_train_predict_shards_and_convert(data_root, tmp_path, clea
         "hidden.npy", "hidden.shard0of2.npy", "hidden.shard1of2.npy"]
     pngs = tmp_path / "runs" / "sbatch" / "png" / "hidden"
     assert len(list(pngs.glob("video_*/image_*.png"))) == 3 * 4  # 3 hidden videos x t_out frames
+
+
+def test_stage_sbatch_runs_any_declared_stage(data_root, tmp_path, cleanup):
+    """By hand: `STAGE=evaluate ARGS=... sbatch jobs/stage.SBATCH` after train.SBATCH: no evaluate script needed."""
+    config_file = tmp_path / "stage.yaml"
+    config_file.write_text(yaml.safe_dump(tiny_config(data_root, tmp_path / "runs", "stage")))
+    env = {"CONFIG": str(config_file), "OVERRIDES": "train.epochs=1"}
+    small = ["--gpus-per-node=0", "--cpus-per-task=1", "--mem=1G", "--time=10", f"--output={tmp_path}/%j.out"]
+    train = _sbatch("jobs/train.SBATCH", env, *small)
+    cleanup.append(train)
+    evaluate = _sbatch("jobs/stage.SBATCH", {**env, "STAGE": "evaluate", "ARGS": "--max-videos 1 --split val"},
+                       *small, f"--dependency=afterok:{train}")
+    cleanup.append(evaluate)
+    state = wait_slurm_job(evaluate, timeout_s=JOB_TIMEOUT_S, poll_s=POLL_S)
+    logs = "\n".join(p.read_text() for p in sorted(tmp_path.glob("*.out")))
+    assert state == "COMPLETED", logs
+    report = json.loads((tmp_path / "runs" / "stage" / "eval" / "val" / "report.json").read_text())
+    assert report["videos"] == 1 and report["split"] == "val"  # ARGS reached the stage's flags
+
+
+def test_a_new_stage_runs_on_slurm_through_submit(tmp_path, cleanup):
+    """The toy stage (declared in tests/toy_stage.py only): `submit toy` makes a 2-task sbatch array."""
+    values = tiny_config(tmp_path, tmp_path / "runs", "toy")
+    config_file = tmp_path / "toy.yaml"
+    config_file.write_text(yaml.safe_dump(values))
+    done = subprocess.run(
+        [sys.executable, "-c", "import tests.toy_stage, runpy; runpy.run_path('main.py', run_name='__main__')",
+         "submit", "toy", "--config", str(config_file), "--executor", "slurm", "--wait", "--timeout",
+         str(JOB_TIMEOUT_S), "predict.shards=2"],
+        cwd=REPO, capture_output=True, text=True, timeout=JOB_TIMEOUT_S + 60,
+    )
+    ids = [line.split("job ")[1].split()[0] for line in done.stdout.splitlines() if line.startswith("submitted")]
+    cleanup.extend(ids)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert len(ids) == 2 and ids[0].endswith("_0") and ids[1].endswith("_1"), done.stdout
+    logs = sorted((tmp_path / "runs" / "toy" / "jobs").glob("*/*_log.out"))
+    lines = sorted(line for log in logs for line in log.read_text().splitlines() if line.startswith("toy "))
+    assert lines == ["toy toy shard 0/2 version checkout extra None", "toy toy shard 1/2 version checkout extra None"]
 
 
 def test_train_sbatch_requeues_itself_at_the_time_limit_signal_and_resumes(data_root, tmp_path, cleanup):
@@ -160,7 +183,7 @@ def test_train_sbatch_requeues_itself_at_the_time_limit_signal_and_resumes(data_
     assert "restart 1" in log and "resuming" in log, log
     from core.checkpoint import load_checkpoint
 
-    assert load_checkpoint(tmp_path / "runs" / "sbatch-requeue" / "last.pt")["epoch"] == epochs
+    assert load_checkpoint(tmp_path / "runs" / "sbatch-requeue" / "last.pt")["progress"]["epoch"] == epochs
 
 
 def test_two_task_training_job_is_one_ddp_run(data_root, tmp_path, cleanup):
@@ -192,7 +215,7 @@ def _saved_epoch(last: Path, deadline: float) -> int:
 
     while time.monotonic() < deadline:
         if last.exists():
-            return int(load_checkpoint(last)["epoch"])  # written atomically: always complete
+            return int(load_checkpoint(last)["progress"]["epoch"])  # written atomically: always complete
         time.sleep(POLL_S)
     return 0
 
@@ -229,13 +252,14 @@ def test_requeued_training_job_resumes_from_its_checkpoint(data_root, tmp_path, 
 
 
 def test_failed_stage_cancels_the_jobs_waiting_on_it(tmp_path, cleanup):
-    """A train that fails (missing data) -> predict and convert never start and are reported, not waited on."""
+    """A train that fails (missing data) -> predict, evaluate and convert never start and are reported,
+    not waited on."""
     values = tiny_config(tmp_path / "no-such-data", tmp_path / "runs", "broken")
     jobs = submit.submit_pipeline(config_from_dict(values))
     _track(cleanup, jobs)
-    assert len(jobs) == 3
+    assert len(jobs) == submit.pipeline_job_count(config_from_dict(values)) == 4
     ends = wait_jobs(jobs, timeout_s=JOB_TIMEOUT_S, poll_s=POLL_S)
-    assert [end.state for end in ends] == ["FAILED", "CANCELLED", "CANCELLED"], _describe(ends)
+    assert [end.state for end in ends] == ["FAILED", "CANCELLED", "CANCELLED", "CANCELLED"], _describe(ends)
     assert "no-such-data" in ends[0].detail  # the stage's own one-line error, naming the folder
     assert "never started" in ends[1].detail
 
