@@ -11,6 +11,11 @@ registry, stages/registry.py: each flag is a config override, so jobs and files 
     python main.py evaluate --checkpoint runs/default/best.pt --split val
     python main.py submit pipeline --config configs/default.yaml --wait
     python main.py demo
+    python main.py lr-find --config configs/default.yaml      # suggests train.lr
+    python main.py runs [runs/]                                # one line per run: state, epochs, best loss
+    python main.py config --config configs/default.yaml        # the resolved config, as jobs will see it
+
+Installed (``pip install .``), the same commands are ``framecast <command>`` (framecast_cli.py).
 """
 from __future__ import annotations
 
@@ -39,20 +44,43 @@ def _parse_shard(text: str) -> tuple[int, int]:
     return shard
 
 
+class _Repeated(list):
+    """The values of a flag declared ``repeat`` (registry.Arg), in the order given."""
+
+
+class _AppendRepeated(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        known = getattr(namespace, self.dest, None)
+        setattr(namespace, self.dest, _Repeated([*(known or []), values]))
+
+
+def _override_value(value) -> str:
+    """A repeated flag's value as YAML that reads back as given (a JSON string, or list of them, so
+    a glob's ``*`` or ``[`` is never YAML syntax): once, the value; more often, the list."""
+    if isinstance(value, _Repeated):
+        import json
+
+        return json.dumps(value[0] if len(value) == 1 else list(value))
+    return str(value)
+
+
 def _flag_overrides(args: argparse.Namespace, mapping: dict[str, str]) -> list[str]:
     """Turn explicit command-line flags into config overrides, so jobs and files see one config."""
-    return [f"{key}={getattr(args, attr)}" for attr, key in mapping.items() if getattr(args, attr) is not None]
+    return [f"{key}={_override_value(getattr(args, attr))}" for attr, key in mapping.items()
+            if getattr(args, attr) is not None]
 
 
 def _load(args: argparse.Namespace, flag_map: dict[str, str] | None = None):
-    """Config from --config, or from the checkpoint's own saved config when only --checkpoint is given."""
+    """Config from --config, or from the checkpoint's own saved config when only --checkpoint is given
+    (several, or a glob: the first member's, stages.inference.resolve_checkpoints)."""
     from core.config import load_config
 
     overrides = list(args.overrides) + _flag_overrides(args, flag_map or {})
     if getattr(args, "config", None) is None and getattr(args, "checkpoint", None):
         from core.checkpoint import config_from_checkpoint
+        from stages.inference import resolve_checkpoints
 
-        return config_from_checkpoint(args.checkpoint, overrides)
+        return config_from_checkpoint(resolve_checkpoints(args.checkpoint)[0], overrides)
     return load_config(args.config, overrides)
 
 
@@ -111,18 +139,38 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+def cmd_runs(args: argparse.Namespace) -> None:
+    from stages.runs import run as report_runs
+
+    print(report_runs(args.dir, as_json=args.json))
+
+
+def cmd_config(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    import yaml
+
+    from core.config import config_to_dict
+    from core.paths import expand_config
+
+    cfg = _load(args)
+    values = dataclasses.asdict(expand_config(cfg)) if args.expanded else config_to_dict(cfg)
+    print(yaml.safe_dump(values, sort_keys=False), end="")
+
+
 def _add_stage_command(commands: argparse._SubParsersAction, stage: registry.Stage) -> None:
     p = commands.add_parser(stage.name, help=stage.help)
     _add_config_arguments(p, required=stage.config_required)
     for arg in stage.args:
-        p.add_argument(arg.flag, type=arg.type, help=f"{arg.help} [sets {arg.key}]")
+        p.add_argument(arg.flag, type=arg.type, help=f"{arg.help} [sets {arg.key}]",
+                       **({"action": _AppendRepeated} if arg.repeat else {}))
     if stage.shards:
         p.add_argument("--shard", type=_parse_shard, default=registry.WHOLE, help="run only shard i of n (i/n)")
     p.set_defaults(func=cmd_stage, declared_stage=stage, shard=registry.WHOLE)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="main.py", description="framecast: video prediction on Slurm")
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog or "main.py", description="framecast: video prediction on Slurm")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = commands.add_parser("make-data", help="generate a synthetic data set in the reference layout")
@@ -167,11 +215,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_demo_arguments(p)
     p.set_defaults(func=cmd_demo)
+
+    p = commands.add_parser("runs", help="one line per run folder: family, state, epochs, best val loss, size")
+    p.add_argument("dir", nargs="?", default="runs", help="folder of run folders, or one run folder (default: runs)")
+    p.add_argument("--json", action="store_true", help="print JSON, one object per run")
+    p.set_defaults(func=cmd_runs)
+
+    p = commands.add_parser("config", help="print the resolved config (file + overrides) as YAML")
+    _add_config_arguments(p, required=False)
+    p.add_argument("--checkpoint", help="the config saved in this checkpoint instead of --config")
+    p.add_argument("--expanded", action="store_true",
+                   help="with ${VAR} in path settings expanded from this shell's environment")
+    p.set_defaults(func=cmd_config)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    args = build_parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         code = args.func(args)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-time set-up on a fresh machine: the Python virtualenv in .venv with every package pinned in
-# requirements.txt, plus (when run as root or with sudo on Debian/Ubuntu) the Fashion-MNIST package
-# the Moving-MNIST tests read and rsync. Safe to run again.
+# requirements.txt and requirements-test.txt, the `framecast` command (.venv/bin/framecast), plus
+# (when run as root or with sudo on Debian/Ubuntu) the Fashion-MNIST package the Moving-MNIST tests
+# read and rsync. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -26,5 +27,13 @@ if [ ! -x .venv/bin/python ]; then
     echo "setup: creating .venv with $($PYTHON --version)"
     "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install -q -r requirements.txt
+.venv/bin/python -m pip install -q -r requirements.txt -r requirements-test.txt
+# The `framecast` command (.venv/bin/framecast = python main.py), installed from this checkout in
+# editable mode (edits count at once; the dependencies are those above). Optional: main.py works
+# without it, so a machine that cannot build it (no setuptools to be had) still gets a working .venv.
+if ! .venv/bin/python -m pip install -q --no-deps -e . 2>/tmp/framecast-setup-$$.log \
+        && ! .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e . 2>>/tmp/framecast-setup-$$.log; then
+    echo "setup: could not install the framecast command ($(tail -n 1 /tmp/framecast-setup-$$.log)); use python main.py"
+fi
+rm -f /tmp/framecast-setup-$$.log
 .venv/bin/python -c "import torch, h5py, submitit; print(f'setup: torch {torch.__version__}, h5py {h5py.__version__}, submitit {submitit.__version__}; CUDA available: {torch.cuda.is_available()}')"

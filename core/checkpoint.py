@@ -3,7 +3,7 @@
 A checkpoint holds (format 2): ``model`` (state dict), ``config`` (the run's resolved config: the
 model is described once, by its ``model`` section and ``data.t_in``/``t_out``), ``optimizer``,
 ``scheduler``, ``scaler`` (fp16 only), ``progress`` (the trainer's counters, one dict), ``rng``,
-``parameters`` and ``code_version``. Format 1 files (the flat encoder-forecaster ``model`` section,
+``parameters`` and ``frame_size`` (the training frames' (H, W)). Format 1 files (the flat encoder-forecaster ``model`` section,
 ``model_config``/``t_in``/``t_out`` and counters at the top level) are upgraded on load.
 """
 from __future__ import annotations
@@ -28,6 +28,8 @@ LAST_NAME = "last.pt"
 BEST_NAME = "best.pt"
 # A write that failed with less than this free on its disk failed for want of space.
 FULL_DISK_BYTES = 1 << 20
+# The (H, W) of the frames the model was trained on (ensemble members must agree on it).
+FRAME_SIZE_KEY = "frame_size"
 # torch.save writes a zip archive; anything else is not a checkpoint of ours.
 ZIP_MAGIC = b"PK\x03\x04"
 # Trainer counters that format 1 kept at the top level of the checkpoint.

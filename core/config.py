@@ -38,6 +38,10 @@ class DataConfig:
     # CUDA); a pack's loader delivers over 20x what an H100 trains on (benchmarks/RESULTS.md).
     prefetch_factor: int = 2
     pin_memory: bool = True  # used only when training on CUDA
+    # Node-local folder the packs a job reads are copied to once per node before reading (verified by
+    # size and checksum, reused by later jobs while valid; data/staging.py), e.g. ${SLURM_TMPDIR};
+    # empty = read the packs where they are.
+    stage_to: str = ""
 
     def check(self, where: str) -> None:
         _check_positive(where, t_in=self.t_in, t_out=self.t_out, prefetch_factor=self.prefetch_factor)
@@ -136,6 +140,9 @@ class ConvLSTMConfig:
     kernel_size: int = 5
     patch_size: int = 4  # frames are cut into patch x patch blocks stacked as channels
     norm_groups: int = 0  # GroupNorm on the gate pre-activations; 0 = none (OpenSTL uses none)
+    # Predict each next frame as the change from the frame fed in at that step (head zero-initialised:
+    # an untrained model repeats the last input frame, copy-last, instead of starting from grey).
+    residual: bool = False
     # Scheduled sampling while training: the chance of feeding the true frame rather than the model's
     # own prediction falls linearly from sampling_start to 0 at sampling_stop_step ("none": always the
     # model's own prediction, as at inference).
@@ -161,6 +168,9 @@ class PredRNNConfig:
     patch_size: int = 4
     layer_norm: bool = True  # normalise each gate convolution's output (PredRNN's layer_norm)
     decouple_weight: float = 0.1  # beta of the memory-decoupling loss; 0 disables it
+    # Predict each next frame as the change from the frame read at that step (head zero-initialised:
+    # an untrained model repeats the last input frame instead of starting from grey).
+    residual: bool = False
     # "reverse": reverse scheduled sampling (true-frame probability on the INPUT steps rises towards 1
     # between reverse_start_step and reverse_stop_step, while the one on the predicted steps falls);
     # "linear": plain scheduled sampling as in the ConvLSTM family; "none": always its own prediction.
@@ -209,6 +219,9 @@ class SimVPConfig:
     spatial_kernel: int = 3  # encoder/decoder conv kernel
     mlp_ratio: float = 8.0  # translator MLP width / temporal_channels
     drop_path: float = 0.0  # stochastic depth of the translator blocks
+    # Predict the change from the last input frame (readout zero-initialised: an untrained model is
+    # exactly copy-last, and the background stays sharp while training).
+    residual: bool = False
     # TAU's differential divergence regularisation: KL between the softmax over time of the true and
     # predicted frame-to-frame differences, this weight times it added to the loss (0 disables it).
     divergence_weight: float = 0.1
@@ -261,6 +274,9 @@ class PhyDNetConfig:
     convlstm_kernel: int = 3
     # Weight of the moment-matrix constraint loss (the PhyCell's kernels vs their target moments).
     moment_weight: float = 1.0
+    # Predict each next frame as the change from the frame read at that step (readout zero-initialised:
+    # an untrained model repeats the last input frame instead of starting from grey).
+    residual: bool = False
     # Teacher forcing: the chance of feeding the true frame falls linearly from sampling_start to 0 at
     # sampling_stop_step ("none": always the model's own prediction).
     sampling: Literal["linear", "none"] = "linear"
@@ -371,8 +387,12 @@ class TrainConfig:
     # CUDA kernel, so every norm converts layouts); benchmarks/RESULTS.md.
     channels_last: bool = False
     # torch.compile the model: 1.4x faster steps on an H100 (benchmarks/RESULTS.md), after minutes
-    # of compiling at the start of every job (and of every requeue).
+    # of compiling; the compiled kernels are kept in compile_cache, so a resumed or requeued job, a
+    # predict job and later validations reuse them instead of compiling again.
     compile: bool = False
+    # Folder of torch.compile's caches (inductor, FX graphs, AOT autograd, Triton); empty means
+    # <run.out_dir>/<run.name>/compile_cache. Share one across runs of the same model to compile once.
+    compile_cache: str = ""
     # Recompute each recurrent step in the backward pass instead of storing its gates: far fewer
     # stored activations for 17 % more conv FLOPs (default model); same results.
     activation_checkpointing: bool = False
@@ -398,14 +418,24 @@ class TrainConfig:
 
 @dataclass
 class PredictConfig:
-    checkpoint: str = ""  # empty means runs/<run.name>/best.pt
+    # One checkpoint (empty means runs/<run.name>/best.pt), or an ensemble: a glob
+    # ("runs/sweep/*/best.pt", matches in sorted order) or a list of paths and globs, whose members'
+    # outputs are averaged (stages/inference.py resolves it; an ensemble's outputs default to
+    # <split>.ensemble.npy, so they never replace a member's own).
+    checkpoint: str | list[str] = ""
     split: str = "hidden"
-    out: str = ""  # empty means <run.out_dir>/<run.name>/preds/<split>.npy
+    out: str = ""  # empty means <run.out_dir>/<run.name>/preds/<split>.npy (<split>.ensemble.npy)
     batch_size: int = 8
     shards: int = 1  # >1 splits prediction into a Slurm job array, merged before conversion
+    # Also write <out stem>.std.npy: the per-pixel standard deviation across the ensemble's members of
+    # their outputs clipped to [0, 1], float16 (N, T_out, H, W, 3).
+    spread: bool = False
 
     def check(self, where: str) -> None:
         _check_positive(where, batch_size=self.batch_size, shards=self.shards)
+        if isinstance(self.checkpoint, list) and (not self.checkpoint or not all(self.checkpoint)):
+            raise FramecastError(f"{where}.checkpoint: an empty list or entry in {self.checkpoint} "
+                                 "(give checkpoint paths or globs)")
 
 
 @dataclass
@@ -413,6 +443,9 @@ class ConvertConfig:
     out: str = ""  # empty means <run.out_dir>/<run.name>/png/<split>
     frames: list[int] = field(default_factory=list)  # frame numbers to write; empty = all
     workers: int = 4
+    # Also write video_<n>/spread_<k>.png: heat maps of an ensemble's spread (predict.spread), on the
+    # fixed scale of stages/convert.py (SPREAD_VMAX).
+    spread: bool = False
 
     def check(self, where: str) -> None:
         _check_positive(where, workers=self.workers)
@@ -436,6 +469,42 @@ class EvaluateConfig:
 
 
 @dataclass
+class LRFindConfig:
+    """The learning-rate range test (``main.py lr-find``, stages/lr_find.py): an exponential sweep of
+    the learning rate over ``steps`` training steps, stopped when the loss diverges."""
+
+    start_lr: float = 1e-6
+    end_lr: float = 1.0
+    steps: int = 100
+    smoothing: float = 0.98  # of the loss's exponential moving average (fastai's beta)
+    diverge_factor: float = 4.0  # stop once the smoothed loss exceeds this times its minimum
+    out: str = ""  # empty means <run.out_dir>/lr-find/<run.name> (never the run folder itself)
+
+    def check(self, where: str) -> None:
+        _check_positive(where, steps=self.steps)
+        if not (math.isfinite(self.start_lr) and math.isfinite(self.end_lr) and 0 < self.start_lr < self.end_lr):
+            raise FramecastError(f"{where}.start_lr and {where}.end_lr must satisfy 0 < start_lr < end_lr, "
+                                 f"got {self.start_lr} and {self.end_lr}")
+        if not 0 <= self.smoothing < 1:
+            raise FramecastError(f"{where}.smoothing must be in [0, 1), got {self.smoothing}")
+        if not self.diverge_factor > 1:
+            raise FramecastError(f"{where}.diverge_factor must be > 1, got {self.diverge_factor}")
+
+
+@dataclass
+class CompareConfig:
+    """``main.py compare`` (stages/compare.py): evaluate runs' best.pt and tabulate them, seeds pooled."""
+
+    # Run folders (each with config.yaml and best.pt), as paths or glob patterns.
+    runs: list[str] = field(default_factory=list)
+    out: str = ""  # empty means <the folder holding the runs>/compare
+
+    def check(self, where: str) -> None:
+        if any(not pattern for pattern in self.runs):
+            raise FramecastError(f"{where}.runs: an empty pattern in {self.runs}")
+
+
+@dataclass
 class SlurmConfig:
     executor: Literal["auto", "slurm", "local"] = "auto"  # auto = Slurm when sbatch is on PATH
     folder: str = ""  # submitit logs; empty means <run.out_dir>/<run.name>/jobs/%j
@@ -456,14 +525,17 @@ class SlurmConfig:
     python: str = ""
     signal_delay_s: int = 120  # seconds before the time limit that the job is told to checkpoint
     max_num_timeout: int = 20  # requeues after time-outs/preemptions before giving up
-    array_parallelism: int = 16
+    array_parallelism: int = 16  # array tasks running at once (in all, when an array is split)
+    # Tasks per job array at most; a longer array (predict shards, a sweep) is submitted as several.
+    # 0 = the cluster's MaxArraySize (scontrol show config); the smaller of the two when both are set.
+    max_array_size: int = 0
 
     def check(self, where: str) -> None:
         _check_positive(where, time_min=self.time_min, nodes=self.nodes, tasks_per_node=self.tasks_per_node,
                         cpus_per_task=self.cpus_per_task, mem_gb=self.mem_gb,
                         array_parallelism=self.array_parallelism)
         _check_at_least(where, 0, gpus_per_node=self.gpus_per_node, signal_delay_s=self.signal_delay_s,
-                        max_num_timeout=self.max_num_timeout)
+                        max_num_timeout=self.max_num_timeout, max_array_size=self.max_array_size)
 
 
 _RUN_NAME = re.compile(r"[A-Za-z0-9._+=,-]+")
@@ -478,6 +550,10 @@ class RunConfig:
     # holder refreshes it every quarter of this); a holder on this host or of this Slurm job is
     # checked directly.
     lock_stale_s: int = 600
+    # Also write TensorBoard event files to <run_dir>/tensorboard/ (train and val losses, lr, videos/s,
+    # per-lead-time val MSE and SSIM, a sample strip per validation); metrics.jsonl stays the record.
+    # Needs the tensorboard package (requirements.txt).
+    tensorboard: bool = False
 
     def check(self, where: str) -> None:
         # The name is a folder under out_dir: one plain component, never a path that leads elsewhere.
@@ -501,10 +577,15 @@ class Config:
     convert: ConvertConfig = field(default_factory=ConvertConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
+    lr_find: LRFindConfig = field(default_factory=LRFindConfig)
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.run.out_dir) / self.run.name
+        """``<run.out_dir>/<run.name>``, ``${VAR}`` in run.out_dir expanded here (core/paths.py)."""
+        from core.paths import expand
+
+        return Path(expand("run.out_dir", self.run.out_dir)) / self.run.name
 
 
 # ----------------------------------------------------------------------------- building
@@ -525,6 +606,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is Any:
         return value
     if origin is Literal:
+        if isinstance(value, bool) and ("on" if value else "off") in args:
+            value = "on" if value else "off"  # YAML 1.1 reads off/on as booleans: ``amp: off`` is "off"
         if value not in args:
             choices = ", ".join(repr(a) for a in args)
             raise FramecastError(f"{where}: {value!r} is not one of {choices}")
@@ -596,8 +679,11 @@ def config_from_dict(values: dict | None) -> Config:
 
 
 def config_to_dict(cfg: Config) -> dict:
-    """Plain types only, so it fits in a ``weights_only`` checkpoint and in YAML."""
-    return dataclasses.asdict(cfg)
+    """Plain types only, so it fits in a ``weights_only`` checkpoint and in YAML. Path settings are
+    written as they were written (``${SCRATCH}/...``), also from a config expanded for a run."""
+    from core.paths import written_texts
+
+    return written_texts(cfg, dataclasses.asdict(cfg))
 
 
 def apply_overrides(values: dict, overrides: list[str]) -> dict:
@@ -626,6 +712,9 @@ def _validate(cfg: Config) -> Config:
     """Every setting is checked here, once, when a config is loaded: each section checks its own."""
     for section in dataclasses.fields(cfg):
         getattr(cfg, section.name).check(section.name)
+    from core.paths import check_path_settings
+
+    check_path_settings(cfg)  # the ${VAR} syntax only: variables are looked up where the path is used
     return cfg
 
 
@@ -641,7 +730,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     """Load ``path`` (a missing file is an error, never silent defaults) and apply overrides."""
     values: dict = {}
     if path is not None:
-        file = Path(path)
+        from core.paths import find_config_file
+
+        file = find_config_file(path)  # also the configs/ shipped with framecast, from any folder
         if not file.is_file():
             raise FramecastError(f"{file}: config file not found")
         try:

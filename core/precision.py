@@ -1,4 +1,5 @@
-"""Device and precision policy: which autocast dtype, memory layout and cuDNN mode a run uses.
+"""Device, precision and compilation policy: which autocast dtype, memory layout, cuDNN mode and
+compiled code a run uses.
 
 One home for training and inference alike (train, predict, evaluate and the benchmarks), so a model
 is evaluated with the precision it was trained with.
@@ -6,11 +7,13 @@ is evaluated with the precision it was trained with.
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from core.config import TrainConfig
+from core.config import Config, TrainConfig
 
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
@@ -57,3 +60,29 @@ class Precision:
 
     def describe(self) -> str:
         return str(self.amp_dtype).replace("torch.", "") if self.amp_dtype is not None else "fp32"
+
+
+# torch.compile's on-disk caches, all pointed into one folder: inductor's kernels and FX graphs,
+# AOT autograd's joint graphs, Triton's binaries.
+_COMPILE_CACHE_ENV = {"TORCHINDUCTOR_CACHE_DIR": "", "TRITON_CACHE_DIR": "triton"}
+_CACHE_SWITCHES = {"TORCHINDUCTOR_FX_GRAPH_CACHE": "1", "TORCHINDUCTOR_AUTOGRAD_CACHE": "1"}
+
+
+def use_compile_cache(folder: str | Path) -> Path:
+    """Keep torch.compile's caches in ``folder`` (a run's, on shared storage) for this process.
+
+    Set before the first compile; a later job (requeued, resumed, predicting) that points at the same
+    folder loads the compiled graphs instead of compiling them again.
+    """
+    root = Path(folder).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    for name, sub in _COMPILE_CACHE_ENV.items():
+        os.environ[name] = str(root / sub) if sub else str(root)
+    for name, value in _CACHE_SWITCHES.items():
+        os.environ.setdefault(name, value)
+    return root
+
+
+def compile_cache_dir(cfg: Config) -> Path:
+    """``train.compile_cache``, or ``<run_dir>/compile_cache``."""
+    return Path(cfg.train.compile_cache) if cfg.train.compile_cache else cfg.run_dir / "compile_cache"

@@ -149,3 +149,26 @@ def make_moving_mnist_dataset(out: str | os.PathLike, mnist_path: str | os.PathL
         out, DEFAULT_COUNTS if counts is None else counts, render, frames=frames, hidden_frames=hidden_frames,
         seed=seed, workers=workers, overwrite=overwrite, compress_level=compress_level, desc="make-data mnist",
     )
+
+
+def make_toronto_file(out: str | os.PathLike, mnist_path: str | os.PathLike, count: int = 10000,
+                      size: int = 64, frames: int = 20, seed: int = 0, digits: int = 2) -> Path:
+    """A fixed test set in the layout of the standard ``mnist_test_seq.npy``: uint8 (T, N, S, S).
+
+    Made from ``mnist_path`` (e.g. the t10k images, digits the training videos never saw) with the
+    same motion as ``make_moving_mnist_dataset``; video ``i`` comes from the random stream
+    ``(seed, i)``, so the file is the same on every machine. Written atomically.
+    """
+    from core.atomic import atomic_path
+    from data.generate import video_rng
+
+    check_positive(count=count, size=size, frames=frames, digits=digits)
+    images = read_idx_images(mnist_path)
+    labels = np.zeros(len(images), dtype=np.uint8)  # the masks are not kept in this layout
+    data = np.empty((frames, count, size, size), dtype=np.uint8)  # (T, N, S, S)
+    for i in range(count):
+        video, _ = render_moving_mnist_video(video_rng(seed, i), images, labels, size, frames, digits)
+        data[:, i] = video[..., 0]  # grey: one channel of the replicated RGB
+    with atomic_path(out, suffix=".npy") as tmp:
+        np.save(tmp, data)
+    return Path(out)

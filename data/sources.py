@@ -6,6 +6,7 @@ the pack is read one window at a time through a file handle opened in the proces
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import numpy as np
 
 from core.config import DataConfig
 from core.errors import FramecastError
+from core.paths import expand
 from data.layout import CHANNELS, check_video_name, frame_name, frame_size, list_frames, list_videos, read_frame, video_name
 from data.moving_mnist import read_toronto
 from data.pack import PACKED_DIR, pack_path
@@ -160,17 +162,36 @@ def open_toronto(path: str | os.PathLike) -> ArrayVideoSource:
 
 
 def split_pack_path(data_cfg: DataConfig, split: str) -> Path:
-    return pack_path(data_cfg.pack_dir or Path(data_cfg.root) / PACKED_DIR, split)
+    root = expand("data.root", data_cfg.root)
+    pack_dir = expand("data.pack_dir", data_cfg.pack_dir)
+    return pack_path(pack_dir or Path(root) / PACKED_DIR, split)
+
+
+def _staged(data_cfg: DataConfig, path: Path) -> Path:
+    """``path``, or its node-local copy when ``data.stage_to`` is set (copied once per node, verified)."""
+    stage_to = expand("data.stage_to", data_cfg.stage_to)
+    if not stage_to:
+        return path
+    from data.staging import stage_file
+
+    return stage_file(path, stage_to)
 
 
 def open_split(data_cfg: DataConfig, split: str) -> VideoSource:
     """The source of ``split`` as ``data.source`` says: ``h5`` pack, ``png`` folder, or ``auto``
-    (the pack when it exists, else the folder). A split ending in ``.npy`` is a Toronto-layout file."""
+    (the pack when it exists, else the folder). A split ending in ``.npy`` is a Toronto-layout file.
+    Packs and .npy files are read from their node-local copy when ``data.stage_to`` is set; PNG
+    folders are always read where they are. ``${VAR}`` in the path settings is expanded here."""
+    split = expand("split", split)
     if split.endswith(".npy"):
-        return open_toronto(split)
+        return open_toronto(_staged(data_cfg, Path(split)) if Path(split).is_file() else split)
     pack = split_pack_path(data_cfg, split)
     if data_cfg.source == "h5" or (data_cfg.source == "auto" and pack.is_file()):
         if not pack.is_file():
             raise FramecastError(f"{pack}: pack not found (data.source=h5; run `main.py pack --data {data_cfg.root}`)")
-        return H5VideoSource(pack)
-    return PngVideoSource(Path(data_cfg.root) / split)
+        return H5VideoSource(_staged(data_cfg, pack))
+    if expand("data.stage_to", data_cfg.stage_to):
+        logging.getLogger(__name__).warning(
+            "%s: read from its PNG folders, which data.stage_to does not stage (only packs are: run "
+            "`main.py pack --data %s`)", split, data_cfg.root)
+    return PngVideoSource(Path(expand("data.root", data_cfg.root)) / split)

@@ -84,12 +84,16 @@ def _print_outputs(cfg: Config, minutes: float) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     from core.config import load_config
+    from core.paths import expand_config
     from jobs.submit import describe_pipeline, describe_submission, pipeline_job_count, resolve_executor, \
         snapshot_for, submit_pipeline
     from jobs.wait import wait_jobs
 
     cfg = load_config(args.config, list(args.overrides))
-    _prepare_data(cfg, args)
+    # The data is made and the outputs listed here, on this machine: its paths, with ${VAR}s expanded
+    # (the jobs get the config as written and expand it themselves).
+    local = expand_config(cfg)
+    _prepare_data(local, args)
     executor = resolve_executor(args.executor, cfg)
     code = snapshot_for(cfg)
     print(f"[demo] submitting {describe_pipeline()} ({executor} executor; {code.describe()}, snapshot in "
@@ -101,5 +105,5 @@ def run_demo(args: argparse.Namespace) -> int:
     if len(jobs) != pipeline_job_count(cfg) or not all(end.ok for end in ends):
         print("[demo] the pipeline did not complete; see the logs above", flush=True)
         return 1
-    _print_outputs(cfg, (time.monotonic() - started) / 60)
+    _print_outputs(local, (time.monotonic() - started) / 60)
     return 0

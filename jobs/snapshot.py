@@ -38,7 +38,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 CODE_DIR = "code"  # <run_dir>/code/<hash>/
 VERSION_NAME = "code_version.json"  # <run_dir>/code_version.json: the latest submission's code
 # Never code, and possibly huge: environments, data, runs, caches, git's own files.
-EXCLUDE = (".git", ".venv", "venv", "datasets", "runs", "preds", "__pycache__", "*.pyc", ".pytest_cache")
+EXCLUDE = (".git", ".venv", "venv", "datasets", "runs", "preds", "__pycache__", "*.pyc", ".pytest_cache", "build",
+           "*.egg-info")
 # Untracked files copied along with the tracked ones: new modules not committed yet.
 UNTRACKED_SUFFIXES = (".py",)
 HASH_CHARS = 16  # of the sha256, in the folder name

@@ -4,6 +4,7 @@
     python main.py submit predict  --config ...     # an array of predict.shards jobs (+ a merge) when > 1
     python main.py submit evaluate --config ...     # any stage of stages/registry.py
     python main.py submit pipeline --config ... --wait --timeout 3600
+    python main.py submit sweep    --config ... --grid train.lr=1e-3,3e-4 --seeds 3   # jobs/sweep.py
 
 Every stage is declared once, in ``stages.registry``; this module reads its resources (what the job
 asks for), whether it runs as an array (``shards``) and what joins the array (``join``).  One wrapper,
@@ -12,6 +13,9 @@ asks for), whether it runs as an array (``shards``) and what joins the array (``
 Each submission first snapshots the code (``jobs.snapshot``) into ``<run_dir>/code/<hash>/``; the
 jobs start in that folder and have it on their PYTHONPATH, so they import the code that was
 submitted, not whatever the checkout holds when they start (or restart after a requeue).
+
+An array longer than the cluster's MaxArraySize (``scontrol show config``) or ``slurm.max_array_size``
+is submitted as several arrays sharing ``slurm.array_parallelism``; the job after it waits for all.
 
 Executors: ``slurm`` submits with sbatch; ``local`` runs the job as a process on this machine
 (``auto`` = slurm when ``sbatch`` is on PATH).  Slurm chains the pipeline with ``afterok``
@@ -22,9 +26,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
+import re
 import shlex
 import shutil
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +40,9 @@ from typing import Any, Callable, Sequence
 import submitit
 from submitit.helpers import environment_variables
 
-from core.config import Config, config_to_dict, load_config
+from core.config import Config, SlurmConfig, config_to_dict, load_config
 from core.errors import FramecastError
+from core.paths import expand, expand_if_set, host_name
 from jobs.snapshot import REPO_ROOT, CodeSnapshot, take_snapshot
 from jobs.stage_job import StageJob
 from jobs.wait import JobEnd, job_label, wait_jobs
@@ -88,7 +96,11 @@ def resolve_executor(choice: str | None, cfg: Config) -> str:
 
 
 def job_folder(cfg: Config) -> str:
-    return cfg.slurm.folder or str(cfg.run_dir / "jobs" / "%j")
+    """The submitit log folder: ``slurm.folder``, or ``<run_dir>/jobs/%j``.  Unlike every other path
+    setting, expanded here, on the submitting host (``${VAR}``, core/paths.py): submitit writes the job's
+    pickle there before the job starts, and Slurm opens its logs there."""
+    folder = expand("slurm.folder", cfg.slurm.folder, where=f"on the submitting host {host_name()}")
+    return folder or str(cfg.run_dir / "jobs" / "%j")
 
 
 def _stage(stage: Stage | str) -> Stage:
@@ -149,14 +161,51 @@ def _starting_in(code_root: str | Path):
         yield
 
 
-def _dependency(after: Sequence[submitit.Job]) -> str:
-    """``afterok:<id>:<id>``; an array counts as one id (afterok on it = all its tasks completed)."""
+def _dependency(after: Sequence[submitit.Job], kind: str = "afterok") -> str:
+    """``afterok:<id>:<id>``; an array counts as one id (afterok on it = all its tasks completed).
+    ``kind="afterany"``: once they ended, however."""
     ids: list[str] = []
     for job in after:
         main_id = str(job.job_id).split("_")[0]
         if main_id not in ids:
             ids.append(main_id)
-    return "afterok:" + ":".join(ids)
+    return f"{kind}:" + ":".join(ids)
+
+
+# ----------------------------------------------------------------------------- array size limits
+
+
+@functools.lru_cache(maxsize=1)
+def cluster_max_array_size() -> int | None:
+    """The cluster's MaxArraySize (``scontrol show config``); None where scontrol cannot tell.
+
+    Array task indices go up to MaxArraySize - 1, and submitit numbers tasks from 0, so one array
+    holds at most MaxArraySize tasks; 0 means the cluster allows no arrays.
+    """
+    try:
+        done = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = re.search(r"^\s*MaxArraySize\s*=\s*(\d+)", done.stdout, re.MULTILINE) if done.returncode == 0 else None
+    return int(found.group(1)) if found else None
+
+
+def array_limit(slurm: SlurmConfig) -> int | None:
+    """Tasks per array at most: the smaller of ``slurm.max_array_size`` (when set) and the cluster's."""
+    limits = [n for n in (slurm.max_array_size or None, cluster_max_array_size()) if n is not None]
+    return min(limits) if limits else None
+
+
+def array_chunks(count: int, limit: int, parallelism: int) -> list[tuple[int, int, int]]:
+    """(start, stop, parallelism) of each array when ``count`` tasks go in arrays of at most ``limit``.
+
+    The arrays' parallelism adds up to ``parallelism`` (at least 1 each), so together they never
+    run more tasks at once than one array would.  An "array" of one task is submitted as a plain job.
+    """
+    limit = max(1, limit)
+    bounds = [(start, min(start + limit, count)) for start in range(0, count, limit)]
+    shares = [parallelism // len(bounds) + (1 if i < parallelism % len(bounds) else 0) for i in range(len(bounds))]
+    return [(start, stop, max(1, share)) for (start, stop), share in zip(bounds, shares)]
 
 
 class UpstreamFailed(FramecastError):
@@ -173,16 +222,34 @@ def _await_upstream(after: Sequence[submitit.Job], what: str, timeout_s: float |
 
 
 def _submit(ex: submitit.AutoExecutor, stage_jobs: list[StageJob], after: Sequence[submitit.Job],
-            timeout_s: float | None, code: CodeSnapshot) -> list[submitit.Job]:
+            timeout_s: float | None, code: CodeSnapshot, slurm: SlurmConfig | None = None,
+            dependency: str = "afterok") -> list[submitit.Job]:
+    """One job, or one array; on Slurm several arrays when longer than ``array_limit(slurm)``."""
     if after:
         if ex.cluster == "local":
             _await_upstream(after, stage_jobs[0].stage.name, timeout_s)
         else:
-            ex.update_parameters(slurm_dependency=_dependency(after))
+            ex.update_parameters(slurm_dependency=_dependency(after, dependency))
     with _starting_in(code.root):
         if len(stage_jobs) == 1:
             return [ex.submit(stage_jobs[0])]
-        return ex.submit_array(stage_jobs)
+        limit = array_limit(slurm) if ex.cluster == "slurm" and slurm is not None else None
+        if limit is None or len(stage_jobs) <= limit:
+            return ex.submit_array(stage_jobs)
+        jobs: list[submitit.Job] = []
+        for start, stop, parallelism in array_chunks(len(stage_jobs), limit, slurm.array_parallelism):
+            ex.update_parameters(slurm_array_parallelism=parallelism)
+            jobs += ex.submit_array(stage_jobs[start:stop])
+        return jobs
+
+
+def submit_calls(stage: Stage | str, cfg: Config, calls: list[StageJob], executor: str | None = None, *,
+                 code: CodeSnapshot, after: Sequence[submitit.Job] = (), dependency: str = "afterok",
+                 timeout_s: float | None = None) -> list[submitit.Job]:
+    """``calls`` (StageJobs of ``stage``, e.g. a sweep's train runs) with the resources ``cfg`` gives
+    the stage: one job or an array (several above the array size limit), after ``after``."""
+    ex = make_executor(cfg, stage, executor, code.root)
+    return _submit(ex, calls, after, timeout_s, code, cfg.slurm, dependency)
 
 
 # ----------------------------------------------------------------------------- submitting stages
@@ -190,7 +257,10 @@ def _submit(ex: submitit.AutoExecutor, stage_jobs: list[StageJob], after: Sequen
 
 def snapshot_for(cfg: Config) -> CodeSnapshot:
     """The code snapshot of a submission, in ``<run_dir>/code/``; the data folders are never copied."""
-    return take_snapshot(cfg.run_dir, skip=[p for p in (cfg.data.root, cfg.data.pack_dir) if p])
+    # The run folder is expanded here (the snapshot is written before the job starts); the data folders
+    # only where their variables are set here (they are left out of the copy when inside the project).
+    skip = [expand_if_set(p) for p in (cfg.data.root, cfg.data.pack_dir) if p]
+    return take_snapshot(cfg.run_dir, skip=[p for p in skip if p])
 
 
 def job_count(stage: Stage | str, cfg: Config, join: bool = True) -> int:
@@ -240,7 +310,7 @@ def submit_jobs(stage: Stage | str, cfg: Config, executor: str | None = None, *,
     ex = make_executor(cfg, stage, executor, code.root)
     config, workdir = config_to_dict(cfg), os.getcwd()
     jobs = seen(_submit(ex, [StageJob(stage, config, workdir, (i, shards), code) for i in range(shards)],
-                        after, timeout_s, code))
+                        after, timeout_s, code, cfg.slurm))
     if join and stage.join:
         jobs += seen([submit_stage(stage.join, cfg, executor, after=jobs, timeout_s=timeout_s, code=code)])
     return jobs
@@ -313,10 +383,21 @@ def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
     helps["pipeline"] = f"the stages as chained jobs (afterok on Slurm): {describe_pipeline()}"
     for name, text in helps.items():
         commands.add_parser(name, parents=[common], help=text, description=text)
+    text = ("train runs over a grid of settings and seeds as one job array (one after another on the local "
+            "executor), then a compare job over them (jobs/sweep.py)")
+    sweep = commands.add_parser("sweep", parents=[common], help=text, description=text)
+    sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                       help="a data/model/train setting and its values (repeatable: the grid is every combination)")
+    sweep.add_argument("--seeds", type=int, default=1, metavar="N",
+                       help="runs per grid point, with train.seed = the config's train.seed + 0 .. N-1")
 
 
 def submit_main(args: argparse.Namespace) -> int:
     """``main.py submit``: 0 when submitted (with --wait: when every job completed), else 1."""
+    if args.stage == "sweep":
+        from jobs.sweep import sweep_main
+
+        return sweep_main(args)
     cfg = load_config(args.config, list(args.overrides))
     executor = resolve_executor(args.executor, cfg)
     code = snapshot_for(cfg)

@@ -49,6 +49,9 @@ class ConvLSTMStack(FamilyModel):
             for layer, width in enumerate(hidden)
         )
         self.head = nn.Conv2d(hidden[-1], self.frame_channels, HEAD_KERNEL)
+        if cfg.residual:
+            nn.init.zeros_(self.head.weight)  # the change starts at zero: copy-last before training
+            nn.init.zeros_(self.head.bias)
         self.state_tensors = STATE_TENSORS[cfg.cell]
         self.checkpoint_steps = False
 
@@ -83,6 +86,7 @@ class ConvLSTMStack(FamilyModel):
             ("kernel", str(cfg.kernel_size)),
             ("patch", f"{cfg.patch_size} ({self.frame_channels} channels per patch)"),
             ("sampling", sampling),
+            ("output", "change from the frame fed in" if cfg.residual else "frames"),
         ]
 
     def forward(self, frames: Tensor) -> Tensor:
@@ -124,7 +128,7 @@ class ConvLSTMStack(FamilyModel):
         predictions: list[Tensor] = []  # t_out x (B, C*p*p, H/p, W/p)
         for t in range(self.t_in + self.t_out - 1):
             if t < self.t_in:
-                gates, frame = input_gates[t], None
+                gates, frame = input_gates[t], patches[:, t]
             else:
                 gates, frame = None, predictions[-1]  # (B, C*p*p, H/p, W/p) the model's own last prediction
                 if true_next is not None and chosen is not None:
@@ -137,12 +141,13 @@ class ConvLSTMStack(FamilyModel):
                 state = self._step(gates, frame, *state)
             if t >= self.t_in - 1:
                 top_hidden = state[-self.state_tensors]  # (B, hidden_L, H/p, W/p) h of the top layer
-                predictions.append(self.head(top_hidden))  # (B, C*p*p, H/p, W/p)
+                change = self.head(top_hidden)  # (B, C*p*p, H/p, W/p)
+                predictions.append(frame + change if self.cfg.residual else change)
         stacked = stack_time(predictions)  # (B, t_out, C*p*p, H/p, W/p)
         return from_patches(stacked, patch)  # (B, t_out, C, H, W)
 
-    def _step(self, gates: Tensor | None, frame: Tensor | None, *state: Tensor) -> tuple[Tensor, ...]:
-        """One step of every layer: layer 0 from its precomputed input gates or from ``frame``
+    def _step(self, gates: Tensor | None, frame: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
+        """One step of every layer: layer 0 from its precomputed input gates, else from ``frame``
         (B, C*p*p, H/p, W/p); flat states in and out, each layer's ``state_tensors`` in a row."""
         if gates is None:
             gates = self.cells[0].input_conv(frame)  # (B, G*hidden_0, H/p, W/p)

@@ -151,6 +151,10 @@ class PhyDNet(FamilyModel):
             _up_block(i, o, s, norm=layer < len(ENCODER_STRIDES) - 1)
             for layer, (i, o, s) in enumerate(zip(up_ins, up_outs, ENCODER_STRIDES[::-1]))
         ))
+        if cfg.residual:
+            last = self.decoder[-1]  # the frame readout (a plain conv, no norm)
+            nn.init.zeros_(last.weight)  # the change starts at zero: copy-last before training
+            nn.init.zeros_(last.bias)
         self.phys_encoder = nn.Sequential(*(_block(features, features, 1) for _ in range(BRANCH_BLOCKS)))
         self.lstm_encoder = nn.Sequential(*(_block(features, features, 1) for _ in range(BRANCH_BLOCKS)))
         self.phycell = nn.ModuleList(
@@ -197,6 +201,7 @@ class PhyDNet(FamilyModel):
             ("convlstm", f"hidden {cfg.convlstm_channels}, kernel {cfg.convlstm_kernel}"),
             ("merge", "sum of the two branch decoders' outputs, then the shared decoder"),
             ("sampling", sampling),
+            ("output", "change from the frame read" if cfg.residual else "frames"),
         ]
 
     # -- the moment constraint --------------------------------------------------------------------
@@ -269,11 +274,12 @@ class PhyDNet(FamilyModel):
         for t in range(self.t_in + self.t_out - 1):
             if t < self.t_in:
                 inputs: tuple[Tensor | None, ...] = (phys_in[t], lstm_gates[t], None)
+                read = frames[:, t]  # (B, C, H, W) the frame this step reads
             else:
                 frame = predictions[-1]  # (B, C, H, W) the model's own last prediction
                 if true_next is not None and chosen is not None:
                     frame = mix_frames(true_next[t - self.t_in], frame, chosen[t - self.t_in])
-                inputs = (None, None, frame)
+                inputs, read = (None, None, frame), frame
             decode = t >= self.t_in - 1
             step_fn = partial(self._step, decode)
             if recompute:
@@ -282,7 +288,8 @@ class PhyDNet(FamilyModel):
             else:
                 result = step_fn(*inputs, *state)
             if decode:
-                predictions.append(result[-1])
+                # residual: the change from the frame this step read
+                predictions.append(read + result[-1] if self.cfg.residual else result[-1])
                 result = result[:-1]
             state = tuple(result)
         return stack_time(predictions)  # (B, t_out, C, H, W)

@@ -146,6 +146,9 @@ class PredRNN(FamilyModel):
             for layer in range(len(hidden))
         )
         self.head = nn.Conv2d(width, frame_channels, POINTWISE_KERNEL)  # top hidden -> next frame's patches
+        if cfg.residual:
+            nn.init.zeros_(self.head.weight)  # the change starts at zero: copy-last before training
+            nn.init.zeros_(self.head.bias)
         # The memory-decoupling loss compares delta_c and delta_m after this shared map (no bias: a
         # bias would make two zero increments look alike). Absent without the loss, so no parameter
         # goes without a gradient (DDP would stop at it).
@@ -180,6 +183,7 @@ class PredRNN(FamilyModel):
                         f"patch {cfg.patch_size}, {norm}")),
             ("sampling", sampling),
             ("decouple weight", f"{cfg.decouple_weight}" + (" (off)" if cfg.decouple_weight == 0 else "")),
+            ("output", "change from the frame read" if cfg.residual else "frames"),
         ]
 
     # -- the rollout ------------------------------------------------------------------------------
@@ -273,7 +277,7 @@ class PredRNN(FamilyModel):
         outputs, terms = [], []
         for t, feed in enumerate(feeds):
             if feed is True:
-                x_gates = precomputed[t]
+                x_gates, frame = precomputed[t], seq[:, t]
             else:
                 assert prediction is not None, "only a step after one that predicted reads a prediction"
                 frame = prediction if feed is False else mix_frames(seq[:, t], prediction, feed)  # (B, C*p*p, h, w)
@@ -289,7 +293,11 @@ class PredRNN(FamilyModel):
             state = tuple(result)
             is_output = t >= self.t_in - 1
             fed_back = t + 1 < len(feeds) and feeds[t + 1] is not True
-            prediction = self.head(state[top]) if is_output or fed_back else None  # (B, C*p*p, h, w)
+            prediction = None
+            if is_output or fed_back:
+                prediction = self.head(state[top])  # (B, C*p*p, h, w)
+                if self.cfg.residual:
+                    prediction = frame + prediction  # the change from the frame this step read
             if is_output:
                 outputs.append(prediction)
         loss = torch.stack(terms).mean() if decouple else None

@@ -257,6 +257,9 @@ class SimVP(FamilyModel):
         self.translator = Translator(t_in * cfg.spatial_channels, cfg.temporal_channels, cfg.temporal_layers,
                                      cfg.translator, cfg.mlp_ratio, cfg.drop_path)
         self.decoder = Decoder(self.in_channels, cfg.spatial_channels, cfg.spatial_layers, cfg.spatial_kernel)
+        if cfg.residual:
+            nn.init.zeros_(self.decoder.readout.weight)  # the change starts at zero: copy-last
+            nn.init.zeros_(self.decoder.readout.bias)
 
     @property
     def stride(self) -> int:
@@ -294,6 +297,7 @@ class SimVP(FamilyModel):
             ("encoder/decoder", f"{cfg.spatial_layers} layers each, kernel {cfg.spatial_kernel}, stride {self.stride}"),
             ("rollout", f"{rollout} -> {self.t_out} frames"),
             ("divergence loss", divergence),
+            ("output", "change from the last input frame" if cfg.residual else "frames"),
         ]
 
     def _one_pass(self, x: Tensor) -> Tensor:
@@ -302,8 +306,8 @@ class SimVP(FamilyModel):
         features, skip = self.encoder(x.flatten(0, 1))  # (B*t_in, hid_S, H', W'), (B*t_in, hid_S, H, W)
         stacked = features.unflatten(0, (batch, frames)).flatten(1, 2)  # (B, t_in*hid_S, H', W')
         translated = self.translator(stacked).unflatten(1, (frames, -1)).flatten(0, 1)  # (B*t_in, hid_S, H', W')
-        out = self.decoder(translated, skip)  # (B*t_in, C, H, W)
-        return out.unflatten(0, (batch, frames))  # (B, t_in, C, H, W)
+        out = self.decoder(translated, skip).unflatten(0, (batch, frames))  # (B, t_in, C, H, W)
+        return x[:, -1:] + out if self.cfg.residual else out  # residual: the change from the last frame
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)

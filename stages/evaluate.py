@@ -11,6 +11,14 @@ where things move: a model that wins on MSE but loses on SSIM to it has learned 
 
 Predictions are scored as the model's output clipped to [0, 1], in float (not quantized to 8 bits).
 
+An ensemble (several checkpoints, a glob or a list in ``predict.checkpoint``: ``stages.inference``)
+is scored like one model: "model" is the mean of the members' clipped outputs, as predict writes
+it. The report also lists the members (``"members"``: each one's checkpoint, epoch, family and mean
+metrics over lead times) and, for several, ``"ensemble_spread"``: the mean over pixels of the
+members' per-pixel standard deviation per lead time, to hold against the ensemble's RMSE per pixel
+(``sqrt(mse_per_pixel)``): a well-spread ensemble's are close. Its default folder is
+``<run_dir>/eval/<split>.ensemble``.
+
 Writes into ``out_dir`` (default ``<run_dir>/eval/<split>``):
 - ``report.json``: per-lead-time metrics and their means for the model and each baseline;
 - ``metrics_vs_lead_time.png``: model vs baselines per lead time, one panel per metric;
@@ -36,7 +44,8 @@ from core.errors import FramecastError
 from core.metrics import DEFINITIONS, LeadTimeMetrics
 from data.datasets import VideoWindowDataset, check_channels, to_model_input
 from data.sources import open_split
-from stages.inference import Predictor, to_uint8_frames
+from stages.inference import Ensemble, to_uint8_frames
+from stages.predict import default_stem
 from training.step import split_video
 
 REPORT_NAME = "report.json"
@@ -63,12 +72,13 @@ def out_dir_for(cfg, split: str | None = None) -> Path:
     """``evaluate.out``, or ``<run_dir>/eval/<split>`` (``split`` defaults to ``evaluate.split``)."""
     if cfg.evaluate.out:
         return Path(cfg.evaluate.out)
-    return cfg.run_dir / "eval" / Path(split or cfg.evaluate.split or cfg.data.val_split).stem
+    return cfg.run_dir / "eval" / default_stem(cfg, split or cfg.evaluate.split or cfg.data.val_split)
 
 
 def run(cfg, split: str | None = None, out_dir: str | Path | None = None, max_videos: int | None = None,
         samples: int | None = None, gif_frame_ms: int = 400) -> dict[str, Any]:
-    """Evaluate the checkpoint (``predict.checkpoint`` or ``<run_dir>/best.pt``) on ``split``.
+    """Evaluate the checkpoint (``predict.checkpoint`` or ``<run_dir>/best.pt``), or the ensemble
+    ``predict.checkpoint`` names, on ``split``.
 
     ``max_videos`` evaluates only the first videos of the split (numeric order); ``samples`` videos
     are drawn in the strip and GIF. Each defaults to its ``evaluate.*`` setting. Returns the report
@@ -79,38 +89,46 @@ def run(cfg, split: str | None = None, out_dir: str | Path | None = None, max_vi
     out = Path(out_dir) if out_dir is not None else out_dir_for(cfg, split)
     max_videos = max_videos if max_videos is not None else (ec.max_videos or None)
     samples = samples if samples is not None else ec.samples
-    predictor = Predictor.load(cfg)
-    t_in, t_out = predictor.t_in, predictor.t_out
+    ensemble = Ensemble.load(cfg)
+    t_in, t_out = ensemble.t_in, ensemble.t_out
     source = open_split(cfg.data, split)
     if source.num_frames < t_in + t_out:
         raise FramecastError(
             f"{source.describe()}: videos have {source.num_frames} frames, but evaluating "
-            f"{predictor.checkpoint} needs t_in + t_out = {t_in} + {t_out} (targets); use a labeled split such as val"
+            f"{ensemble.first.checkpoint} needs t_in + t_out = {t_in} + {t_out} (targets); use a labeled split such as val"
         )
     if max_videos is not None and max_videos < 1:
         raise FramecastError(f"max_videos must be >= 1, got {max_videos}")
     dataset = VideoWindowDataset(source, t_in, t_out)  # the first t_in + t_out frames of each video
-    check_channels(dataset, predictor.in_channels)
+    check_channels(dataset, ensemble.in_channels)
+    ensemble.check_frames(*dataset.frame_shape[:2], source.describe())
     count = len(dataset) if max_videos is None else min(len(dataset), max_videos)
     names = [dataset.video_name(i) for i in range(min(samples, count))]
 
-    grey = predictor.in_channels == 1
+    grey = ensemble.in_channels == 1
     f1_threshold = ec.f1_threshold if grey else None
     scores = {name: LeadTimeMetrics(t_out, f1_threshold) for name in ("model", *BASELINES)}
+    several = len(ensemble.members) > 1
+    # Each member's own scores (one member's are the model's); the spread's per-lead-time sums.
+    member_scores = [LeadTimeMetrics(t_out, f1_threshold) for _ in ensemble.members] if several else []
+    spread_sum = torch.zeros(t_out, dtype=torch.float64)
     kept: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # uint8 sample videos
     kept_count = 0
-    device, channels_last = predictor.precision.device, predictor.precision.channels_last
-    for batch in tqdm(predictor.loader(Subset(dataset, range(count))), desc=f"evaluate {split}", unit="batch",
+    device, channels_last = ensemble.precision.device, ensemble.precision.channels_last
+    for batch in tqdm(ensemble.loader(Subset(dataset, range(count))), desc=f"evaluate {split}", unit="batch",
                       disable=None):
-        video = to_model_input(batch, device, channels_last, predictor.in_channels)  # (B, T, C, H, W)
+        video = to_model_input(batch, device, channels_last, ensemble.in_channels)  # (B, T, C, H, W)
         inputs, truth = split_video(video, t_in)  # (B, t_in, C, H, W), (B, t_out, C, H, W)
-        raw = predictor(inputs)  # (B, t_out, C, H, W)
-        scores["model"].update(raw.clamp(0, 1), truth)
+        each = (lambda k, clipped, truth=truth: member_scores[k].update(clipped, truth)) if several else None
+        forecast, std = ensemble(inputs, spread=several, each=each)  # mean, std of the clipped outputs; (B, t_out, C, H, W)
+        scores["model"].update(forecast, truth)
+        if std is not None:
+            spread_sum += std.double().mean(dim=(2, 3, 4)).sum(dim=0).cpu()  # (t_out,)
         for name, baseline in BASELINES.items():
             scores[name].update(baseline(inputs, t_out), truth)
         if kept_count < len(names):
             take = len(names) - kept_count
-            kept.append(tuple(to_uint8_frames(t[:take]).cpu() for t in (inputs, truth, raw)))
+            kept.append(tuple(to_uint8_frames(t[:take]).cpu() for t in (inputs, truth, forecast)))
             kept_count += len(kept[-1][0])
 
     files = {"report": out / REPORT_NAME, "plot": out / PLOT_NAME}
@@ -118,29 +136,40 @@ def run(cfg, split: str | None = None, out_dir: str | Path | None = None, max_vi
         files.update(strip=out / STRIP_NAME, gif=out / GIF_NAME)
     frames = list(range(t_in, t_in + t_out))
     results = {name: metrics.compute() for name, metrics in scores.items()}
+    member_means = [m.compute()["mean"] for m in member_scores] if several else [results["model"]["mean"]]
+    members = [{**member.describe(), "mean": mean} for member, mean in zip(ensemble.members, member_means)]
+    spread = {}
+    if several:
+        per_lead = (spread_sum / count).tolist()
+        spread = {"ensemble_spread": {
+            "per_lead_time": per_lead, "mean": sum(per_lead) / len(per_lead),
+            "definition": "mean over pixels of the per-pixel standard deviation (ddof=0) across members of "
+                          "their outputs clipped to [0, 1]; compare with sqrt(model mse_per_pixel)"}}
     report = {
-        "checkpoint": str(predictor.checkpoint),
-        "epoch": predictor.epoch,
-        "family": predictor.model.family,
+        "checkpoint": ensemble.checkpoint,  # the path, or (an ensemble of several) every member's
+        "epoch": ensemble.epoch,
+        "family": ensemble.family,
         "split": split,
         "source": source.describe(),
         "videos": count,
         "t_in": t_in,
         "t_out": t_out,
         "frames": frames,
-        "channels": predictor.in_channels,
+        "channels": ensemble.in_channels,
         "device": str(device),
-        "autocast": predictor.precision.describe(),
-        "scored": "model output clipped to [0, 1], float (not quantized to 8 bits)"
-                  + ("; grey data: one channel" if grey else ""),
+        "autocast": ensemble.precision.describe(),
+        "scored": ("mean of the members' outputs clipped to [0, 1]" if several else "model output clipped to [0, 1]")
+                  + ", float (not quantized to 8 bits)" + ("; grey data: one channel" if grey else ""),
         "definitions": {k: v for k, v in DEFINITIONS.items() if grey or k != "f1"},
         **({"f1_threshold": f1_threshold} if grey else {}),
         **results,
+        "members": members,
+        **spread,
         "files": {key: str(path) for key, path in files.items()},
     }
     report = _json_safe(report)
     write_json_atomic(files["report"], report)
-    plot_metrics(results, frames, files["plot"], title=f"{split}: {count} videos, {predictor.model.title}")
+    plot_metrics(results, frames, files["plot"], title=f"{split}: {count} videos, {ensemble.title}")
     if names:
         inputs_u8, truth_u8, pred_u8 = (torch.cat(parts).numpy() for parts in zip(*kept))  # (S, T, H, W, C) each
         sample_strip(inputs_u8, truth_u8, pred_u8, names, t_in).save_to(files["strip"])
@@ -170,6 +199,16 @@ def print_summary(report: dict[str, Any]) -> None:
     model, copy = report["model"]["mean"], report["copy_last_frame"]["mean"]
     change = model["mse_per_frame_sum"] / copy["mse_per_frame_sum"] - 1 if copy["mse_per_frame_sum"] else math.nan
     print(f"vs copy-last: MSE {change:+.1%}, SSIM {_fmt(model['ssim'])} vs {_fmt(copy['ssim'])}")
+    members = report.get("members", [])
+    if len(members) > 1:
+        print(f"ensemble of {len(members)} members (model = their mean); each member alone:")
+        for member in members:
+            mean = member["mean"]
+            print(f"  MSE {_fmt(mean['mse_per_frame_sum']):>10s}  SSIM {_fmt(mean['ssim']):>8s}  "
+                  f"{member['family']}  {member['checkpoint']}")
+        if "ensemble_spread" in report:
+            print(f"mean spread (std) {_fmt(report['ensemble_spread']['mean'])} vs RMSE per pixel "
+                  f"{_fmt(math.sqrt(model['mse_per_pixel']))}")
     print(f"report: {report['files']['report']}")
 
 

@@ -1,6 +1,7 @@
 """The predict stage: forecast the frames that follow every video of a split.
 
     python main.py predict --checkpoint runs/<name>/best.pt --split hidden --out preds/hidden.npy
+    python main.py predict --checkpoint 'runs/sweep/*/best.pt' --out preds/hidden.npy predict.spread=true
 
 A video's future is what follows its LAST frame: the model reads each video's last ``t_in`` frames
 and the rows hold frames ``num_frames .. num_frames + t_out - 1`` (11..21 for the reference hidden
@@ -8,59 +9,87 @@ split of 11 frames). Output: the ``.npy`` + index of ``data.predictions`` (one r
 numeric order), streamed batch by batch, so RAM never holds the array and a killed job never leaves
 half an array.
 
+Several checkpoints (``--checkpoint`` given more than once, a glob, or a list in
+``predict.checkpoint``: ``stages.inference``) predict as an ensemble: each batch goes through every
+member and the ``.npy`` holds the mean of their outputs clipped to [0, 1] (rounded to uint8 as one
+model's are); with ``predict.spread`` a second array ``<stem>.std.npy`` holds their per-pixel
+standard deviation, float16 (N, T_out, H, W, 3). The index lists the members and names the spread
+file. An ensemble's default output is ``<run_dir>/preds/<split>.ensemble.npy`` (``<run_dir>`` is the
+first member's run, whose own predictions it must not replace).
+
 ``run(cfg, shard=(i, n))`` predicts only the i-th of n contiguous slices of the split (one Slurm
-array task each) into ``<stem>.shard<i>of<n>.npy``; ``data.predictions.merge_shards`` joins them.
+array task each) into ``<stem>.shard<i>of<n>.npy`` (and ``.std.npy``); ``data.predictions.merge_shards``
+joins them.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch.utils.data import Subset
 from tqdm import tqdm
 
 from core.config import Config, config_to_dict
 from core.errors import FramecastError
 from data.datasets import VideoWindowDataset, check_channels, to_model_input
-from data.predictions import merge_shards, npy_rows, shard_path, shard_rows, write_index
+from data.predictions import (SPREAD_DTYPE, merge_shards, npy_rows, shard_path, shard_rows, spread_entry,
+                              spread_path_for, write_index)
 from data.sources import open_split
-from stages.inference import Predictor, to_uint8_frames
+from stages.inference import Ensemble, Predictor, is_ensemble, to_spread_frames, to_uint8_frames
+
+log = logging.getLogger(__name__)
+
+# The default output name of an ensemble's predictions (and PNGs and report): <split>.ensemble.npy.
+ENSEMBLE_TAG = ".ensemble"
+
+
+def default_stem(cfg: Config, split: str) -> str:
+    """``hidden`` for one model, ``hidden.ensemble`` for an ensemble (``stages.inference.is_ensemble``)."""
+    return Path(split).stem + (ENSEMBLE_TAG if is_ensemble(cfg) else "")
 
 
 def output_path(cfg: Config) -> Path:
-    """``predict.out``, or ``<run_dir>/preds/<predict.split>.npy``."""
+    """``predict.out``, or ``<run_dir>/preds/<predict.split>.npy`` (``<split>.ensemble.npy``)."""
     if cfg.predict.out:
         return Path(cfg.predict.out)
-    return cfg.run_dir / "preds" / f"{Path(cfg.predict.split).stem}.npy"
+    return cfg.run_dir / "preds" / f"{default_stem(cfg, cfg.predict.split)}.npy"
 
 
-def write_predictions(predictor: Predictor, dataset: VideoWindowDataset | Subset, out: Path,
-                      index: dict[str, Any]) -> Path:
-    """Predict every sample of ``dataset`` (uint8 (t_in, H, W, C) each) into ``out`` + its index.
+def write_predictions(predictor: Predictor | Ensemble, dataset: VideoWindowDataset | Subset, out: Path,
+                      index: dict[str, Any], spread: bool = False) -> Path:
+    """Predict every sample of ``dataset`` (uint8 (t_in, H, W, C) each) into ``out`` + its index,
+    and with ``spread`` the members' per-pixel std into ``spread_path_for(out)``.
 
     Rows are appended to the ``.npy`` in loader order as batches arrive, so the host holds one batch
     at a time whatever N is.
     """
+    ensemble = predictor if isinstance(predictor, Ensemble) else Ensemble([predictor])
     h, w, _ = (dataset.dataset if isinstance(dataset, Subset) else dataset).frame_shape
-    shape = (len(dataset), predictor.t_out, h, w, 3)  # (N, t_out, H, W, 3)
-    device = predictor.precision.device
-    nonfinite = torch.zeros((), dtype=torch.int64, device=device)
-    loader = predictor.loader(dataset)
-    with npy_rows(out, shape) as handle:
+    shape = (len(dataset), ensemble.t_out, h, w, 3)  # (N, t_out, H, W, 3)
+    device = ensemble.precision.device
+    channels_last = ensemble.precision.channels_last
+    loader = ensemble.loader(dataset)
+    ensemble.nonfinite.zero_()
+    spread_out = spread_path_for(out)
+    with contextlib.ExitStack() as stack:
+        # The spread file is renamed into place after the array, whose rename drops the old index first.
+        spread_handle = (stack.enter_context(npy_rows(spread_out, shape, SPREAD_DTYPE, drop_index=False))
+                         if spread else None)
+        handle = stack.enter_context(npy_rows(out, shape))
         for batch in tqdm(loader, desc=f"predict {out.name}", unit="batch", disable=None):
-            inputs = to_model_input(batch, device, predictor.precision.channels_last,
-                                    predictor.in_channels)  # (B, t_in, C, H, W)
-            raw = predictor(inputs)  # (B, t_out, C, H, W)
-            nonfinite += (~torch.isfinite(raw)).sum()
-            frames = to_uint8_frames(raw).cpu().numpy()  # (B, t_out, H, W, 3) uint8
-            handle.write(frames)  # the array's buffer, no extra copy
-        if nonfinite.item():
-            raise FramecastError(
-                f"{predictor.checkpoint}: the model produced {nonfinite.item()} NaN/infinite values; "
-                f"nothing was written to {out}"
-            )
+            inputs = to_model_input(batch, device, channels_last, ensemble.in_channels)  # (B, t_in, C, H, W)
+            mean, std = ensemble(inputs, spread=spread)  # (B, t_out, C, H, W) each
+            handle.write(to_uint8_frames(mean).cpu().numpy())  # (B, t_out, H, W, 3) uint8, no extra copy
+            if spread_handle is not None:
+                spread_handle.write(to_spread_frames(std).cpu().numpy())  # (B, t_out, H, W, 3) float16
+        ensemble.raise_if_nonfinite(out)
+        if not spread:
+            spread_out.unlink(missing_ok=True)  # a former ensemble's, which the new index won't name
     loader.end_workers()  # now, rather than at garbage collection
+    index = {**index, "members": index.get("members", ensemble.describe()),
+             "spread": spread_entry(out) if spread else None}
     write_index(out, index, shape)
     return out
 
@@ -68,18 +97,22 @@ def write_predictions(predictor: Predictor, dataset: VideoWindowDataset | Subset
 def run(cfg: Config, shard: tuple[int, int] = (0, 1)) -> Path:
     """Predict ``predict.split`` (or shard ``i`` of ``n`` of it); returns the ``.npy`` written."""
     index_of, count = shard
-    predictor = Predictor.load(cfg)
-    t_in, t_out = predictor.t_in, predictor.t_out
+    ensemble = Ensemble.load(cfg)
+    t_in, t_out = ensemble.t_in, ensemble.t_out
     split = cfg.predict.split
     source = open_split(cfg.data, split)
     frames = source.num_frames
     if frames < t_in:
         raise FramecastError(
-            f"{source.describe()}: videos have {frames} frames, but {predictor.checkpoint} needs its last "
+            f"{source.describe()}: videos have {frames} frames, but {ensemble.first.checkpoint} needs its last "
             f"t_in={t_in} to predict what follows"
         )
     dataset = VideoWindowDataset(source, t_in, 0, from_end=True)  # the last t_in frames of each video
-    check_channels(dataset, predictor.in_channels)
+    check_channels(dataset, ensemble.in_channels)
+    height, width, _ = dataset.frame_shape
+    ensemble.check_frames(height, width, source.describe())
+    if cfg.predict.spread and len(ensemble.members) == 1:
+        log.warning("predict.spread with one checkpoint (%s): its spread is zero everywhere", ensemble.first.checkpoint)
     rows = shard_rows(len(dataset), index_of, count)
     out = output_path(cfg) if count == 1 else shard_path(output_path(cfg), index_of, count)
     index = {
@@ -88,16 +121,17 @@ def run(cfg: Config, shard: tuple[int, int] = (0, 1)) -> Path:
         "inputs": list(range(frames - t_in, frames)),  # the frames the model read
         "split": split,
         "source": source.describe(),
-        "checkpoint": str(predictor.checkpoint),
-        "epoch": predictor.epoch,
+        "checkpoint": ensemble.checkpoint,  # the path, or (an ensemble of several) every member's
+        "epoch": ensemble.epoch,
+        "members": ensemble.describe(),
         "shard": [index_of, count],
         "rows": [rows.start, rows.stop],
         "total_videos": len(dataset),
-        "config": config_to_dict(predictor.cfg),
+        "config": config_to_dict(ensemble.cfg),
     }
-    return write_predictions(predictor, Subset(dataset, rows), out, index)
+    return write_predictions(ensemble, Subset(dataset, rows), out, index, spread=cfg.predict.spread)
 
 
 def merge(cfg: Config) -> Path:
-    """The merge stage: join the ``predict.shards`` shards of ``predict.out`` into it."""
+    """The merge stage: join the ``predict.shards`` shards of ``predict.out`` into it (and their spread)."""
     return merge_shards(output_path(cfg), cfg.predict.shards)

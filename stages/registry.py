@@ -59,6 +59,9 @@ class Arg:
     key: str
     help: str
     type: Callable[[str], Any] = str
+    # True: the flag may be given more than once; once, it sets the setting to its value, more often
+    # to the list of the values (``--checkpoint a.pt --checkpoint b.pt`` -> predict.checkpoint=[a.pt, b.pt]).
+    repeat: bool = False
 
     @property
     def dest(self) -> str:
@@ -106,13 +109,20 @@ class Stage:
         return int(getattr(getattr(cfg, section), key))
 
 
-_CHECKPOINT_HELP = "checkpoint (default: runs/<name>/best.pt)"
+_CHECKPOINT_HELP = ("checkpoint (default: runs/<name>/best.pt); repeat it, or give a quoted glob such as "
+                    "'runs/sweep/*/best.pt', for an ensemble of their mean")
+
+
+def glob_list(text: str) -> list[str]:
+    """A flag value for a list setting of one entry (``--runs 'runs/a/*'`` -> compare.runs=['runs/a/*']):
+    as a YAML list of a quoted string, a glob's ``*`` or ``[`` is never read as YAML syntax."""
+    return [text]
 
 BUILTIN = (
     Stage("train", "train a model (resumes from runs/<name>/last.pt)", "stages.train:run", AS_CONFIGURED,
           config_required=True, job_help="requeued at its time limit and resumed"),
     Stage("predict", "predict the future frames of a split into one .npy", "stages.predict:run", ONE_GPU,
-          args=(Arg("--checkpoint", "predict.checkpoint", _CHECKPOINT_HELP),
+          args=(Arg("--checkpoint", "predict.checkpoint", _CHECKPOINT_HELP, repeat=True),
                 Arg("--split", "predict.split", "split to predict (default: predict.split)"),
                 Arg("--out", "predict.out", "output .npy (default: runs/<name>/preds/<split>.npy)")),
           shards="predict.shards", join="merge"),
@@ -125,10 +135,29 @@ BUILTIN = (
           job_help="merges prediction shards first when there are newer ones"),
     Stage("evaluate", "per-lead-time metrics, plots and samples on a labeled split", "stages.evaluate:run",
           ONE_GPU,
-          args=(Arg("--checkpoint", "predict.checkpoint", _CHECKPOINT_HELP),
+          args=(Arg("--checkpoint", "predict.checkpoint", _CHECKPOINT_HELP, repeat=True),
                 Arg("--split", "evaluate.split", "split to score (default: evaluate.split, val)"),
                 Arg("--out", "evaluate.out", "report folder (default: runs/<name>/eval/<split>)"),
                 Arg("--max-videos", "evaluate.max_videos", "evaluate at most this many videos", int))),
+)
+
+# Stages outside the pipeline: tools that read a config and run on their own, or as a job.
+TOOLS = (
+    Stage("lr-find", "learning-rate range test: the loss over an exponentially rising lr, a plot and a "
+          "suggested lr (never touches the run folder)", "stages.lr_find:run", ONE_GPU,
+          args=(Arg("--steps", "lr_find.steps", "steps of the sweep", int),
+                Arg("--start-lr", "lr_find.start_lr", "first learning rate", float),
+                Arg("--end-lr", "lr_find.end_lr", "last learning rate", float),
+                Arg("--out", "lr_find.out", "folder for lr_find.png and lr_find.json "
+                    "(default: <run.out_dir>/lr-find/<run.name>)")),
+          config_required=True),
+    Stage("compare", "evaluate runs' best.pt (or reuse their reports) and tabulate them: mean +/- std "
+          "over seeds per setting, CSV, Markdown and a plot", "stages.compare:run", ONE_GPU,
+          args=(Arg("--runs", "compare.runs", "run folders, a quoted glob such as 'runs/sweep/*'", glob_list),
+                Arg("--out", "compare.out", "folder for the tables and the plot (default: <runs' folder>/compare)"),
+                Arg("--split", "evaluate.split", "split to score (default: evaluate.split, val)"),
+                Arg("--max-videos", "evaluate.max_videos", "evaluate at most this many videos", int)),
+          job_help="the last job of `submit sweep`"),
 )
 
 _REGISTRY: dict[str, Stage] = {}
@@ -156,9 +185,15 @@ def get(name: str) -> Stage:
 
 
 def run_stage(stage: Stage | str, cfg: Config, shard: tuple[int, int] = WHOLE) -> Any:
-    """Call the stage's ``run``: with ``shard`` when it is sharded (else ``shard`` must be whole)."""
+    """Call the stage's ``run`` on ``cfg`` with its path settings expanded (core/paths.py): with ``shard``
+    when it is sharded (else ``shard`` must be whole)."""
     stage = get(stage) if isinstance(stage, str) else stage
     function = stage.function()
+    from core.paths import expand_config
+
+    # ${VAR} in the path settings, from this process's environment (inside a job: the compute node's);
+    # the expanded copy still writes the settings as written (config.yaml, checkpoints).
+    cfg = expand_config(cfg)
     if stage.shards:
         return function(cfg, shard=tuple(shard))
     if tuple(shard) != WHOLE:
@@ -166,5 +201,5 @@ def run_stage(stage: Stage | str, cfg: Config, shard: tuple[int, int] = WHOLE) -
     return function(cfg)
 
 
-for _stage in BUILTIN:
+for _stage in (*BUILTIN, *TOOLS):
     register(_stage)

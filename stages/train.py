@@ -28,16 +28,16 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from core.checkpoint import BEST_NAME, LAST_NAME, check_same_model, load_checkpoint, save_checkpoint
+from core.checkpoint import BEST_NAME, FRAME_SIZE_KEY, LAST_NAME, check_same_model, load_checkpoint, save_checkpoint
 from core.config import Config, config_from_dict, config_to_dict, save_config
 from core.distributed import DistContext, all_reduce_sum, barrier, cleanup_distributed, init_distributed
 from core.errors import FramecastError
-from core.precision import Precision
+from core.precision import Precision, compile_cache_dir, use_compile_cache
 from core.runlock import RunLock
 from core.seeding import capture_rng_state, restore_rng_state, seed_everything
 from data.datasets import build_datasets, check_channels, make_loader
 from models import TrainingForward, build_model, count_parameters
-from training.metrics import MetricsLog
+from training.metrics import SAMPLES_TAG, MetricsLog, lead_time_record, scored_validation
 from training.progress import Progress, epoch_number
 from training.sampler import EpochSampler
 from training.schedule import LRSchedule
@@ -72,8 +72,15 @@ def run(cfg: Config, *, on_checkpoint: CheckpointHook | None = None) -> dict[str
     try:
         with _run_folder_lock(cfg, ctx):
             trainer = Trainer(cfg, ctx, on_checkpoint)
-            with trainer.stop_signals():
-                summary = trainer.fit()
+            first_step = trainer.step
+            try:
+                with trainer.stop_signals(), trainer.metrics:  # leaving closes the TensorBoard events
+                    summary = trainer.fit()
+            finally:
+                # Also on a stop, a requeue (SystemExit) or an error: what this process computed,
+                # so the work redone after a restart can be counted from the job logs.
+                log.info("steps run in this process: %d (step %d to %d)", trainer.step - first_step,
+                         first_step, trainer.step)
             barrier(ctx)  # leave together: rank 0 may still be saving when the others finish
         return summary
     finally:
@@ -121,6 +128,7 @@ class Trainer:
         # ---- data: each rank's share, in an order fixed by (seed, epoch)
         train_set, val_set = build_datasets(cfg)
         check_channels(train_set, self.in_channels)
+        self.frame_size = list(train_set.frame_shape[:2])  # (H, W) the model was trained on
         self.train_videos, self.val_videos = len(train_set), len(val_set)
         if self.val_videos == 0:
             raise FramecastError(f"{cfg.data.root}: validation split {cfg.data.val_split!r} holds no videos")
@@ -150,6 +158,9 @@ class Trainer:
             train_set, tc.batch_size, shuffle=False, sampler=self.train_sampler, **loader_args
         )
         self.val_loader = make_loader(val_set, tc.batch_size, shuffle=False, sampler=val_sampler, **loader_args)
+        # run.tensorboard: the validation videos of its sample strip (this process's first ones).
+        self._sample_names = ([val_set.video_name(i) for i in list(val_sampler)[:cfg.evaluate.samples]]
+                              if cfg.run.tensorboard else [])
 
         # ---- model, optimizer, schedule (seeded: every run of this config starts from the same weights)
         seed_everything(tc.seed)
@@ -172,8 +183,10 @@ class Trainer:
 
         # ---- execution wrappers (the checkpoint always holds the plain module's weights)
         training_pass = TrainingForward(self.model)
-        self.forward_model = torch.compile(self.model) if tc.compile else self.model
-        training_pass = torch.compile(training_pass) if tc.compile else training_pass
+        self.forward_model = self.model
+        if tc.compile:
+            use_compile_cache(compile_cache_dir(cfg))
+            self.forward_model, training_pass = torch.compile(self.model), torch.compile(training_pass)
         if ctx.distributed:
             self.train_model = DistributedDataParallel(
                 training_pass,
@@ -182,7 +195,7 @@ class Trainer:
             )
         else:
             self.train_model = training_pass
-        self.metrics = MetricsLog(self.run_dir, enabled=ctx.is_main)
+        self.metrics = MetricsLog(self.run_dir, enabled=ctx.is_main, tensorboard=cfg.run.tensorboard)
         self._stop_signal = ""  # set by the signal handler in this process
         self._stop_signal_anywhere = False  # any process got one (agreed at each log interval)
         self._chained_handlers: dict[int, Callable] = {}  # submitit's own handlers, run after saving
@@ -369,7 +382,8 @@ class Trainer:
                     improved = False if validate_now else self._validate(epoch)
                     self._checkpoint(epoch, improved)
                     return
-                if self._stop_requested():
+                # At an epoch's last step its validation comes first: the next epoch's first step stops.
+                if self._stop_requested() and progress.batches_done < progress.steps_per_epoch:
                     self._stop_now(epoch)
         if tc.val_every_steps == 0:
             improved = self._validate(epoch)
@@ -425,10 +439,18 @@ class Trainer:
         """Mean per-video loss over the whole validation split (all processes together)."""
         progress = self.progress
         self.forward_model.eval()
-        sums = validation_sums(
-            self.forward_model, self.val_loader, t_in=self.t_in, in_channels=self.in_channels,
-            precision=self.precision, loss=self.tc.loss, max_batches=self.tc.max_val_batches,
-        )
+        tensorboard = self.cfg.run.tensorboard
+        if tensorboard:  # the same loss, plus per-lead-time scores and sample videos from the same pass
+            sums, scores, shown = scored_validation(
+                self.forward_model, self.val_loader, t_in=self.t_in, t_out=self.t_out,
+                in_channels=self.in_channels, precision=self.precision, loss=self.tc.loss,
+                max_batches=self.tc.max_val_batches, samples=len(self._sample_names),
+            )
+        else:
+            sums = validation_sums(
+                self.forward_model, self.val_loader, t_in=self.t_in, in_channels=self.in_channels,
+                precision=self.precision, loss=self.tc.loss, max_batches=self.tc.max_val_batches,
+            )
         total, count = all_reduce_sum(sums, self.ctx).tolist()
         self.train_model.train()
         val_loss = total / count
@@ -452,7 +474,10 @@ class Trainer:
         self.metrics.append({
             "kind": "val", "epoch": epoch_number(epoch), "step": self.step, "val_loss": val_loss,
             "best_val_loss": progress.best_val_loss, "lr": lr, "time": time.time(),
+            **(lead_time_record(scores, self.ctx) if tensorboard else {}),
         })
+        if tensorboard and shown and self.ctx.is_main:
+            self.metrics.image(SAMPLES_TAG, self.step, self._sample_strip(*shown))
         self.metrics.plot()
         log.info(
             "epoch %d/%d step %d: train loss %.5g, val loss %.5g (best %.5g at epoch %d), %.1f videos/s, "
@@ -463,6 +488,17 @@ class Trainer:
         )
         self._mark = time.perf_counter()
         return improved
+
+    def _sample_strip(self, inputs: torch.Tensor, truth: torch.Tensor, prediction: torch.Tensor) -> Any:
+        """The evaluate stage's sample strip (rows input / truth / prediction) as a uint8 (H, W, 3) array."""
+        import numpy as np
+
+        from stages.evaluate import sample_strip
+        from stages.inference import to_uint8_frames
+
+        frames = [to_uint8_frames(t).numpy() for t in (inputs, truth, prediction)]  # (S, T, H, W, 3) each
+        names = self._sample_names[:len(frames[0])]
+        return np.asarray(sample_strip(*frames, names, self.t_in).image)
 
     def _checkpoint(self, epoch: int, improved: bool) -> None:
         """Write ``best.pt`` (when improved) then ``last.pt``, each atomically, from rank 0.
@@ -500,6 +536,7 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "progress": self.progress.to_dict(),
             "parameters": self.num_parameters,
+            FRAME_SIZE_KEY: self.frame_size,
             "rng": capture_rng_state(),
         }
 

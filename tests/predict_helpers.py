@@ -10,9 +10,10 @@ import torch
 from PIL import Image
 
 from core.checkpoint import BEST_NAME, save_checkpoint
-from core.config import Config, EncoderForecasterConfig, ModelConfig, config_to_dict
+from core.config import Config, ModelConfig, config_from_dict, config_to_dict
 from data.synthetic import make_shapes_dataset
 from models import build_model
+from tiny_models import model_section
 
 T_IN, T_OUT = 4, 4
 HEIGHT, WIDTH = 32, 48
@@ -22,8 +23,7 @@ COUNTS = {"val": 3, "hidden": 8}
 
 
 def tiny_model_config() -> ModelConfig:
-    return ModelConfig(encoder_forecaster=EncoderForecasterConfig(
-        cell="gru", hidden_channels=[8, 8], strides=[1, 2], kernel_size=3, stem_channels=8, norm_groups=4))
+    return config_from_dict({"model": model_section("encoder_forecaster")}).model
 
 
 def make_data(root: Path, frames: int = 8) -> Path:

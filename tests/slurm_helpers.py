@@ -44,12 +44,12 @@ def make_tiny_data(root: Path) -> Path:
 
 def tiny_config(data_root: Path, out_dir: Path, name: str, executor: str = "slurm", **sections) -> dict:
     """A config dict small enough for a 2-core machine: 8-frame 32x48 videos, two 8-channel levels."""
+    from tests.tiny_models import model_section
+
     values = {
         "run": {"name": name, "out_dir": str(out_dir), "device": "cpu"},
         "data": {"root": str(data_root), "t_in": 4, "t_out": 4, "num_workers": 0},
-        "model": {"family": "encoder_forecaster", "encoder_forecaster": {
-            "cell": "gru", "stem_channels": 8, "hidden_channels": [8, 8], "strides": [1, 2], "kernel_size": 3,
-            "norm_groups": 4}},
+        "model": model_section("encoder_forecaster"),
         "train": {"epochs": 2, "batch_size": 2, "lr": 3e-3, "log_every_steps": 1, "early_stop_patience": 0},
         "predict": {"batch_size": 2},
         "convert": {"workers": 1},
@@ -108,3 +108,24 @@ def slurm_unavailable() -> str | None:
     if not any(s in ("idle", "mixed", "allocated", "completing") for s in states):
         return f"no usable Slurm node (sinfo states: {states or 'none'})"
     return None
+
+
+def job_runs(log: str) -> list[tuple[str, int]]:
+    """(job id, SLURM_RESTART_COUNT) of every run of a stage job, from the line each run prints first.
+
+    submitit opens the log files with ``--open-mode=append``: every run of a requeued job (same id)
+    appends to the same ``<id>_0_log.out`` / ``_log.err``.
+    """
+    import re
+
+    return [(job_id, int(restart)) for job_id, restart in
+            re.findall(r"^framecast \S+: job (\S+), task 0 of \d+, restart (\d+),", log, flags=re.MULTILINE)]
+
+
+def steps_run(log: str) -> list[tuple[int, int, int]]:
+    """(steps, first step, last step) of each run of a training job: the line the train stage logs at
+    exit, also when it stops for a requeue."""
+    import re
+
+    return [(int(n), int(a), int(b)) for n, a, b in
+            re.findall(r"steps run in this process: (\d+) \(step (\d+) to (\d+)\)", log)]

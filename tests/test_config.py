@@ -8,10 +8,11 @@ from core.checkpoint import config_from_checkpoint, load_checkpoint, save_checkp
 from core.config import FAMILY_NAMES, config_to_dict, load_config, save_config
 from core.errors import FramecastError
 
-CONFIGS = sorted(Path(__file__).resolve().parent.parent.joinpath("configs").glob("*.yaml"))
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = sorted(CONFIG_DIR.rglob("*.yaml"))
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.relative_to(CONFIG_DIR).as_posix())
 def test_every_shipped_config_loads(path):
     cfg = load_config(path)
     assert cfg.data.t_in >= 1 and cfg.model.family in FAMILY_NAMES
@@ -124,3 +125,13 @@ def test_yaml_syntax_error_is_one_line_naming_the_file(tmp_path):
         load_config(bad)
     message = str(info.value)
     assert message.startswith(f"{bad}: not valid YAML") and "\n" not in message and "line" in message
+
+
+def test_yaml_off_is_the_choice_off(tmp_path):
+    """YAML 1.1 reads ``off`` as false; where a setting's choices include "off", it means that."""
+    file = tmp_path / "c.yaml"
+    file.write_text("train:\n  amp: off\n")
+    assert load_config(file).train.amp == "off"
+    assert load_config(None, ["train.amp=off"]).train.amp == "off"
+    with pytest.raises(FramecastError, match=r"train\.compile"):
+        load_config(None, ["train.compile=off please"])

@@ -5,6 +5,7 @@ test submits is cancelled at the end of the test if it is still queued or runnin
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -298,3 +299,104 @@ def test_cancelled_job_is_reported_not_waited_for(tmp_path, cleanup):
     [end] = wait_jobs([job], timeout_s=60, poll_s=POLL_S)
     assert end.state == "CANCELLED" and not end.ok, _describe([end])
     assert time.monotonic() - started < 30
+
+
+# ----------------------------------------------------------------------------- a real time limit
+
+# A 1-minute limit with the warning 5 s before it.  slurmctld looks at time limits every 30 s
+# (PERIODIC_TIMEOUT, on a fixed clock, not from the job's start) and sends the warning at the first
+# look that finds at most signal_delay_s + 30 s left, so USR2 comes 5-35 s before the limit: 25-55 s
+# into each run, and at least 30 s before the limit's own SIGTERM/SIGKILL (KillWait later).  With a
+# delay of 30 s it comes at the first look after the start, 0-30 s into the run (measured here: 3, 5
+# and 16 s): little training per run, and a USR2 before Python has installed submitit's handler kills
+# the job (SIGUSR2's default action) instead of requeueing it.
+TIME_LIMIT_SLURM = {"executor": "slurm", "time_min": 1, "signal_delay_s": 5, "gpus_per_node": 0,
+                    "cpus_per_task": 1, "mem_gb": 1, "setup": ["export OMP_NUM_THREADS=1"]}
+TIME_LIMIT_LOG_EVERY = 4
+# Uninterrupted training time aimed at, as timed here before submitting: more than one run trains
+# (at most ~50 s each), so the job runs three or four times (each ~25-55 s, plus ~15 s pending after a
+# requeue); twice the margin a one-run job would need, since the job may train faster than the
+# calibration did (another process was busy then, say).
+TIME_LIMIT_TRAIN_S = 150
+TIME_LIMIT_TIMEOUT_S = 720
+
+
+def _epoch_seconds(values: dict) -> float:
+    """Seconds per epoch of ``values`` trained here, one thread, timed over 2 epochs."""
+    import torch
+
+    from stages.train import run
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        calibrate = {**values, "run": {**values["run"], "name": "calibrate"}, "train": {**values["train"], "epochs": 2}}
+        return run(config_from_dict(calibrate))["seconds"] / 2
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_training_job_past_its_time_limit_is_requeued_until_done_and_redoes_at_most_a_log_interval(
+        tmp_path, cleanup):
+    """`submit train` with slurm.time_min=1: Slurm's USR2 before the limit -> last.pt saved at the next
+    step -> submitit requeues (same job id, SLURM_RESTART_COUNT + 1) -> resumed, until all epochs are
+    done.  Every run's "steps run in this process" line (one log file for all runs) adds up to the
+    uninterrupted run's steps plus at most one log interval per requeue, and the losses and weights are
+    those of an uninterrupted run of the same config (trained here meanwhile)."""
+    from train_helpers import losses, state_digest
+
+    from core.checkpoint import load_checkpoint
+    from data.synthetic import make_shapes_dataset
+
+    data = make_shapes_dataset(tmp_path / "data", counts={"train": 40, "val": 2}, height=32, width=48, frames=8,
+                               hidden_frames=4, seed=0, workers=1)  # 20 steps an epoch
+    values = tiny_config(data, tmp_path / "runs", "time-limit", data={"train_splits": ["train"]},
+                         train={"log_every_steps": TIME_LIMIT_LOG_EVERY}, slurm=TIME_LIMIT_SLURM)
+    epochs = max(20, round(TIME_LIMIT_TRAIN_S / _epoch_seconds(values)))
+    values["train"]["epochs"] = epochs
+    cfg = config_from_dict(values)
+    job = submit.submit_stage("train", cfg, "slurm")
+    _track(cleanup, [job])
+
+    # The uninterrupted run of the same config, in a process of its own, while the job runs.
+    reference = {**values, "run": {**values["run"], "name": "reference"}}
+    reference_file = tmp_path / "reference.yaml"
+    reference_file.write_text(yaml.safe_dump(reference))
+    with open(tmp_path / "reference.log", "wb") as ref_log:
+        ref = subprocess.Popen([sys.executable, "main.py", "train", "--config", str(reference_file)], cwd=REPO,
+                               stdout=ref_log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        [end] = wait_jobs([job], timeout_s=TIME_LIMIT_TIMEOUT_S, poll_s=POLL_S)
+        ref.wait(timeout=TIME_LIMIT_TIMEOUT_S)
+    finally:
+        if ref.poll() is None:
+            ref.kill()
+            ref.wait()
+    stdout = job.paths.stdout.read_text()  # submitit's own messages and what StageJob prints
+    log = stdout + job.paths.stderr.read_text()  # + the stages' logging (which repeats submitit's)
+    assert end.ok, _describe([end]) + "\n" + log
+    assert ref.returncode == 0, (tmp_path / "reference.log").read_text()
+    ref_dir = tmp_path / "runs" / "reference"
+    total = load_checkpoint(ref_dir / "last.pt")["progress"]["step"]
+    assert total == epochs * 20 and end.result["steps"] == total
+
+    # Requeued by submitit at the time-limit warning: one job id, restart counts 0, 1, ...
+    runs = slurm_helpers.job_runs(stdout)
+    assert len(runs) >= 2, f"never requeued: the training ({epochs} epochs) ended within one run\n{log}"
+    assert runs == [(str(job.job_id), i) for i in range(len(runs))], log
+    assert stdout.count("this job is timed-out") == len(runs) - 1, log  # submitit's word for each requeue
+    assert stdout.count(f"Requeued job {job.job_id}") == len(runs) - 1, log
+
+    # Work redone after the requeues: at most one log interval each.
+    steps = slurm_helpers.steps_run(log)
+    assert steps[0][1] == 0 and steps[-1][2] == total, steps
+    for (_, _, stopped), (_, resumed, _) in itertools.pairwise(steps):
+        assert stopped - TIME_LIMIT_LOG_EVERY <= resumed <= stopped, steps  # never skips, redoes < 1 interval
+    executed = sum(n for n, _, _ in steps)
+    assert total <= executed <= total + TIME_LIMIT_LOG_EVERY * (len(runs) - 1), (steps, runs)
+
+    # ... and the run is the uninterrupted one: the same records of metrics.jsonl, the same weights.
+    assert losses(cfg.run_dir) == losses(ref_dir)
+    for name in ("last.pt", "best.pt"):
+        ours, theirs = load_checkpoint(cfg.run_dir / name), load_checkpoint(ref_dir / name)
+        assert state_digest(ours["model"]) == state_digest(theirs["model"]), name

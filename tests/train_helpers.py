@@ -8,6 +8,7 @@ import torch
 
 from core.config import Config, load_config
 from data.synthetic import make_shapes_dataset
+from tiny_models import model_overrides
 from training.metrics import read_metrics
 
 T_IN, T_OUT = 4, 4
@@ -16,11 +17,7 @@ HEIGHT, WIDTH = 32, 48
 # different numbers and the all-reduced mean must still be the mean over all five).
 COUNTS = {"train": 8, "val": 5, "unlabeled": 0, "hidden": 0}
 
-TINY_MODEL = [
-    "model.encoder_forecaster.stem_channels=8", "model.encoder_forecaster.hidden_channels=[8,8]",
-    "model.encoder_forecaster.strides=[1,2]", "model.encoder_forecaster.kernel_size=3",
-    "model.encoder_forecaster.norm_groups=4",
-]
+TINY_MODEL = model_overrides("encoder_forecaster")
 
 
 def make_data(root: Path) -> Path:

@@ -5,19 +5,68 @@ on; it is the one file not rewritten through ``core.atomic`` on every write, bec
 the whole log at each log interval. A kill can at worst leave a torn last line: readers skip it and
 a resumed run rewrites the file atomically, keeping only what precedes its checkpoint, so the log of
 a resumed run reads exactly like that of an uninterrupted one.
+
+With ``run.tensorboard`` the same records also go to TensorBoard event files in
+``<run_dir>/tensorboard/`` (``SCALAR_TAGS`` says which field becomes which tag), flushed with each
+record, plus a sample strip image per validation. ``metrics.jsonl`` stays the record: the event files
+hold nothing that is not in it but the images. A resumed run opens its writer with
+``purge_step = <checkpoint step> + 1``, so TensorBoard's reader drops the events an interrupted run
+wrote after its checkpoint, and the events read like those of an uninterrupted run.
+
+The per-lead-time validation scores TensorBoard shows need the predictions themselves, not only the
+loss: ``scored_validation`` computes them in the same pass as the loss; the trainer uses it only when
+TensorBoard is on.
 """
 from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.atomic import atomic_path, os_error_text, write_text_atomic
 from core.errors import FramecastError
 
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from core.distributed import DistContext
+    from core.metrics import LeadTimeMetrics
+    from core.precision import Precision
+
 METRICS_NAME = "metrics.jsonl"
 CURVE_NAME = "loss_curve.png"
+TENSORBOARD_DIR = "tensorboard"
+# Record kind -> {metrics.jsonl field: TensorBoard scalar tag}. A list field (one value per lead time)
+# becomes one tag per lead time: <tag>/lead_time_01, ... (zero-padded so TensorBoard sorts them).
+SCALAR_TAGS = {
+    "train": {"train_loss": "train/loss", "train_extra_loss": "train/extra_loss", "lr": "train/lr",
+              "videos_per_s": "train/videos_per_s"},
+    "val": {"val_loss": "val/loss", "best_val_loss": "val/best_loss",
+            "val_mse_per_frame_sum": "val/mse_per_frame_sum", "val_ssim": "val/ssim",
+            "val_mse_per_lead_time": "val_mse_per_frame_sum_by_lead_time",
+            "val_ssim_per_lead_time": "val_ssim_by_lead_time"},
+}
+SAMPLES_TAG = "val/samples"
+# The per-lead-time scores in validation records: core.metrics key -> (record field of the list, one
+# value per lead time; record field of their mean). MSE summed over a frame (the literature's), SSIM.
+LEAD_TIME_FIELDS = {"mse_per_frame_sum": ("val_mse_per_lead_time", "val_mse_per_frame_sum"),
+                    "ssim": ("val_ssim_per_lead_time", "val_ssim")}
+
+
+def summary_writer_class() -> type:
+    """``torch.utils.tensorboard.SummaryWriter``, or one clear error when the tensorboard package is missing."""
+    try:
+        import tensorboard  # noqa: F401  (torch.utils.tensorboard imports it too; this names the package)
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise FramecastError(
+            "run.tensorboard is true but the tensorboard package is not installed (torch.utils.tensorboard "
+            "needs it): pip install tensorboard (requirements.txt pins the version), or set run.tensorboard=false"
+        ) from None
+    return SummaryWriter
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
@@ -37,13 +86,20 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 
 class MetricsLog:
-    """Writes the run's records (only on the main process: ``enabled=False`` elsewhere)."""
+    """Writes the run's records (only on the main process: ``enabled=False`` elsewhere).
 
-    def __init__(self, run_dir: str | Path, enabled: bool):
+    ``tensorboard``: also write them as TensorBoard events (checked on every process, so a missing
+    package stops all of them at once). A context manager: leaving it closes the event file.
+    """
+
+    def __init__(self, run_dir: str | Path, enabled: bool, tensorboard: bool = False):
         self.path = Path(run_dir) / METRICS_NAME
         self.curve_path = Path(run_dir) / CURVE_NAME
+        self.tensorboard_dir = Path(run_dir) / TENSORBOARD_DIR
         self.enabled = enabled
         self.records: list[dict[str, Any]] = []
+        self._writer_class = summary_writer_class() if tensorboard else None
+        self._writer: Any = None  # the SummaryWriter, from start() to close()
 
     def start(self, resume_step: int | None) -> None:
         """Fresh run (``None``): drop any old log. Resumed run: keep the records up to its step."""
@@ -54,6 +110,15 @@ class MetricsLog:
             kept = [r for r in read_metrics(self.path) if r.get("step", math.inf) <= resume_step]
         self.records = kept
         write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        if self._writer_class is not None:
+            self.close()
+            if resume_step is None:
+                shutil.rmtree(self.tensorboard_dir, ignore_errors=True)  # an old run's events
+            # purge_step: the reader drops every event from that step on written before this writer
+            # started (an interrupted run's events after its checkpoint); the kept ones end at resume_step.
+            self._writer = self._writer_class(
+                log_dir=str(self.tensorboard_dir), purge_step=None if resume_step is None else resume_step + 1
+            )
 
     def append(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -65,6 +130,33 @@ class MetricsLog:
                 handle.flush()
         except OSError as exc:
             raise FramecastError(f"{self.path}: could not append ({os_error_text(exc)})") from None
+        if self._writer is not None:
+            for field, tag in SCALAR_TAGS.get(record.get("kind"), {}).items():
+                value = record.get(field)
+                if isinstance(value, list):
+                    for lead, item in enumerate(value, start=1):
+                        self._writer.add_scalar(f"{tag}/lead_time_{lead:02d}", item, record["step"])
+                elif value is not None:
+                    self._writer.add_scalar(tag, value, record["step"])
+            # On disk with the jsonl line: a kill after the next checkpoint loses no event before it.
+            self._writer.flush()
+
+    def image(self, tag: str, step: int, image: np.ndarray) -> None:
+        """A uint8 (H, W, 3) image as a TensorBoard image at ``step`` (nothing without TensorBoard)."""
+        if self._writer is not None:
+            self._writer.add_image(tag, image, step, dataformats="HWC")
+            self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def __enter__(self) -> MetricsLog:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def plot(self) -> None:
         """Redraw ``loss_curve.png``: training loss per log interval, validation loss, the best point."""
@@ -96,3 +188,67 @@ class MetricsLog:
         fig.tight_layout()
         with atomic_path(self.curve_path) as tmp:
             fig.savefig(tmp, format="png")
+
+
+# ----------------------------------------------------------------------------- per-lead-time validation
+
+
+def scored_validation(model: Any, batches: Any, *, t_in: int, t_out: int, in_channels: int,
+                      precision: Precision, loss: str, max_batches: int = 0, samples: int = 0,
+                      ) -> tuple[torch.Tensor, LeadTimeMetrics, list[torch.Tensor]]:
+    """``training.step.validation_sums`` and, from the same predictions, per-lead-time scores.
+
+    Returns (the loss sums exactly as ``validation_sums`` computes them: tensor (2,) float64 on the
+    device; ``core.metrics.LeadTimeMetrics`` of the predictions clipped to [0, 1], as the evaluate stage
+    scores them; the first ``samples`` videos as [inputs (S, t_in, C, H, W), truth (S, t_out, C, H, W),
+    prediction (S, t_out, C, H, W)], float on the CPU, empty when ``samples`` is 0).
+    """
+    import torch
+
+    from core.metrics import LeadTimeMetrics
+    from data.datasets import to_model_input
+    from training.step import split_video, validation_sums
+
+    totals = torch.zeros(2, dtype=torch.float64, device=precision.device)  # (sum of per-video loss, videos)
+    scores = LeadTimeMetrics(t_out)
+    kept: list[list[torch.Tensor]] = []
+    with torch.no_grad():
+        for index, batch in enumerate(batches):
+            if max_batches and index >= max_batches:
+                break
+            video = to_model_input(batch, precision.device, precision.channels_last, in_channels)  # (B, T, C, H, W)
+            inputs, targets = split_video(video, t_in)
+            with precision.autocast():
+                prediction = model(inputs)  # (B, t_out, C, H, W)
+            # The loss by validation_sums itself, fed this prediction: one definition of the val loss.
+            totals += validation_sums(lambda _inputs, p=prediction: p, [batch], t_in=t_in,
+                                      in_channels=in_channels, precision=precision, loss=loss)
+            clipped = prediction.float().clamp(0, 1)
+            scores.update(clipped, targets)
+            have = sum(len(part[0]) for part in kept)
+            if have < samples:
+                take = samples - have
+                kept.append([t[:take].float().cpu() for t in (inputs, targets, clipped)])
+    shown = [torch.cat(parts) for parts in zip(*kept)] if kept else []
+    return totals, scores, shown
+
+
+def lead_time_record(scores: LeadTimeMetrics, ctx: DistContext) -> dict[str, Any]:
+    """The validation record's per-lead-time fields, summed over every process (all must call it):
+    ``val_mse_per_lead_time`` / ``val_ssim_per_lead_time`` (lists, lead time 1 first) and their means
+    ``val_mse_per_frame_sum`` / ``val_ssim``."""
+    import torch
+
+    from core.distributed import all_reduce_sum
+
+    t = scores.t_out
+    count = torch.tensor([float(scores.count)], dtype=torch.float64)
+    packed = torch.cat([scores.sums[key] for key in LEAD_TIME_FIELDS] + [count]).to(ctx.device)  # (keys * T + 1,)
+    values = all_reduce_sum(packed, ctx).cpu()
+    videos = max(values[-1].item(), 1.0)
+    record: dict[str, Any] = {}
+    for i, (per_lead_field, mean_field) in enumerate(LEAD_TIME_FIELDS.values()):
+        per_lead = (values[i * t:(i + 1) * t] / videos).tolist()
+        record[per_lead_field] = per_lead
+        record[mean_field] = sum(per_lead) / len(per_lead)
+    return record
