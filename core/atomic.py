@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 from core.errors import FramecastError
+from core.processes import pid_alive
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -36,16 +37,6 @@ TMP_MARK = ".tmp-"
 _HOST = socket.gethostname().split(".")[0].replace("-", "_") or "host"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, someone else's
-        return True
-    return True
-
-
 def remove_dead_temporaries(folder: str | os.PathLike) -> list[Path]:
     """Delete temporaries left in ``folder`` by writers of this host that no longer run (a kill
     mid-write); a prediction array's can be gigabytes. Returns what was removed."""
@@ -56,7 +47,7 @@ def remove_dead_temporaries(folder: str | os.PathLike) -> list[Path]:
         return removed
     for entry in entries:
         pid = entry.name.rsplit(f"{TMP_MARK}{_HOST}-", 1)[1].split(".", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             with contextlib.suppress(OSError):
                 if entry.is_dir():
                     shutil.rmtree(entry)

@@ -19,6 +19,17 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 PARENT_POLL_S = 1.0
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this id exists on this host (one of another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def die_with_parent(parent_pid: int) -> None:
     """Pool initializer: end this worker when ``parent_pid`` (the process that made the pool) ends.
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from core.atomic import os_error_text, write_json_atomic
 from core.errors import FramecastError
+from core.processes import pid_alive
 
 LOCK_NAME = "run.lock"
 # Seconds a taker waits before reading the lock back, so two that replaced a dead holder at the
@@ -66,16 +67,6 @@ def _read(path: Path) -> Holder | None:
         return Holder("?", -1, "", 0.0)  # unreadable: treated as a holder of unknown liveness
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class RunLock:
     """``with RunLock(run_dir, stale_s): ...`` holds ``<run_dir>/run.lock`` for the block."""
 
@@ -90,7 +81,7 @@ class RunLock:
         """Why ``holder`` may be replaced, or "" when it may still be writing."""
         if self.me.slurm_job and holder.slurm_job == self.me.slurm_job:
             return f"it is this Slurm job ({holder.slurm_job}) before a requeue"
-        if holder.host == self.me.host and holder.pid > 0 and not _pid_alive(holder.pid):
+        if holder.host == self.me.host and holder.pid > 0 and not pid_alive(holder.pid):
             return f"its process {holder.pid} no longer exists"
         try:
             age = time.time() - self.path.stat().st_mtime

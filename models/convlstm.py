@@ -19,9 +19,9 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from core.config import ModelConfig
-from models.base import FamilyModel, Forecast, draw_true_tokens, from_patches, mix_frames, to_patches
+from models.base import FamilyModel, Forecast, from_patches, mix_frames, to_patches
 from models.cells import CELLS, ConvRNNCell, State, stack_time
-from models.sampling import linear_true_frame_probability
+from models.sampling import draw_linear_choices
 
 # Architecture constant of the reference design (not a tunable): the head mapping the top hidden
 # state to the next frame's patches is a 1x1 conv.
@@ -98,16 +98,9 @@ class ConvLSTMStack(FamilyModel):
         step's probability (a pure function of ``step``), else the model's own prediction."""
         self.check_input(frames, targets)
         cfg = self.cfg
-        probability = (
-            linear_true_frame_probability(step, cfg.sampling_start, cfg.sampling_stop_step)
-            if cfg.sampling == "linear" else 0.0
-        )
-        # Only the t_out - 1 steps after the inputs take a frame that may be true or predicted; past
-        # the schedule's end (or with "none") nothing is drawn, so the pass is exactly the inference one.
-        if probability <= 0.0 or self.t_out == 1:
-            return Forecast(self._rollout(frames, None, None), {})
-        use_true = draw_true_tokens(probability, (frames.shape[0], self.t_out - 1), frames.device)  # (B, t_out-1)
-        return Forecast(self._rollout(frames, targets, use_true), {})
+        use_true = draw_linear_choices(cfg.sampling, cfg.sampling_start, cfg.sampling_stop_step, step,
+                                       frames.shape[0], self.t_out, frames.device)  # (B, t_out-1) or None
+        return Forecast(self._rollout(frames, targets if use_true is not None else None, use_true), {})
 
     def _rollout(self, frames: Tensor, targets: Tensor | None, use_true: Tensor | None) -> Tensor:
         """The t_in + t_out - 1 recurrent steps; ``targets`` with ``use_true`` (B, t_out - 1) feed true

@@ -36,9 +36,9 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from core.config import ModelConfig
-from models.base import FamilyModel, Forecast, draw_true_tokens, mix_frames
+from models.base import FamilyModel, Forecast, mix_frames
 from models.cells import ConvLSTMCell, stack_time
-from models.sampling import linear_true_frame_probability
+from models.sampling import draw_linear_choices
 
 # Architecture constants of the reference design (not tunables).
 ENCODER_STRIDES = (2, 1, 2)  # the shared encoder's blocks (OpenSTL's encoder_E at patch size 4)
@@ -235,17 +235,9 @@ class PhyDNet(FamilyModel):
         step's probability, a pure function of ``step``), plus the weighted moment loss."""
         self.check_input(frames, targets)
         cfg = self.cfg
-        probability = (
-            linear_true_frame_probability(step, cfg.sampling_start, cfg.sampling_stop_step)
-            if cfg.sampling == "linear" else 0.0
-        )
-        # Only the t_out - 1 steps after the inputs read a frame that may be true or predicted; past the
-        # schedule's end (or with "none") nothing is drawn and the pass is exactly the inference one.
-        if probability <= 0.0 or self.t_out == 1:
-            predicted = self._rollout(frames, None, None)
-        else:
-            use_true = draw_true_tokens(probability, (frames.shape[0], self.t_out - 1), frames.device)  # (B, t_out-1)
-            predicted = self._rollout(frames, targets, use_true)
+        use_true = draw_linear_choices(cfg.sampling, cfg.sampling_start, cfg.sampling_stop_step, step,
+                                       frames.shape[0], self.t_out, frames.device)  # (B, t_out-1) or None
+        predicted = self._rollout(frames, targets if use_true is not None else None, use_true)
         losses = {FORECAST_LOSS_TERM: cfg.moment_weight * self.moment_loss()} if cfg.moment_weight > 0 else {}
         return Forecast(predicted, losses)
 

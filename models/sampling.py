@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import math
 
+import torch
+
+from models.base import draw_true_tokens
+
 
 def linear_true_frame_probability(step: int, start: float, stop_step: int) -> float:
     """Scheduled sampling (Bengio et al. 2015, as OpenSTL): ``start`` at step 0, falling linearly to 0
@@ -32,3 +36,17 @@ def reverse_true_frame_probabilities(step: int, start_step: int, stop_step: int,
         falling = 0.5 - 0.5 * (step - start_step) / (stop_step - start_step)
         return rising, falling
     return 1.0, 0.0
+
+
+def draw_linear_choices(sampling: str, start: float, stop_step: int, step: int, batch: int, t_out: int,
+                        device: torch.device) -> torch.Tensor | None:
+    """A frame-by-frame rollout's scheduled-sampling draws for its predicted steps (the t_out - 1 that
+    read a frame which may be true or the model's own): (B, t_out - 1) booleans, True = the true frame.
+
+    None when no true frame can be fed (``sampling`` "none", the schedule's end, one output): the pass
+    is then exactly the inference one, and no random number is drawn.
+    """
+    probability = linear_true_frame_probability(step, start, stop_step) if sampling == "linear" else 0.0
+    if probability <= 0.0 or t_out == 1:
+        return None
+    return draw_true_tokens(probability, (batch, t_out - 1), device)

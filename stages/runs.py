@@ -36,6 +36,7 @@ import yaml
 
 from core.checkpoint import BEST_NAME, LAST_NAME
 from core.errors import FramecastError
+from core.processes import pid_alive
 from core.runlock import LOCK_NAME, Holder, lock_holder
 from training.metrics import METRICS_NAME, read_metrics
 
@@ -120,16 +121,6 @@ def _process_start(pid: int) -> float | None:
         return None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _squeue(job_ids: list[str]) -> dict[str, tuple[str, str]]:
     """{job id: (state, job name)} of the jobs Slurm still lists; {} without Slurm."""
     if not job_ids or shutil.which("squeue") is None:
@@ -150,7 +141,7 @@ def _squeue(job_ids: list[str]) -> dict[str, tuple[str, str]]:
 def _holder_alive(holder: Holder, lock: Path, stale_s: float) -> tuple[bool, str]:
     """Whether the lock's holder still trains, and how that was told (for the detail column)."""
     if holder.host == socket.gethostname() and holder.pid > 0:
-        if not _pid_alive(holder.pid):
+        if not pid_alive(holder.pid):
             return False, f"lock left by pid {holder.pid} on {holder.host}, which no longer runs (killed?)"
         started = _process_start(holder.pid)
         if started is not None and started > holder.since + 1:

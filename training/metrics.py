@@ -206,29 +206,20 @@ def scored_validation(model: Any, batches: Any, *, t_in: int, t_out: int, in_cha
     import torch
 
     from core.metrics import LeadTimeMetrics
-    from data.datasets import to_model_input
-    from training.step import split_video, validation_sums
+    from training.step import validation_sums
 
-    totals = torch.zeros(2, dtype=torch.float64, device=precision.device)  # (sum of per-video loss, videos)
     scores = LeadTimeMetrics(t_out)
     kept: list[list[torch.Tensor]] = []
-    with torch.no_grad():
-        for index, batch in enumerate(batches):
-            if max_batches and index >= max_batches:
-                break
-            video = to_model_input(batch, precision.device, precision.channels_last, in_channels)  # (B, T, C, H, W)
-            inputs, targets = split_video(video, t_in)
-            with precision.autocast():
-                prediction = model(inputs)  # (B, t_out, C, H, W)
-            # The loss by validation_sums itself, fed this prediction: one definition of the val loss.
-            totals += validation_sums(lambda _inputs, p=prediction: p, [batch], t_in=t_in,
-                                      in_channels=in_channels, precision=precision, loss=loss)
-            clipped = prediction.float().clamp(0, 1)
-            scores.update(clipped, targets)
-            have = sum(len(part[0]) for part in kept)
-            if have < samples:
-                take = samples - have
-                kept.append([t[:take].float().cpu() for t in (inputs, targets, clipped)])
+
+    def observe(inputs: torch.Tensor, targets: torch.Tensor, prediction: torch.Tensor) -> None:
+        clipped = prediction.float().clamp(0, 1)  # (B, t_out, C, H, W), as the evaluate stage scores it
+        scores.update(clipped, targets)
+        have = sum(len(part[0]) for part in kept)
+        if have < samples:
+            kept.append([t[:samples - have].float().cpu() for t in (inputs, targets, clipped)])
+
+    totals = validation_sums(model, batches, t_in=t_in, in_channels=in_channels, precision=precision, loss=loss,
+                             max_batches=max_batches, observe=observe)
     shown = [torch.cat(parts) for parts in zip(*kept)] if kept else []
     return totals, scores, shown
 

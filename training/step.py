@@ -5,7 +5,7 @@ caller decides when to read them (``.item()`` only at log intervals).
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -85,11 +85,17 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: torch.
     return torch.stack([main.detach(), extra.detach()])
 
 
+# Called with each validation batch's (inputs, targets, prediction), all (B, T, C, H, W) on the device.
+BatchObserver = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
+
+
 @torch.no_grad()
 def validation_sums(model: nn.Module, batches: Iterable[torch.Tensor], *, t_in: int, in_channels: int,
-                    precision: Precision, loss: str, max_batches: int = 0) -> torch.Tensor:
+                    precision: Precision, loss: str, max_batches: int = 0,
+                    observe: BatchObserver | None = None) -> torch.Tensor:
     """Sum over videos of each video's ``loss`` (as at inference: no true future frames fed in), and
-    the video count: tensor (2,) float64 on the device.
+    the video count: tensor (2,) float64 on the device. ``observe`` sees every batch's predictions
+    (per-lead-time scores, sample strips) without a second pass.
 
     Sums rather than a mean so processes holding different numbers of videos can add theirs up
     into the exact mean over the whole validation split.
@@ -102,6 +108,8 @@ def validation_sums(model: nn.Module, batches: Iterable[torch.Tensor], *, t_in: 
         inputs, targets = split_video(video, t_in)
         with precision.autocast():
             prediction = model(inputs)  # (B, t_out, C, H, W)
+        if observe is not None:
+            observe(inputs, targets, prediction)
         per_video = torch.stack([frame_loss(loss, p, t) for p, t in zip(prediction, targets)])  # (B,)
         totals[0] += per_video.sum(dtype=torch.float64)
         totals[1] += per_video.numel()
