@@ -29,9 +29,9 @@ def main() -> int:
     if root in sys.path:
         sys.path.remove(root)
     sys.path.insert(0, root)
-    import main as entry  # framecast's main.py (the folder above is first on sys.path)
+    from jobs.cli import main as run_command  # framecast's own (the folder above is first on sys.path)
 
-    return entry.main(prog="framecast")
+    return run_command(prog="framecast")
 
 
 if __name__ == "__main__":

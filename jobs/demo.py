@@ -22,7 +22,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--executor", choices=["auto", "slurm", "local"], default=None,
                         help="where the jobs run (default: slurm.executor of the config)")
     parser.add_argument("--config", default="configs/demo.yaml")
-    parser.add_argument("--videos", type=int, default=48, help="videos in each of train/ and unlabeled/")
+    parser.add_argument("--videos", type=int, default=256, help="videos in each of train/ and unlabeled/")
     parser.add_argument("--eval-videos", type=int, default=16, help="videos in each of val/ and hidden/")
     parser.add_argument("--height", type=int, default=48)
     parser.add_argument("--width", type=int, default=64)

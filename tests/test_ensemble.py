@@ -11,20 +11,28 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from predict_helpers import (  # noqa: F401 (fixtures)
+    HEIGHT,
+    T_IN,
+    T_OUT,
+    WIDTH,
+    cfg,
+    data_root,
+    make_checkpoint,
+    read_first_frames,
+)
+from tiny_models import model_section
 
-import main as cli
 from core.checkpoint import FRAME_SIZE_KEY, save_checkpoint
 from core.config import config_from_dict, config_to_dict
 from core.errors import FramecastError
 from data.predictions import load_spread, merge_shards, spread_path_for
+from jobs import cli
 from models import build_model
 from models.loading import load_model
-from predict_helpers import HEIGHT, T_IN, T_OUT, WIDTH, make_checkpoint, read_first_frames
-from predict_helpers import cfg, data_root  # noqa: F401 (fixtures)
 from stages import convert, evaluate, predict
 from stages.convert import SPREAD_VMAX, spread_colours, write_pngs
 from stages.inference import resolve_checkpoints
-from tiny_models import model_section
 
 REPO = Path(__file__).resolve().parent.parent
 N_HIDDEN = 8

@@ -1,0 +1,248 @@
+"""The framecast command line (``main.py`` and the installed ``framecast`` command are its entry
+points): the parser, flags turned into config overrides, one command per stage of the registry.
+
+The stage commands (train, predict, merge, convert, evaluate, ...) and their flags come from the stage
+registry, stages/registry.py: each flag is a config override, so jobs and files see one config.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from core.errors import FramecastError
+from stages import registry
+
+# Videos in a Moving-MNIST test file, as in the standard mnist_test_seq.npy.
+MNIST_TEST_VIDEOS = 10000
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--config", required=required, help="YAML config file (see configs/)")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+
+
+def _parse_shard(text: str) -> tuple[int, int]:
+    index, sep, count = text.partition("/")
+    try:
+        shard = (int(index), int(count))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: expected i/n, e.g. 0/4") from None
+    if not sep or not 0 <= shard[0] < shard[1]:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: expected i/n with 0 <= i < n")
+    return shard
+
+
+class _Repeated(list):
+    """The values of a flag declared ``repeat`` (registry.Arg), in the order given."""
+
+
+class _AppendRepeated(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        known = getattr(namespace, self.dest, None)
+        setattr(namespace, self.dest, _Repeated([*(known or []), values]))
+
+
+def _override_value(value) -> str:
+    """A repeated flag's value as YAML that reads back as given (a JSON string, or list of them, so
+    a glob's ``*`` or ``[`` is never YAML syntax): once, the value; more often, the list."""
+    if isinstance(value, _Repeated):
+        import json
+
+        return json.dumps(value[0] if len(value) == 1 else list(value))
+    return str(value)
+
+
+def _flag_overrides(args: argparse.Namespace, mapping: dict[str, str]) -> list[str]:
+    """Turn explicit command-line flags into config overrides, so jobs and files see one config."""
+    return [f"{key}={_override_value(getattr(args, attr))}" for attr, key in mapping.items()
+            if getattr(args, attr) is not None]
+
+
+def _load(args: argparse.Namespace, flag_map: dict[str, str] | None = None):
+    """Config from --config, or from the checkpoint's own saved config when only --checkpoint is given
+    (several, or a glob: the first member's, stages.inference.resolve_checkpoints)."""
+    from core.config import load_config
+
+    overrides = list(args.overrides) + _flag_overrides(args, flag_map or {})
+    if getattr(args, "config", None) is None and getattr(args, "checkpoint", None):
+        from core.checkpoint import config_from_checkpoint
+        from stages.inference import resolve_checkpoints
+
+        return config_from_checkpoint(resolve_checkpoints(args.checkpoint)[0], overrides)
+    return load_config(args.config, overrides)
+
+
+def cmd_make_data(args: argparse.Namespace) -> None:
+    counts = {"train": args.train, "val": args.val, "unlabeled": args.unlabeled, "hidden": args.hidden}
+    common = dict(
+        out=Path(args.out), counts=counts, frames=args.frames, hidden_frames=args.hidden_frames,
+        seed=args.seed, overwrite=args.overwrite,
+    )
+    if args.png_level is not None:
+        common["compress_level"] = args.png_level
+    if args.kind == "shapes":
+        from data.synthetic import make_shapes_dataset
+
+        path = make_shapes_dataset(height=args.height, width=args.width, **common)
+    elif args.kind == "mnist-test":
+        from data.moving_mnist import make_toronto_file
+
+        if args.mnist is None or args.height != args.width:
+            raise FramecastError("make-data --kind mnist-test needs --mnist FILE and square frames (--height = --width)")
+        count = args.count if args.count is not None else MNIST_TEST_VIDEOS
+        path = make_toronto_file(args.out, Path(args.mnist), count=count, size=args.height, frames=args.frames,
+                                 seed=args.seed)
+    else:
+        from data.moving_mnist import make_moving_mnist_dataset
+
+        if args.mnist is None:
+            raise FramecastError("make-data --kind mnist needs --mnist FILE (an MNIST-format idx file)")
+        size = args.height if args.height == args.width else None
+        if size is None:
+            raise FramecastError("Moving MNIST frames are square: give --height equal to --width")
+        path = make_moving_mnist_dataset(mnist_path=Path(args.mnist), size=size, **common)
+    print(f"wrote {path}")
+
+
+def cmd_pack(args: argparse.Namespace) -> None:
+    from data.pack import pack_dataset
+
+    written = pack_dataset(
+        Path(args.data), out_dir=Path(args.out) if args.out else None, splits=args.split or None,
+        workers=args.workers, compression=args.compression, skip_bad=args.skip_bad,
+    )
+    for path in written:
+        print(f"wrote {path}")
+
+
+def cmd_stage(args: argparse.Namespace) -> None:
+    """Any declared stage (stages/registry.py): its flags become config overrides, then its run(cfg)."""
+    stage = args.declared_stage
+    result = registry.run_stage(stage, _load(args, stage.flag_keys()), args.shard)
+    if isinstance(result, Path):
+        print(f"wrote {result}")
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from jobs.submit import submit_main
+
+    return submit_main(args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from jobs.demo import run_demo
+
+    return run_demo(args)
+
+
+def cmd_runs(args: argparse.Namespace) -> None:
+    from stages.runs import run as report_runs
+
+    print(report_runs(args.dir, as_json=args.json))
+
+
+def cmd_config(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    import yaml
+
+    from core.config import config_to_dict
+    from core.paths import expand_config
+
+    cfg = _load(args)
+    values = dataclasses.asdict(expand_config(cfg)) if args.expanded else config_to_dict(cfg)
+    print(yaml.safe_dump(values, sort_keys=False), end="")
+
+
+def _add_stage_command(commands: argparse._SubParsersAction, stage: registry.Stage) -> None:
+    p = commands.add_parser(stage.name, help=stage.help)
+    _add_config_arguments(p, required=stage.config_required)
+    for arg in stage.args:
+        p.add_argument(arg.flag, type=arg.type, help=f"{arg.help} [sets {arg.key}]",
+                       **({"action": _AppendRepeated} if arg.repeat else {}))
+    if stage.shards:
+        p.add_argument("--shard", type=_parse_shard, default=registry.WHOLE, help="run only shard i of n (i/n)")
+    p.set_defaults(func=cmd_stage, declared_stage=stage, shard=registry.WHOLE)
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog or "main.py", description="framecast: video prediction on Slurm")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("make-data", help="generate a synthetic data set in the reference layout")
+    p.add_argument("--kind", choices=["shapes", "mnist", "mnist-test"], default="shapes",
+                   help="mnist-test: one fixed test file in the layout of the standard mnist_test_seq.npy "
+                        "(--out FILE.npy; --frames, --count videos)")
+    p.add_argument("--out", required=True, help="folder to create (train/ val/ unlabeled/ hidden/)")
+    p.add_argument("--mnist", help="MNIST-format idx(.gz) images file (for --kind mnist and mnist-test)")
+    p.add_argument("--count", type=int, default=None,
+                   help="videos in the --kind mnist-test file (default 10000, as the standard file)")
+    p.add_argument("--train", type=int, default=64, help="videos in train/")
+    p.add_argument("--val", type=int, default=16, help="videos in val/")
+    p.add_argument("--unlabeled", type=int, default=64, help="videos in unlabeled/")
+    p.add_argument("--hidden", type=int, default=16, help="videos in hidden/")
+    p.add_argument("--height", type=int, default=160)
+    p.add_argument("--width", type=int, default=240)
+    p.add_argument("--frames", type=int, default=22, help="frames per labeled/unlabeled video")
+    p.add_argument("--hidden-frames", type=int, default=11, help="frames per hidden video")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--png-level", type=int, choices=range(10), metavar="0-9",
+                   help="zlib level of the PNGs (default 1: fastest to write; 6, what most tools write, "
+                        "gives smaller files that decode faster)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing data set in --out")
+    p.set_defaults(func=cmd_make_data)
+
+    p = commands.add_parser("pack", help="pack PNG split folders into one HDF5 file per split")
+    p.add_argument("--data", required=True, help="data set root (holding train/ val/ ...)")
+    p.add_argument("--out", help="folder for <split>.h5 (default: DATA/packed)")
+    p.add_argument("--split", action="append", help="pack only this split (repeatable)")
+    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
+    p.add_argument("--compression", choices=["none", "gzip", "lzf"], default="none")
+    p.add_argument("--skip-bad", action="store_true", help="skip and record bad videos instead of stopping")
+    p.set_defaults(func=cmd_pack)
+
+    for stage in registry.stages():
+        _add_stage_command(commands, stage)
+
+    p = commands.add_parser("submit", help="submit stages as Slurm (or local) jobs through submitit")
+    from jobs.submit import add_submit_arguments
+
+    add_submit_arguments(p)
+    p.set_defaults(func=cmd_submit)
+
+    p = commands.add_parser("demo", help="make a small data set and run the whole pipeline as jobs")
+    from jobs.demo import add_demo_arguments
+
+    add_demo_arguments(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = commands.add_parser("runs", help="one line per run folder: family, state, epochs, best val loss, size")
+    p.add_argument("dir", nargs="?", default="runs", help="folder of run folders, or one run folder (default: runs)")
+    p.add_argument("--json", action="store_true", help="print JSON, one object per run")
+    p.set_defaults(func=cmd_runs)
+
+    p = commands.add_parser("config", help="print the resolved config (file + overrides) as YAML")
+    _add_config_arguments(p, required=False)
+    p.add_argument("--checkpoint", help="the config saved in this checkpoint instead of --config")
+    p.add_argument("--expanded", action="store_true",
+                   help="with ${VAR} in path settings expanded from this shell's environment")
+    p.set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    args = build_parser(prog).parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        code = args.func(args)
+    except FramecastError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
