@@ -62,7 +62,8 @@ PRESETS: dict[str, Preset] = {
             "encoder_forecaster": ("stem_channels=16", "hidden_channels=[64,96,96]", "strides=[1,2,2]",
                                    "kernel_size=5"),
             "convlstm": ("cell=lstm", "hidden_channels=[128,128,128,128]", "kernel_size=5", "patch_size=4"),  # ConvLSTM-S
-            "predrnn": ("hidden_channels=[128,128,128,128]", "kernel_size=5", "patch_size=4"),  # PredRNN-V2
+            "predrnn": ("hidden_channels=[128,128,128,128]", "kernel_size=5", "patch_size=4",
+                        "layer_norm=false"),  # PredRNN-V2 (OpenSTL: layer_norm = 0)
             # SimVP-gSTA: hid_S 64, hid_T 512, N_S 4, N_T 8.
             "simvp": ("translator=gsta", "spatial_channels=64", "temporal_channels=512", "spatial_layers=4",
                       "temporal_layers=8"),
