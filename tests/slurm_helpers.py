@@ -1,16 +1,22 @@
 """Tiny importable callables for testing the jobs machinery (submitted callables must be importable),
-tiny configs, and waiting for Slurm jobs submitted without submitit (``sbatch jobs/*.SBATCH``)."""
+tiny configs, waiting for Slurm jobs submitted without submitit (``sbatch jobs/*.SBATCH``), and what the
+real-Slurm test modules share: their marks, a data set, and cancelling what a test left queued."""
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
+import pytest
 import submitit
+import yaml
 
 from jobs.wait import COMMAND_TIMEOUT_S, NEVER_SATISFIED, POLL_S, SLURM_ACTIVE_STATES, UNKNOWN_GRACE_S, slurm_states
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def add(a: int, b: int) -> int:
@@ -108,6 +114,54 @@ def slurm_unavailable() -> str | None:
     if not any(s in ("idle", "mixed", "allocated", "completing") for s in states):
         return f"no usable Slurm node (sinfo states: {states or 'none'})"
     return None
+
+
+def slurm_marks() -> list[pytest.MarkDecorator]:
+    """``pytestmark`` of a module of real-Slurm tests: marked ``slurm``, skipped with the reason where
+    no Slurm node is ready."""
+    reason = slurm_unavailable()
+    return [pytest.mark.slurm, pytest.mark.skipif(reason is not None, reason=reason or "")]
+
+
+# Fixtures for the modules that import them: ``make_tiny_data``'s videos made once per module, and a
+# list a test adds the ids of its jobs to.
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    return make_tiny_data(tmp_path_factory.mktemp("slurm-data") / "shapes")
+
+
+@pytest.fixture
+def cleanup():
+    """Collects job ids; cancels whatever is still queued or running when the test ends."""
+    ids: list[str] = []
+    yield ids
+    for job_id in ids:
+        info = slurm_state(job_id)
+        if info is not None and info[0] in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED"):
+            subprocess.run(["scancel", job_id], capture_output=True, timeout=30)
+
+
+def submitted_ids(stdout: str) -> list[str]:
+    """The job ids ``main.py submit`` printed ("submitted <stage> job <id> ..."), in order."""
+    return [line.split("job ")[1].split()[0] for line in stdout.splitlines() if line.startswith("submitted")]
+
+
+def submit_toy(values: dict, tmp_path: Path, cleanup: list[str], timeout_s: float, *overrides: str
+               ) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """``main.py submit toy --executor slurm --wait`` of the config ``values`` (written to tmp_path/toy.yaml),
+    the toy stage (tests/toy_stage.py) declared first: the finished process and the job ids it printed,
+    which are added to ``cleanup``."""
+    config_file = tmp_path / "toy.yaml"
+    config_file.write_text(yaml.safe_dump(values))
+    done = subprocess.run(
+        [sys.executable, "-c", "import tests.toy_stage, runpy; runpy.run_path('main.py', run_name='__main__')",
+         "submit", "toy", "--config", str(config_file), "--executor", "slurm", "--wait", "--timeout",
+         str(timeout_s), *overrides],
+        cwd=REPO, capture_output=True, text=True, timeout=timeout_s + 60,
+    )
+    ids = submitted_ids(done.stdout)
+    cleanup.extend(ids)
+    return done, ids
 
 
 def job_runs(log: str) -> list[tuple[str, int]]:

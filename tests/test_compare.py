@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 from train_helpers import make_data, tiny_config
 
@@ -24,13 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 RUNS = {"lr=3e-3,seed=0": ("train.lr=3e-3", "train.seed=0"), "lr=3e-3,seed=1": ("train.lr=3e-3", "train.seed=1"),
         "lr=1e-3,seed=0": ("train.lr=1e-3", "train.seed=0")}
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -23,32 +23,17 @@ from models.loading import load_model
 from stages import evaluate, predict
 from stages.train import run
 from tiny_models import TINY, model_overrides
-from train_helpers import losses, make_data, overrides, state_digest
+from train_helpers import losses, run_killed_after, state_digest, tiny_config
+from train_helpers import data_root  # noqa: F401 (fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 
-
-class Killed(Exception):
-    """Raised from a checkpoint hook: the run ends there, as a kill would end it."""
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    return make_data(tmp_path_factory.mktemp("shapes"))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def family_config(data_root: Path, out_dir: Path, family: str, name: str, *extra: str):
-    base = [o for o in overrides(data_root, out_dir, name) if not o.startswith("model.")]
-    return load_config(None, [*base, *model_overrides(family), "train.epochs=3", "data.train_splits=[train,val]",
-                              *extra])
+    return tiny_config(data_root, out_dir, name, "train.epochs=3", "data.train_splits=[train,val]", *extra,
+                       family=family)
 
 
 @pytest.fixture(scope="module")
@@ -77,13 +62,7 @@ def test_each_family_resumes_to_the_same_losses_and_weights(trained, data_root, 
     """Killed after epoch 1 (scheduled sampling draws and all), resumed: the uninterrupted run."""
     reference, _ = trained[family]
     cfg = family_config(data_root, tmp_path, family, family)
-
-    def hook(info):
-        if info["epoch"] == 1:
-            raise Killed
-
-    with pytest.raises(Killed):
-        run(cfg, on_checkpoint=hook)
+    run_killed_after(cfg, epoch=1)
     assert run(cfg)["resumed_from"]["epoch"] == 1
     assert losses(cfg.run_dir) == losses(reference.run_dir)
     ours, theirs = load_checkpoint(cfg.run_dir / "last.pt"), load_checkpoint(reference.run_dir / "last.pt")
@@ -182,9 +161,8 @@ def test_grey_data_trains_and_is_scored_as_one_channel(tmp_path):
 
     root = make_moving_mnist_dataset(tmp_path / "mm", write_idx_pair(tmp_path / "idx"),
                                      {"train": 6, "val": 3}, size=32, frames=8, hidden_frames=4, workers=1)
-    base = [o for o in overrides(root, tmp_path / "runs", "grey") if not o.startswith("model.")]
-    cfg = load_config(None, [*base, *model_overrides("simvp"), "model.in_channels=1", "train.epochs=1",
-                             "train.loss=bce"])
+    cfg = tiny_config(root, tmp_path / "runs", "grey", "model.in_channels=1", "train.epochs=1", "train.loss=bce",
+                      family="simvp")
     run(cfg)
     report = evaluate.run(cfg, "val", out_dir=tmp_path / "eval", samples=1)
     assert report["channels"] == 1

@@ -6,51 +6,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.config import load_config
 from core.errors import FramecastError
+from family_helpers import CELL_TYPES, both_passes, family_model, learn, moving_squares, videos
+from family_helpers import with_and_without_checkpointing, without_gradient
 from models import ConvGRUCell, ConvLSTMCell
-from models.registry import build_model
 
-CELL_TYPES = {"lstm": ConvLSTMCell, "gru": ConvGRUCell}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convs gain nothing from threads, and on a busy 2-core box OpenMP waits make them 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(t_in: int = 3, t_out: int = 2, *overrides: str, seed: int = 0):
-    """A 2-layer x 8-channel, kernel 3, patch 2 model of the given family settings."""
-    cfg = load_config(None, [
-        "model.family=convlstm", "model.in_channels=1", "model.convlstm.hidden_channels=[8,8]",
-        "model.convlstm.kernel_size=3", "model.convlstm.patch_size=2", *overrides,
-    ])
-    torch.manual_seed(seed)
-    return build_model(cfg.model, t_in, t_out)
-
-
-def video(batch=2, t=3, channels=1, size=16, seed=0) -> torch.Tensor:
-    return torch.rand(batch, t, channels, size, size, generator=torch.Generator().manual_seed(seed))  # (B, T, C, H, W)
-
-
-def moving_squares(batch: int, frames: int, size: int = 16, side: int = 4, seed: int = 0) -> torch.Tensor:
-    """(B, T, 1, size, size): a bright square per video bouncing at a constant velocity."""
-    g = torch.Generator().manual_seed(seed)
-    room = size - side
-    start = torch.randint(0, room + 1, (batch, 2), generator=g)
-    velocity = torch.randint(1, 3, (batch, 2), generator=g) * (torch.randint(0, 2, (batch, 2), generator=g) * 2 - 1)
-    out = torch.zeros(batch, frames, 1, size, size)
-    for t in range(frames):
-        pos = start + velocity * t
-        pos = torch.where((pos // room) % 2 == 0, pos % room, room - pos % room)  # bounce off the walls
-        for b in range(batch):
-            y, x = pos[b].tolist()
-            out[b, t, 0, y : y + side, x : x + side] = 1.0
-    return out
+    """The tiny convlstm of tests/tiny_models.py (2 layers x 8 channels, kernel 3, true frames fed until
+    step 8) on grey frames, patch 2, with the given settings on top."""
+    return family_model("convlstm", t_in, t_out, "model.convlstm.patch_size=2", *overrides, seed=seed)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
@@ -59,10 +26,7 @@ def moving_squares(batch: int, frames: int, size: int = 16, side: int = 4, seed:
 def test_output_shape(cell, channels, t_in, t_out, patch, size):
     model = tiny(t_in, t_out, f"model.convlstm.cell={cell}", f"model.in_channels={channels}",
                  f"model.convlstm.patch_size={patch}")
-    x = video(t=t_in, channels=channels, size=size)
-    with torch.no_grad():
-        out = model(x)
-        trained = model.training_forward(x, video(t=t_out, channels=channels, size=size, seed=1), step=0).frames
+    out, trained = both_passes(model, t_in, t_out, channels, size)
     assert out.shape == trained.shape == (2, t_out, channels, size, size)
     assert torch.isfinite(out).all()
 
@@ -89,7 +53,7 @@ def test_configured_cell_is_the_one_used(cell):
                                              (["model.convlstm.sampling_stop_step=10"], 10)])
 def test_training_forward_without_true_frames_is_forward(overrides, step):
     model = tiny(3, 3, *overrides)
-    x, y = video(t=3), video(t=3, seed=1)
+    x, y = videos(t=3), videos(t=3, seed=1)
     rng = torch.get_rng_state()
     assert torch.equal(model.training_forward(x, y, step).frames, model(x))
     assert torch.equal(torch.get_rng_state(), rng)  # nothing drawn: resume cannot drift
@@ -98,7 +62,7 @@ def test_training_forward_without_true_frames_is_forward(overrides, step):
 def test_true_frames_fed_at_probability_one_are_teacher_forcing():
     """At probability 1 the second prediction is the one-step forecast after the true first target."""
     model = tiny(3, 2, "model.convlstm.sampling_start=1")
-    x, y = video(t=3), video(t=2, seed=1)
+    x, y = videos(t=3), videos(t=2, seed=1)
     out = model.training_forward(x, y, step=0).frames
     changed = y.clone()
     changed[:, 0] = 1 - changed[:, 0]
@@ -113,7 +77,7 @@ def test_true_frames_fed_at_probability_one_are_teacher_forcing():
 
 def test_sampling_draws_repeat_with_the_seed():
     model = tiny(3, 4, "model.convlstm.sampling_start=1", "model.convlstm.sampling_stop_step=100")
-    x, y = video(batch=4, t=3), video(batch=4, t=4, seed=1)
+    x, y = videos(batch=4, t=3), videos(batch=4, t=4, seed=1)
     runs = []
     for _ in range(2):
         torch.manual_seed(7)
@@ -127,25 +91,10 @@ def test_sampling_draws_repeat_with_the_seed():
 def test_activation_checkpointing_gives_same_loss_and_gradients(cell):
     model = tiny(3, 3, f"model.convlstm.cell={cell}", "model.convlstm.norm_groups=2",
                  "model.convlstm.sampling_stop_step=100")
-    x, y = video(t=3), video(t=3, seed=1)
-    results, stored = [], []
-    for enabled in (False, True):
-        model.set_activation_checkpointing(enabled)
-        model.zero_grad()
-        torch.manual_seed(3)
-        saved = [0]
-
-        def count(t, saved=saved):
-            saved[0] += t.numel()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(count, lambda t: t):
-            loss = F.mse_loss(model.training_forward(x, y, step=50).frames, y)
-        loss.backward()
-        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
-        stored.append(saved[0])
-    (loss_a, grads_a), (loss_b, grads_b) = results
-    assert stored[1] < stored[0] / 2  # the steps really are recomputed, not stored
+    x, y = videos(t=3), videos(t=3, seed=1)
+    (loss_a, grads_a, stored_a), (loss_b, grads_b, stored_b) = with_and_without_checkpointing(
+        model, lambda: F.mse_loss(model.training_forward(x, y, step=50).frames, y))
+    assert stored_b < stored_a / 2  # the steps really are recomputed, not stored
     torch.testing.assert_close(loss_a, loss_b)
     for a, b in zip(grads_a, grads_b):
         torch.testing.assert_close(a, b)
@@ -154,16 +103,15 @@ def test_activation_checkpointing_gives_same_loss_and_gradients(cell):
 @pytest.mark.parametrize("cell, groups", [("lstm", 0), ("gru", 0), ("lstm", 4), ("gru", 4)])
 def test_gradients_reach_every_parameter(cell, groups):
     model = tiny(3, 2, f"model.convlstm.cell={cell}", f"model.convlstm.norm_groups={groups}")
-    x, y = video(t=3), video(t=2, seed=1)
+    x, y = videos(t=3), videos(t=2, seed=1)
     F.mse_loss(model.training_forward(x, y, step=0).frames, y).backward()
-    for name, p in model.named_parameters():
-        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert not without_gradient(model)
 
 
 def test_forward_compiles_without_graph_breaks():
     """No host syncs or branches on tensor values: dynamo traces inference as one graph."""
     model = tiny(3, 2)
-    x = video(t=3)
+    x = videos(t=3)
     with torch.no_grad():
         compiled = torch.compile(model, backend="eager", fullgraph=True)
         torch.testing.assert_close(compiled(x), model(x))
@@ -171,18 +119,7 @@ def test_forward_compiles_without_graph_breaks():
 
 def test_learns_moving_squares():
     model = tiny(3, 2, "model.convlstm.sampling_stop_step=30")
-    data = moving_squares(16, 5)  # (16, 5, 1, 16, 16)
-    x, y = data[:, :3], data[:, 3:]
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    with torch.no_grad():
-        before = F.mse_loss(model(x), y).item()
-    for step in range(40):
-        optimizer.zero_grad()
-        loss = F.mse_loss(model.training_forward(x, y, step).frames, y)
-        loss.backward()
-        optimizer.step()
-    with torch.no_grad():
-        after = F.mse_loss(model(x), y).item()
-    assert after < 0.5 * before
-    assert after < F.mse_loss(torch.zeros_like(y), y).item()  # better than predicting an empty frame
-    assert after < F.mse_loss(x[:, -1:].expand_as(y), y).item()  # and than copying the last frame
+    mse = learn(model, moving_squares(16, 5, motion="bounce"), t_in=3, steps=40, lr=1e-2)  # 16 videos of 5 frames
+    assert mse.after < 0.5 * mse.before
+    assert mse.after < mse.blank  # better than predicting an empty frame
+    assert mse.after < mse.copy_last  # and than copying the last frame

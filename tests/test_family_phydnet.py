@@ -8,54 +8,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.config import load_config
 from core.errors import FramecastError
+from family_helpers import both_passes, family_model, family_model_config, learn, moving_squares
+from family_helpers import videos, without_gradient
 from models.phydnet import kernel_moments, moment_basis, moment_targets
 from models.registry import build_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convs gain nothing from threads, and on a busy 2-core box OpenMP waits make them 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def config(*overrides: str):
-    """Encoder 8 channels, PhyCell 9 filters of 3x3 (one per moment), one 8-channel ConvLSTM layer."""
-    return load_config(None, [
-        "model.family=phydnet", "model.in_channels=1", "model.phydnet.encoder_channels=8",
-        "model.phydnet.phycell_channels=9", "model.phydnet.kernel_size=3", "model.phydnet.convlstm_channels=[8]",
-        *overrides,
-    ])
+    """The tiny phydnet of tests/tiny_models.py on grey frames: encoder 8 channels, PhyCell 9 filters of 3x3
+    (one per moment), one 8-channel ConvLSTM layer, true frames fed until step 8."""
+    return family_model_config("phydnet", *overrides)
 
 
 def tiny(t_in: int = 3, t_out: int = 2, *overrides: str, seed: int = 0):
-    cfg = config(*overrides)
-    torch.manual_seed(seed)
-    return build_model(cfg.model, t_in, t_out)
-
-
-def video(batch=2, t=3, channels=1, size=16, seed=0) -> torch.Tensor:
-    return torch.rand(batch, t, channels, size, size, generator=torch.Generator().manual_seed(seed))  # (B, T, C, H, W)
-
-
-def moving_squares(batch: int, frames: int, size: int = 16, side: int = 4, seed: int = 0) -> torch.Tensor:
-    """(B, T, 1, size, size): a bright square per video bouncing at a constant velocity."""
-    g = torch.Generator().manual_seed(seed)
-    room = size - side
-    start = torch.randint(0, room + 1, (batch, 2), generator=g)
-    velocity = torch.randint(1, 3, (batch, 2), generator=g) * (torch.randint(0, 2, (batch, 2), generator=g) * 2 - 1)
-    out = torch.zeros(batch, frames, 1, size, size)
-    for t in range(frames):
-        pos = start + velocity * t
-        pos = torch.where((pos // room) % 2 == 0, pos % room, room - pos % room)  # bounce off the walls
-        for b in range(batch):
-            y, x = pos[b].tolist()
-            out[b, t, 0, y : y + side, x : x + side] = 1.0
-    return out
+    return family_model("phydnet", t_in, t_out, *overrides, seed=seed)
 
 
 # -- shapes and the stride -----------------------------------------------------------------------
@@ -64,10 +33,7 @@ def moving_squares(batch: int, frames: int, size: int = 16, side: int = 4, seed:
 @pytest.mark.parametrize("t_in, t_out, size", [(3, 2, 16), (2, 4, 32), (3, 1, 16)])
 def test_output_shape(channels, t_in, t_out, size):
     model = tiny(t_in, t_out, f"model.in_channels={channels}")
-    x = video(t=t_in, channels=channels, size=size)
-    with torch.no_grad():
-        out = model(x)
-        trained = model.training_forward(x, video(t=t_out, channels=channels, size=size, seed=1), step=0).frames
+    out, trained = both_passes(model, t_in, t_out, channels, size)
     assert out.shape == trained.shape == (2, t_out, channels, size, size)
     assert torch.isfinite(out).all()
 
@@ -146,7 +112,7 @@ def test_adam_on_the_constraint_alone_makes_the_kernels_finite_difference_operat
 
 
 def test_moment_loss_term_is_present_finite_and_scaled_by_its_weight():
-    x, y = video(), video(t=2, seed=1)
+    x, y = videos(), videos(t=2, seed=1)
     terms = {}
     for weight in (1.0, 2.5):
         model = tiny(3, 2, f"model.phydnet.moment_weight={weight}")
@@ -162,14 +128,14 @@ def test_moment_loss_term_is_present_finite_and_scaled_by_its_weight():
 
 def test_training_forward_with_sampling_none_is_forward():
     model = tiny(3, 3, "model.phydnet.sampling=none")
-    x, y = video(), video(t=3, seed=1)
+    x, y = videos(), videos(t=3, seed=1)
     with torch.no_grad():
         assert torch.equal(model.training_forward(x, y, step=0).frames, model(x))
 
 
 def test_true_frames_fed_with_probability_one_and_none_after_the_schedule():
     model = tiny(3, 2, "model.phydnet.sampling_start=1", "model.phydnet.sampling_stop_step=100")
-    x, y = video(), video(t=2, seed=1)
+    x, y = videos(), videos(t=2, seed=1)
     other = y.clone()
     other[:, 0] = 1 - other[:, 0]  # a different first target, the frame fed to the last step
     with torch.no_grad():
@@ -182,7 +148,7 @@ def test_true_frames_fed_with_probability_one_and_none_after_the_schedule():
 
 def test_same_step_and_seed_give_the_same_draws():
     model = tiny(3, 4, "model.phydnet.sampling_start=1", "model.phydnet.sampling_stop_step=100")
-    x, y = video(batch=4), video(batch=4, t=4, seed=1)
+    x, y = videos(batch=4), videos(batch=4, t=4, seed=1)
     outs = []
     with torch.no_grad():
         for _ in range(2):
@@ -192,7 +158,7 @@ def test_same_step_and_seed_give_the_same_draws():
 
 
 def test_activation_checkpointing_gives_the_same_values_and_gradients():
-    x, y = video(), video(t=2, seed=1)
+    x, y = videos(), videos(t=2, seed=1)
     results = []
     for enabled in (False, True):
         model = tiny()
@@ -212,21 +178,13 @@ def test_activation_checkpointing_gives_the_same_values_and_gradients():
 def test_learns_moving_squares_and_every_parameter_gets_a_gradient():
     t_in, t_out = 3, 2
     model = tiny(t_in, t_out, "model.phydnet.sampling_stop_step=20")
-    data = moving_squares(8, t_in + t_out)  # (8, 5, 1, 16, 16)
-    x, y = data[:, :t_in], data[:, t_in:]
-    with torch.no_grad():
-        before = F.mse_loss(model(x), y).item()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for step in range(60):
-        forecast = model.training_forward(x, y, step)
-        loss = F.mse_loss(forecast.frames, y) + sum(forecast.losses.values())
-        optimizer.zero_grad()
-        loss.backward()
+
+    def every_parameter_has_a_gradient(step):
         if step == 0:
-            missing = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+            missing = without_gradient(model)
             assert not missing, missing
-        optimizer.step()
-    with torch.no_grad():
-        after = F.mse_loss(model(x), y).item()
-    blank = y.pow(2).mean().item()  # predicting black frames: what learning only the background gives
-    assert after < 0.5 * before and after < 0.6 * blank, (before, after, blank)
+
+    mse = learn(model, moving_squares(8, t_in + t_out, motion="bounce"), t_in, steps=60, lr=1e-2,
+                after_backward=every_parameter_has_a_gradient)  # 8 videos of 5 frames
+    # mse.blank: predicting black frames, what learning only the background gives
+    assert mse.after < 0.5 * mse.before and mse.after < 0.6 * mse.blank, mse

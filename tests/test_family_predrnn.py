@@ -9,60 +9,27 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.config import load_config
 from core.errors import FramecastError
+from family_helpers import both_passes, family_model, learn, moving_squares, videos
+from family_helpers import with_and_without_checkpointing
 from models.predrnn import PredRNN, SpatioTemporalLSTMCell
-from models.registry import build_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convs gain nothing from threads, and on a busy 2-core box OpenMP waits make them 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(t_in: int = 3, t_out: int = 2, *overrides: str, seed: int = 0) -> PredRNN:
-    """A 2-layer x 8-channel, kernel 3, patch 2, grey model with the given settings on top."""
-    cfg = load_config(None, [
-        "model.family=predrnn", "model.in_channels=1", "model.predrnn.hidden_channels=[8,8]",
-        "model.predrnn.kernel_size=3", "model.predrnn.patch_size=2", *overrides,
-    ])
-    torch.manual_seed(seed)
-    return build_model(cfg.model, t_in, t_out)
-
-
-def video(batch=2, t=3, channels=1, size=16, seed=0) -> torch.Tensor:
-    return torch.rand(batch, t, channels, size, size, generator=torch.Generator().manual_seed(seed))  # (B, T, C, H, W)
-
-
-def moving_squares(batch: int, frames: int, size: int = 16, side: int = 4, seed: int = 0) -> torch.Tensor:
-    """(B, T, 1, size, size): one bright square per video, bouncing off the walls at a constant velocity."""
-    g = torch.Generator().manual_seed(seed)
-    room = size - side
-    start = torch.randint(0, room + 1, (batch, 1, 2), generator=g)
-    sign = torch.randint(0, 2, (batch, 1, 2), generator=g) * 2 - 1
-    velocity = torch.randint(1, 3, (batch, 1, 2), generator=g) * sign
-    pos = start + velocity * torch.arange(frames).view(1, -1, 1)  # (B, T, 2) unfolded positions
-    pos = torch.where((pos // room) % 2 == 0, pos % room, room - pos % room)  # (B, T, 2) after bounces
-    grid = torch.arange(size)
-    rows = (grid.view(1, 1, -1) >= pos[..., :1]) & (grid.view(1, 1, -1) < pos[..., :1] + side)  # (B, T, size)
-    cols = (grid.view(1, 1, -1) >= pos[..., 1:]) & (grid.view(1, 1, -1) < pos[..., 1:] + side)  # (B, T, size)
-    return (rows.unsqueeze(-1) & cols.unsqueeze(-2)).float().unsqueeze(2)  # (B, T, 1, size, size)
+    """The tiny predrnn of tests/tiny_models.py (2 layers x 8 channels, kernel 3; reverse sampling from
+    step 4 to 8) on grey frames, patch 2, with the given settings on top."""
+    return family_model("predrnn", t_in, t_out, "model.predrnn.patch_size=2", *overrides, seed=seed)
 
 
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("t_in, t_out, patch, size", [(3, 2, 2, 16), (2, 4, 4, 32), (4, 1, 2, 16)])
 def test_output_shape(channels, t_in, t_out, patch, size):
     model = tiny(t_in, t_out, f"model.in_channels={channels}", f"model.predrnn.patch_size={patch}")
-    x = video(t=t_in, channels=channels, size=size)
-    with torch.no_grad():
-        out = model(x)
-        forecast = model.training_forward(x, video(t=t_out, channels=channels, size=size, seed=1), step=0)
-    assert out.shape == forecast.frames.shape == (2, t_out, channels, size, size)
-    assert torch.isfinite(out).all() and torch.isfinite(forecast.frames).all()
+    out, trained = both_passes(model, t_in, t_out, channels, size)
+    assert out.shape == trained.shape == (2, t_out, channels, size, size)
+    assert torch.isfinite(out).all() and torch.isfinite(trained).all()
 
 
 def test_frame_size_not_divisible_by_patch_names_the_setting():
@@ -94,7 +61,7 @@ def test_memory_zigzags_up_the_layers_then_from_the_top_to_the_bottom():
     for layer, cell in enumerate(model.cells):
         cell.register_forward_hook(lambda _, args, out, layer=layer: calls.append((layer, args[3], out[2])))
     with torch.no_grad():
-        model(video(t=2))
+        model(videos(t=2))
     assert [layer for layer, _, _ in calls] == [0, 1, 2] * model.steps
     assert calls[0][1] is None  # the first step starts from a zero memory
     for (_, _, written), (_, read, _) in itertools.pairwise(calls):
@@ -117,7 +84,7 @@ def test_zero_initial_state_is_the_same_as_zero_maps(layer_norm):
 def test_runs_under_bfloat16_autocast():
     model = tiny(3, 2)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        forecast = model.training_forward(video(t=3), video(t=2, seed=1), step=0)
+        forecast = model.training_forward(videos(t=3), videos(t=2, seed=1), step=0)
     (forecast.frames.float().mean() + forecast.losses["decouple"]).backward()
     assert torch.isfinite(forecast.frames.float()).all() and torch.isfinite(forecast.losses["decouple"])
 
@@ -130,7 +97,7 @@ def test_runs_under_bfloat16_autocast():
 def test_training_forward_without_true_targets_is_forward(overrides, step):
     """When no target can be fed, the training pass is inference: same frames, no RNG drawn."""
     model = tiny(3, 3, *overrides)
-    x, y = video(t=3), video(t=3, seed=1)
+    x, y = videos(t=3), videos(t=3, seed=1)
     inference = model(x)
     rng = torch.get_rng_state()
     forecast = model.training_forward(x, y, step)
@@ -142,7 +109,7 @@ def test_training_forward_without_true_targets_is_forward(overrides, step):
 def test_targets_fed_at_probability_one_are_teacher_forcing():
     """Linear sampling at step 0 (probability 1): the prediction after a target is fed the target."""
     model = tiny(3, 3, "model.predrnn.sampling=linear", "model.predrnn.sampling_start=1")
-    x, y = video(t=3), video(t=3, seed=1)
+    x, y = videos(t=3), videos(t=3, seed=1)
     out = model.training_forward(x, y, step=0).frames
     changed = y.clone()
     changed[:, 0] = 1 - changed[:, 0]
@@ -160,8 +127,8 @@ def test_targets_fed_at_probability_one_are_teacher_forcing():
 
 def test_targets_fed_at_probability_zero_change_nothing():
     model = tiny(3, 3, "model.predrnn.sampling=linear", "model.predrnn.sampling_start=0")
-    x = video(t=3)
-    outs = [model.training_forward(x, video(t=3, seed=seed), step=0).frames for seed in (1, 2)]
+    x = videos(t=3)
+    outs = [model.training_forward(x, videos(t=3, seed=seed), step=0).frames for seed in (1, 2)]
     assert torch.equal(*outs)
 
 
@@ -171,7 +138,7 @@ def test_sampling_draws_depend_only_on_step_and_seed(sampling, step):
     model = tiny(3, 3, f"model.predrnn.sampling={sampling}", "model.predrnn.sampling_stop_step=100",
                  "model.predrnn.reverse_start_step=100", "model.predrnn.reverse_stop_step=200",
                  "model.predrnn.reverse_exp_alpha=50")
-    x, y = video(batch=4, t=3), video(batch=4, t=3, seed=1)
+    x, y = videos(batch=4, t=3), videos(batch=4, t=3, seed=1)
     runs = []
     for _ in range(2):
         torch.manual_seed(7)
@@ -185,14 +152,14 @@ def test_reverse_sampling_feeds_own_predictions_on_the_input_steps():
     """Before reverse_start_step an input frame is replaced by the prediction half of the time:
     with targets that cannot be fed (t_out=1), the output still varies with the draws."""
     model = tiny(3, 1)  # default sampling: reverse, step 0 < reverse_start_step
-    x, y = video(batch=4, t=3), video(batch=4, t=1, seed=1)
+    x, y = videos(batch=4, t=3), videos(batch=4, t=1, seed=1)
     with torch.no_grad():
         draws = {bytes(model.training_forward(x, y, step=0).frames.numpy()) for _ in range(6)}
         assert len(draws) > 1
 
 
 def test_decouple_loss_is_present_bounded_and_scaled():
-    x, y = video(t=3), video(t=2, seed=1)
+    x, y = videos(t=3), videos(t=2, seed=1)
     losses, frames = {}, {}
     for weight in (0.1, 0.3, 0.0):
         model = tiny(3, 2, f"model.predrnn.decouple_weight={weight}")  # same seed: same weights
@@ -210,7 +177,7 @@ def test_gradients_reach_every_parameter(layer_norm, weight):
     """Also without the decoupling loss: no parameter left without a gradient (DDP would stop)."""
     model = tiny(3, 2, f"model.predrnn.layer_norm={str(layer_norm).lower()}",
                  f"model.predrnn.decouple_weight={weight}")
-    x, y = video(t=3), video(t=2, seed=1)
+    x, y = videos(t=3), videos(t=2, seed=1)
     forecast = model.training_forward(x, y, step=0)
     (F.mse_loss(forecast.frames, y) + sum(forecast.losses.values())).backward()
     for name, p in model.named_parameters():
@@ -219,26 +186,14 @@ def test_gradients_reach_every_parameter(layer_norm, weight):
 
 def test_activation_checkpointing_gives_same_loss_and_gradients():
     model = tiny(3, 3)
-    x, y = video(t=3), video(t=3, seed=1)
-    results, stored = [], []
-    for enabled in (False, True):
-        model.set_activation_checkpointing(enabled)
-        model.zero_grad()
-        torch.manual_seed(3)  # the same reverse-sampling draws both times
-        saved = [0]
+    x, y = videos(t=3), videos(t=3, seed=1)
 
-        def count(t, saved=saved):
-            saved[0] += t.numel()
-            return t
+    def loss_of():
+        forecast = model.training_forward(x, y, step=0)  # the same reverse-sampling draws both times
+        return F.mse_loss(forecast.frames, y) + forecast.losses["decouple"]
 
-        with torch.autograd.graph.saved_tensors_hooks(count, lambda t: t):
-            forecast = model.training_forward(x, y, step=0)
-            loss = F.mse_loss(forecast.frames, y) + forecast.losses["decouple"]
-        loss.backward()
-        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
-        stored.append(saved[0])
-    (loss_a, grads_a), (loss_b, grads_b) = results
-    assert stored[1] < stored[0] / 2  # the steps really are recomputed, not stored
+    (loss_a, grads_a, stored_a), (loss_b, grads_b, stored_b) = with_and_without_checkpointing(model, loss_of)
+    assert stored_b < stored_a / 2  # the steps really are recomputed, not stored
     torch.testing.assert_close(loss_a, loss_b)
     for a, b in zip(grads_a, grads_b):
         torch.testing.assert_close(a, b)
@@ -247,7 +202,7 @@ def test_activation_checkpointing_gives_same_loss_and_gradients():
 def test_forward_and_training_pass_trace_without_graph_breaks():
     """No host syncs or branches on tensor values: dynamo traces both passes as one graph each."""
     model = tiny(3, 2)
-    x, y = video(t=3), video(t=2, seed=1)
+    x, y = videos(t=3), videos(t=2, seed=1)
     with torch.no_grad():
         torch.testing.assert_close(torch.compile(model, backend="eager", fullgraph=True)(x), model(x))
         compiled = torch.compile(model.training_forward, backend="eager", fullgraph=True)
@@ -262,18 +217,7 @@ def test_forward_and_training_pass_trace_without_graph_breaks():
 def test_learns_moving_squares():
     model = tiny(3, 2, "model.predrnn.reverse_start_step=1", "model.predrnn.reverse_stop_step=30",
                  "model.predrnn.reverse_exp_alpha=5")
-    data = moving_squares(16, 5)  # (16, 5, 1, 16, 16)
-    x, y = data[:, :3], data[:, 3:]
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    with torch.no_grad():
-        before = F.mse_loss(model(x), y).item()
-    for step in range(40):
-        optimizer.zero_grad()
-        forecast = model.training_forward(x, y, step)
-        (F.mse_loss(forecast.frames, y) + sum(forecast.losses.values())).backward()
-        optimizer.step()
-    with torch.no_grad():
-        after = F.mse_loss(model(x), y).item()
-    assert after < 0.5 * before
-    assert after < F.mse_loss(torch.zeros_like(y), y).item()  # better than predicting an empty frame
-    assert after < F.mse_loss(x[:, -1:].expand_as(y), y).item()  # and than copying the last frame
+    mse = learn(model, moving_squares(16, 5, motion="bounce"), t_in=3, steps=40, lr=1e-2)  # 16 videos of 5 frames
+    assert mse.after < 0.5 * mse.before
+    assert mse.after < mse.blank  # better than predicting an empty frame
+    assert mse.after < mse.copy_last  # and than copying the last frame

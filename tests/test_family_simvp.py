@@ -6,53 +6,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.config import load_config
 from core.errors import FramecastError
-from models.registry import build_model
+from family_helpers import family_model, learn, moving_squares, videos, without_gradient
 from models.simvp import SimVP, differential_divergence
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convs gain nothing from threads, and on a busy 2-core box OpenMP waits make them 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-TINY = ["model.family=simvp", "model.simvp.spatial_channels=8", "model.simvp.temporal_channels=16",
-        "model.simvp.spatial_layers=2", "model.simvp.temporal_layers=2", "model.simvp.mlp_ratio=2"]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def simvp(t_in: int = 3, t_out: int = 3, *, translator: str = "gsta", channels: int = 1, seed: int = 0,
           **settings) -> SimVP:
-    overrides = [*TINY, f"model.simvp.translator={translator}", f"model.in_channels={channels}",
-                 *(f"model.simvp.{key}={value}" for key, value in settings.items())]
-    cfg = load_config(None, overrides)
-    torch.manual_seed(seed)
-    model = build_model(cfg.model, t_in, t_out)
+    """The tiny SimVP of tests/tiny_models.py (spatial 8, temporal 16, 2 layers each), translator MLPs 2x wide."""
+    model = family_model("simvp", t_in, t_out, "model.simvp.mlp_ratio=2", f"model.simvp.translator={translator}",
+                         channels=channels, seed=seed, **settings)
     assert isinstance(model, SimVP)
     return model
-
-
-def videos(batch=2, t=3, channels=1, size=16, seed=0) -> torch.Tensor:
-    return torch.rand(batch, t, channels, size, size, generator=torch.Generator().manual_seed(seed))  # (B, T, C, H, W)
-
-
-def moving_squares(count=16, frames=6, size=16, side=4, seed=0) -> torch.Tensor:
-    """One white square per video moving one pixel a frame up, down, left or right, never leaving the frame."""
-    g = torch.Generator().manual_seed(seed)
-    video = torch.zeros(count, frames, 1, size, size)  # (N, T, 1, H, W)
-    steps = torch.tensor([[0, 1], [0, -1], [1, 0], [-1, 0]])
-    for n in range(count):
-        dy, dx = steps[torch.randint(4, (1,), generator=g)].squeeze(0).tolist()
-        # Starts with frames - 1 pixels of room on every side, so the square stays whole.
-        y0, x0 = torch.randint(frames - 1, size - side - frames + 2, (2,), generator=g).tolist()
-        for t in range(frames):
-            y, x = y0 + dy * t, x0 + dx * t
-            video[n, t, 0, y:y + side, x:x + side] = 1.0
-    return video
 
 
 @pytest.mark.parametrize("translator", ["gsta", "tau"])
@@ -129,26 +96,10 @@ def test_divergence_is_zero_when_prediction_is_the_target():
 
 @pytest.mark.parametrize("translator", ["gsta", "tau"])
 def test_a_few_dozen_adam_steps_learn_a_moving_square(translator):
-    data = moving_squares()  # (16, 6, 1, 16, 16)
-    inputs, targets = data[:, :3], data[:, 3:]
-    model = simvp(3, 3, translator=translator)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-
-    def loss_of(forecast):
-        return F.mse_loss(forecast.frames, targets) + sum(forecast.losses.values())
-
-    with torch.no_grad():
-        before = F.mse_loss(model(inputs), targets).item()
-    for step in range(40):
-        loss = loss_of(model.training_forward(inputs, targets, step))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
-    with torch.no_grad():
-        after = F.mse_loss(model(inputs), targets).item()
-    blank = targets.pow(2).mean().item()  # predicting empty frames (here also what copy-last scores)
-    assert after < 0.4 * before and after < blank, (before, after, blank)
+    mse = learn(simvp(3, 3, translator=translator), moving_squares(16, 6, motion="step"), t_in=3, steps=40,
+                lr=3e-3, eval_after=True)  # 16 videos of 6 frames
+    # mse.blank: predicting empty frames (here also what copy-last scores)
+    assert mse.after < 0.4 * mse.before and mse.after < mse.blank, mse
 
 
 @pytest.mark.parametrize("translator", ["gsta", "tau"])
@@ -156,8 +107,7 @@ def test_gradients_reach_every_parameter(translator):
     model = simvp(2, 5, translator=translator, temporal_layers=3)  # widths change twice; 3 passes
     forecast = model.training_forward(videos(t=2), videos(t=5, seed=1), step=0)
     (F.mse_loss(forecast.frames, videos(t=5, seed=1)) + sum(forecast.losses.values())).backward()
-    missing = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
-    assert not missing
+    assert not without_gradient(model)
 
 
 @pytest.mark.parametrize("translator", ["gsta", "tau"])

@@ -8,48 +8,18 @@ import torch.nn.functional as F
 
 from core.config import load_config
 from core.errors import FramecastError
+from family_helpers import family_model, learn, moving_squares, videos, without_gradient
 from models.registry import build_model
 from models.unet import UNet
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convs gain nothing from threads, and on a busy 2-core box OpenMP waits make them 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-TINY = ["model.family=unet", "model.unet.base_channels=8", "model.unet.levels=2", "model.unet.norm_groups=4"]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def unet(t_in: int = 3, t_out: int = 2, *, channels: int = 1, seed: int = 0, **settings) -> UNet:
-    overrides = [*TINY, f"model.in_channels={channels}", *(f"model.unet.{key}={value}" for key, value in settings.items())]
-    cfg = load_config(None, overrides)
-    torch.manual_seed(seed)
-    model = build_model(cfg.model, t_in, t_out)
+    """The tiny UNet of tests/tiny_models.py (base 8 channels, 2 levels, 4 norm groups)."""
+    model = family_model("unet", t_in, t_out, channels=channels, seed=seed, **settings)
     assert isinstance(model, UNet)
     return model
-
-
-def videos(batch=2, t=3, channels=1, size=16, seed=0) -> torch.Tensor:
-    return torch.rand(batch, t, channels, size, size, generator=torch.Generator().manual_seed(seed))  # (B, T, C, H, W)
-
-
-def moving_squares(count=16, frames=5, size=16, side=4, seed=0) -> torch.Tensor:
-    """One white square per video moving one pixel a frame up, down, left or right, never leaving the frame."""
-    g = torch.Generator().manual_seed(seed)
-    video = torch.zeros(count, frames, 1, size, size)  # (N, T, 1, H, W)
-    steps = torch.tensor([[0, 1], [0, -1], [1, 0], [-1, 0]])
-    for n in range(count):
-        dy, dx = steps[torch.randint(4, (1,), generator=g)].squeeze(0).tolist()
-        # Starts with frames - 1 pixels of room on every side, so the square stays whole.
-        y0, x0 = torch.randint(frames - 1, size - side - frames + 2, (2,), generator=g).tolist()
-        for t in range(frames):
-            y, x = y0 + dy * t, x0 + dx * t
-            video[n, t, 0, y:y + side, x:x + side] = 1.0
-    return video
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -86,21 +56,9 @@ def test_untrained_residual_model_is_exactly_copy_last(channels):
 
 @pytest.mark.parametrize("residual", [False, True])
 def test_a_few_dozen_adam_steps_learn_a_moving_square(residual):
-    data = moving_squares()  # (16, 5, 1, 16, 16)
-    inputs, targets = data[:, :3], data[:, 3:]
-    model = unet(3, 2, residual=residual)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    with torch.no_grad():
-        before = F.mse_loss(model(inputs), targets).item()
-    for step in range(40):
-        loss = F.mse_loss(model.training_forward(inputs, targets, step).frames, targets)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    with torch.no_grad():
-        after = F.mse_loss(model(inputs), targets).item()
-    copy_last = F.mse_loss(inputs[:, -1:].expand_as(targets), targets).item()
-    assert after < 0.6 * before and after < 0.6 * copy_last, (before, after, copy_last)
+    mse = learn(unet(3, 2, residual=residual), moving_squares(16, 5, motion="step"), t_in=3, steps=40,
+                lr=3e-3)  # 16 videos of 5 frames
+    assert mse.after < 0.6 * mse.before and mse.after < 0.6 * mse.copy_last, mse
 
 
 @pytest.mark.parametrize("residual", [False, True])
@@ -109,8 +67,7 @@ def test_gradients_reach_every_parameter(residual):
     if residual:  # the zero head blocks every gradient behind it until it has been trained once
         torch.nn.init.normal_(model.head.weight, std=0.1)
     F.mse_loss(model(videos()), videos(t=2, seed=1)).backward()
-    missing = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
-    assert not missing
+    assert not without_gradient(model)
 
 
 def test_summary_names_levels_channels_and_output():

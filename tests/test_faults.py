@@ -49,15 +49,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBU
 RUN_TIMEOUT_S = 120  # one run of any stage here takes seconds; this only stops a hang
 ORPHAN_GRACE_S = 15.0  # torch loader workers look at their parent every 5 s; pool workers die at once
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc for process groups")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc for process groups"),
+              pytest.mark.usefixtures("one_thread")]
 
 
 # ----------------------------------------------------------------------------- processes

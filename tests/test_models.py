@@ -9,18 +9,11 @@ import torch.nn.functional as F
 
 from core.config import ModelConfig, config_from_dict
 from core.errors import FramecastError
-from models import ConvGRUCell, ConvLSTMCell, build_model, count_parameters, total_stride
+from family_helpers import CELL_TYPES
+from models import ConvLSTMCell, build_model, count_parameters, total_stride
 
-CELL_TYPES = {"lstm": ConvLSTMCell, "gru": ConvGRUCell}
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convs gain nothing from threads, and on a busy 2-core box OpenMP waits make them 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 GATES = {"lstm": 4, "gru": 3}  # gate blocks in each cell's equations: i, f, o, g / r, z, n
 
 

@@ -19,30 +19,19 @@ import torch
 
 from core.atomic import TMP_MARK, atomic_path, remove_dead_temporaries
 from core.checkpoint import load_checkpoint
-from core.config import load_config
 from core.errors import FramecastError
 from core.runlock import LOCK_NAME, RunLock
 from data.layout import read_video
 from data.synthetic import make_shapes_dataset
 from stages import predict
 from stages.train import run
-from train_helpers import T_IN, losses, make_data, tiny_config
+from train_helpers import T_IN, losses, tiny_config
+from train_helpers import data_root  # noqa: F401 (fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 HOST_MARK = f"{TMP_MARK}{socket.gethostname().split('.')[0].replace('-', '_')}-"
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    return make_data(tmp_path_factory.mktemp("shapes"))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def dead_pid() -> int:
@@ -107,27 +96,17 @@ def test_a_dead_holder_or_the_same_slurm_job_does_not_block(data_root, tmp_path,
     lock.write_text(json.dumps({"host": "node-elsewhere", "pid": 1, "slurm_job": "77", "since": 0}))
     old = time.time() - 3600
     os.utime(lock, (old, old))
-    cfg2 = load_config(None, [*_overrides(cfg), "train.epochs=2"])
+    cfg2 = tiny_config(data_root, tmp_path, "orphan", "train.epochs=2")
     assert run(cfg2)["epochs_run"] == 2
     # the same Slurm job, requeued onto another node: it takes its own folder back at once
     lock.write_text(json.dumps({"host": "node-before-requeue", "pid": 1, "slurm_job": "4242", "since": 0}))
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
-    cfg3 = load_config(None, [*_overrides(cfg), "train.epochs=3"])
+    cfg3 = tiny_config(data_root, tmp_path, "orphan", "train.epochs=3")
     assert run(cfg3)["epochs_run"] == 3
     # ... while a live holder of another job, elsewhere, is respected
     lock.write_text(json.dumps({"host": "node-elsewhere", "pid": 1, "slurm_job": "99", "since": 0}))
     with pytest.raises(FramecastError, match=r"another training.*host node-elsewhere, pid 1, Slurm job 99"):
-        run(load_config(None, [*_overrides(cfg), "train.epochs=4"]))
-
-
-def _overrides(cfg) -> list[str]:
-    return [f"run.out_dir={cfg.run.out_dir}", f"run.name={cfg.run.name}", "run.device=cpu",
-            f"data.root={cfg.data.root}", "data.source=png", "data.train_splits=[train]",
-            f"data.t_in={cfg.data.t_in}", f"data.t_out={cfg.data.t_out}", "data.num_workers=0",
-            "model.encoder_forecaster.stem_channels=8", "model.encoder_forecaster.hidden_channels=[8,8]",
-            "model.encoder_forecaster.strides=[1,2]", "model.encoder_forecaster.kernel_size=3",
-            "model.encoder_forecaster.norm_groups=4", "train.batch_size=2", "train.lr=3e-3",
-            "train.log_every_steps=2", "train.early_stop_patience=0"]
+        run(tiny_config(data_root, tmp_path, "orphan", "train.epochs=4"))
 
 
 # ----------------------------------------------------------------------------- best.pt is never thrown away
@@ -139,7 +118,7 @@ def test_best_checkpoint_is_kept_and_resumed_from_when_last_is_missing(data_root
     best = cfg.run_dir / "best.pt"
     kept = load_checkpoint(best)
     (cfg.run_dir / "last.pt").unlink()  # a scratch purge, or a copy of only the best file
-    summary = run(load_config(None, [*_overrides(cfg), "train.epochs=3"]))
+    summary = run(tiny_config(data_root, tmp_path, "lost-last", "train.epochs=3"))
     assert summary["resumed_from"]["checkpoint"] == str(best)
     assert summary["resumed_from"]["epoch"] == kept["progress"]["epoch"]  # not from scratch
     after = load_checkpoint(best)

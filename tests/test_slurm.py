@@ -20,34 +20,18 @@ from core.config import config_from_dict
 from jobs import submit
 from jobs.wait import wait_jobs
 from tests import slurm_helpers
-from tests.slurm_helpers import slurm_state, tiny_config, wait_slurm_job
+from tests.slurm_helpers import cleanup, data_root  # noqa: F401 (fixtures)
+from tests.slurm_helpers import slurm_state, submit_toy, submitted_ids, tiny_config, wait_slurm_job
 
 REPO = Path(__file__).resolve().parent.parent
 
-REASON = slurm_helpers.slurm_unavailable()
-pytestmark = [pytest.mark.slurm, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
+pytestmark = slurm_helpers.slurm_marks()
 
 # Hard limits on waiting, generous for a loaded 2-core CI machine.
 JOB_TIMEOUT_S = 150
 PIPELINE_TIMEOUT_S = 240
 REQUEUE_TIMEOUT_S = 240
 POLL_S = 0.5
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    return slurm_helpers.make_tiny_data(tmp_path_factory.mktemp("slurm-data") / "shapes")
-
-
-@pytest.fixture
-def cleanup():
-    """Collects job ids; cancels whatever is still queued or running when the test ends."""
-    ids: list[str] = []
-    yield ids
-    for job_id in ids:
-        info = slurm_state(job_id)
-        if info is not None and info[0] in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED"):
-            subprocess.run(["scancel", job_id], capture_output=True, timeout=30)
 
 
 def _track(cleanup: list[str], jobs) -> None:
@@ -69,7 +53,7 @@ def test_pipeline_on_slurm_ends_with_png_frames(data_root, tmp_path, cleanup):
          "--timeout", str(PIPELINE_TIMEOUT_S)],
         cwd=REPO, capture_output=True, text=True, timeout=PIPELINE_TIMEOUT_S + 60,
     )
-    ids = [line.split("job ")[1].split()[0] for line in done.stdout.splitlines() if line.startswith("submitted")]
+    ids = submitted_ids(done.stdout)
     cleanup.extend(ids)
     assert done.returncode == 0, done.stdout + done.stderr
     # train, two array tasks <array>_0 and <array>_1, evaluate, convert; each printed with its log paths.
@@ -87,6 +71,18 @@ def test_pipeline_on_slurm_ends_with_png_frames(data_root, tmp_path, cleanup):
     assert report["split"] == "val" and report["checkpoint"].endswith("best.pt")
 
 
+def _sbatch_config(data_root: Path, tmp_path: Path, name: str, **sections) -> str:
+    """The path of ``tmp_path/<name>.yaml``, the tiny config ``name`` written for ``CONFIG=... sbatch``."""
+    config_file = tmp_path / f"{name}.yaml"
+    config_file.write_text(yaml.safe_dump(tiny_config(data_root, tmp_path / "runs", name, **sections)))
+    return str(config_file)
+
+
+def _small(tmp_path: Path) -> list[str]:
+    """sbatch options overriding the SBATCH files' resources (no GPU here), the log in ``tmp_path``."""
+    return ["--gpus-per-node=0", "--cpus-per-task=1", "--mem=1G", "--time=10", f"--output={tmp_path}/%j.out"]
+
+
 def _sbatch(script: str, env: dict, *options: str) -> str:
     done = subprocess.run(["sbatch", "--parsable", *options, script], cwd=REPO, capture_output=True, text=True,
                           timeout=60, env={**os.environ, **env})
@@ -99,10 +95,8 @@ def test_sbatch_files_train_predict_shards_and_convert(data_root, tmp_path, clea
 
     Resources are overridden on the sbatch command line (no GPU here), the config comes from CONFIG.
     """
-    config_file = tmp_path / "sbatch.yaml"
-    config_file.write_text(yaml.safe_dump(tiny_config(data_root, tmp_path / "runs", "sbatch")))
-    env = {"CONFIG": str(config_file), "OVERRIDES": "train.epochs=1"}
-    small = ["--gpus-per-node=0", "--cpus-per-task=1", "--mem=1G", "--time=10", f"--output={tmp_path}/%j.out"]
+    env = {"CONFIG": _sbatch_config(data_root, tmp_path, "sbatch"), "OVERRIDES": "train.epochs=1"}
+    small = _small(tmp_path)
     train = _sbatch("jobs/train.SBATCH", env, *small)
     cleanup.append(train)
     predict = _sbatch("jobs/pred.SBATCH", env, *small, "--array=0-1", f"--dependency=afterok:{train}")
@@ -129,10 +123,8 @@ def test_sbatch_files_train_predict_shards_and_convert(data_root, tmp_path, clea
 
 def test_stage_sbatch_runs_any_declared_stage(data_root, tmp_path, cleanup):
     """By hand: `STAGE=evaluate ARGS=... sbatch jobs/stage.SBATCH` after train.SBATCH: no evaluate script needed."""
-    config_file = tmp_path / "stage.yaml"
-    config_file.write_text(yaml.safe_dump(tiny_config(data_root, tmp_path / "runs", "stage")))
-    env = {"CONFIG": str(config_file), "OVERRIDES": "train.epochs=1"}
-    small = ["--gpus-per-node=0", "--cpus-per-task=1", "--mem=1G", "--time=10", f"--output={tmp_path}/%j.out"]
+    env = {"CONFIG": _sbatch_config(data_root, tmp_path, "stage"), "OVERRIDES": "train.epochs=1"}
+    small = _small(tmp_path)
     train = _sbatch("jobs/train.SBATCH", env, *small)
     cleanup.append(train)
     evaluate = _sbatch("jobs/stage.SBATCH", {**env, "STAGE": "evaluate", "ARGS": "--max-videos 1 --split val"},
@@ -148,16 +140,7 @@ def test_stage_sbatch_runs_any_declared_stage(data_root, tmp_path, cleanup):
 def test_a_new_stage_runs_on_slurm_through_submit(tmp_path, cleanup):
     """The toy stage (declared in tests/toy_stage.py only): `submit toy` makes a 2-task sbatch array."""
     values = tiny_config(tmp_path, tmp_path / "runs", "toy")
-    config_file = tmp_path / "toy.yaml"
-    config_file.write_text(yaml.safe_dump(values))
-    done = subprocess.run(
-        [sys.executable, "-c", "import tests.toy_stage, runpy; runpy.run_path('main.py', run_name='__main__')",
-         "submit", "toy", "--config", str(config_file), "--executor", "slurm", "--wait", "--timeout",
-         str(JOB_TIMEOUT_S), "predict.shards=2"],
-        cwd=REPO, capture_output=True, text=True, timeout=JOB_TIMEOUT_S + 60,
-    )
-    ids = [line.split("job ")[1].split()[0] for line in done.stdout.splitlines() if line.startswith("submitted")]
-    cleanup.extend(ids)
+    done, ids = submit_toy(values, tmp_path, cleanup, JOB_TIMEOUT_S, "predict.shards=2")
     assert done.returncode == 0, done.stdout + done.stderr
     assert len(ids) == 2 and ids[0].endswith("_0") and ids[1].endswith("_1"), done.stdout
     logs = sorted((tmp_path / "runs" / "toy" / "jobs").glob("*/*_log.out"))
@@ -168,11 +151,8 @@ def test_a_new_stage_runs_on_slurm_through_submit(tmp_path, cleanup):
 def test_train_sbatch_requeues_itself_at_the_time_limit_signal_and_resumes(data_root, tmp_path, cleanup):
     """train.SBATCH: USR2 to the batch shell (--signal=B:USR2@...) -> train saves mid-epoch -> requeue."""
     epochs = 8
-    config_file = tmp_path / "sbatch-requeue.yaml"
-    config_file.write_text(yaml.safe_dump(tiny_config(data_root, tmp_path / "runs", "sbatch-requeue",
-                                                      train={"epochs": epochs})))
-    job_id = _sbatch("jobs/train.SBATCH", {"CONFIG": str(config_file)}, "--gpus-per-node=0", "--cpus-per-task=1",
-                     "--mem=1G", "--time=10", f"--output={tmp_path}/%j.out")
+    config_file = _sbatch_config(data_root, tmp_path, "sbatch-requeue", train={"epochs": epochs})
+    job_id = _sbatch("jobs/train.SBATCH", {"CONFIG": config_file}, *_small(tmp_path))
     cleanup.append(job_id)
     saved = _saved_epoch(tmp_path / "runs" / "sbatch-requeue" / "last.pt", time.monotonic() + JOB_TIMEOUT_S)
     assert 1 <= saved < epochs

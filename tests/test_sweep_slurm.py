@@ -11,38 +11,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
 from jobs.sweep import MANIFEST_NAME
 from tests import slurm_helpers
-from tests.slurm_helpers import slurm_state, tiny_config
+from tests.slurm_helpers import cleanup, data_root  # noqa: F401 (fixtures)
+from tests.slurm_helpers import submit_toy, submitted_ids, tiny_config
 
 REPO = Path(__file__).resolve().parent.parent
-REASON = slurm_helpers.slurm_unavailable()
-pytestmark = [pytest.mark.slurm, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
+pytestmark = slurm_helpers.slurm_marks()
 
 SWEEP_TIMEOUT_S = 300
 JOB_TIMEOUT_S = 150
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    return slurm_helpers.make_tiny_data(tmp_path_factory.mktemp("sweep-data") / "shapes")
-
-
-@pytest.fixture
-def cleanup():
-    ids: list[str] = []
-    yield ids
-    for job_id in ids:
-        info = slurm_state(job_id)
-        if info is not None and info[0] in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED"):
-            subprocess.run(["scancel", job_id], capture_output=True, timeout=30)
-
-
-def _submitted_ids(stdout: str) -> list[str]:
-    return [line.split("job ")[1].split()[0] for line in stdout.splitlines() if line.startswith("submitted")]
 
 
 def test_sweep_is_one_array_of_train_runs_then_a_comparison(data_root, tmp_path, cleanup):
@@ -56,7 +36,7 @@ def test_sweep_is_one_array_of_train_runs_then_a_comparison(data_root, tmp_path,
          "--seeds", "2", "--executor", "slurm", "--wait", "--timeout", str(SWEEP_TIMEOUT_S)],
         cwd=REPO, capture_output=True, text=True, timeout=SWEEP_TIMEOUT_S + 60,
     )
-    ids = _submitted_ids(done.stdout)
+    ids = submitted_ids(done.stdout)
     cleanup.extend(ids)
     assert done.returncode == 0, done.stdout + done.stderr
     array = ids[0].split("_")[0]
@@ -83,16 +63,7 @@ def test_an_array_longer_than_the_limit_is_submitted_as_several(tmp_path, cleanu
     """4 toy shards with slurm.max_array_size=2 (the cluster's MaxArraySize would be the limit otherwise):
     two arrays of 2, no sbatch error, every shard run once."""
     values = tiny_config(tmp_path, tmp_path / "runs", "toy", slurm={"max_array_size": 2})
-    config_file = tmp_path / "toy.yaml"
-    config_file.write_text(yaml.safe_dump(values))
-    done = subprocess.run(
-        [sys.executable, "-c", "import tests.toy_stage, runpy; runpy.run_path('main.py', run_name='__main__')",
-         "submit", "toy", "--config", str(config_file), "--executor", "slurm", "--wait", "--timeout",
-         str(JOB_TIMEOUT_S), "predict.shards=4"],
-        cwd=REPO, capture_output=True, text=True, timeout=JOB_TIMEOUT_S + 60,
-    )
-    ids = _submitted_ids(done.stdout)
-    cleanup.extend(ids)
+    done, ids = submit_toy(values, tmp_path, cleanup, JOB_TIMEOUT_S, "predict.shards=4")
     assert done.returncode == 0, done.stdout + done.stderr
     first, second = ids[0].split("_")[0], ids[2].split("_")[0]
     assert first != second and ids == [f"{first}_0", f"{first}_1", f"{second}_0", f"{second}_1"], done.stdout

@@ -14,8 +14,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import torch
-from train_helpers import losses, make_data, tiny_config
+from train_helpers import Killed, losses, tiny_config
+from train_helpers import data_root  # noqa: F401 (fixture)
 
 from core.errors import FramecastError
 from stages import evaluate
@@ -27,22 +27,7 @@ event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.ev
 EPOCHS = 3  # 4 steps each (tests/train_helpers.py); log every 2 steps
 TB = ("run.tensorboard=true", f"train.epochs={EPOCHS}")
 
-
-class Killed(Exception):
-    """Raised from a checkpoint hook: the run ends there, as if the process had been killed."""
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    return make_data(tmp_path_factory.mktemp("shapes"))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -30,28 +30,14 @@ import models.cells
 from models.loading import load_model
 from models import ConvGRUCell, ConvLSTMCell
 from stages.train import NonFiniteLossError, TrainingInterrupted, run
-from train_helpers import losses, make_data, state_digest, tiny_config
+from train_helpers import losses, run_killed_after, state_digest, tiny_config
+from train_helpers import data_root  # noqa: F401 (fixture)
 from training.schedule import LRSchedule
 from training.step import validation_sums
 
 REPO = Path(__file__).resolve().parents[1]
 
-
-class Killed(Exception):
-    """Raised from a checkpoint hook: the run ends there, as if the process had been killed."""
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    return make_data(tmp_path_factory.mktemp("shapes"))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -200,13 +186,7 @@ def test_validation_every_n_steps_resumes_mid_epoch_to_the_same_losses(data_root
     assert [(e, s) for kind, e, s, _ in losses(uninterrupted.run_dir) if kind == "val"] == [(1, 3), (2, 6)]
 
     cfg = tiny_config(data_root, tmp_path, "every3-killed", *extra)
-
-    def hook(info):
-        if info["step"] == 3:
-            raise Killed
-
-    with pytest.raises(Killed):
-        run(cfg, on_checkpoint=hook)
+    run_killed_after(cfg, step=3)
     assert load_checkpoint(cfg.run_dir / "last.pt")["progress"]["batches_done"] == 3  # part-way through epoch 1
     assert run(cfg)["resumed_from"]["step"] == 3
     assert_same_run(cfg.run_dir, uninterrupted.run_dir)

@@ -8,11 +8,10 @@ the scaler dropped from last.pt the resumed losses differ in the 6th digit).
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
-from train_helpers import losses, make_data, state_digest, tiny_config
+from train_helpers import losses, run_killed_after, state_digest, tiny_config
+from train_helpers import data_root  # noqa: F401 (fixture)
 
 import stages.train
 from core.checkpoint import load_checkpoint
@@ -22,17 +21,7 @@ from stages.train import run
 FP16 = ("train.amp=fp16", "train.epochs=2")
 INIT_SCALE = 2.0**10
 
-
-class Killed(Exception):
-    """Raised from a checkpoint hook: the run ends there, as if the process had been killed."""
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fast_scaler(precision: Precision) -> torch.amp.GradScaler:
@@ -43,11 +32,6 @@ def fast_scaler(precision: Precision) -> torch.amp.GradScaler:
 @pytest.fixture(autouse=True)
 def patched_scaler(monkeypatch):
     monkeypatch.setattr(stages.train, "build_grad_scaler", fast_scaler)
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    return make_data(tmp_path_factory.mktemp("shapes"))
 
 
 @pytest.fixture(scope="module")
@@ -76,13 +60,7 @@ def test_fp16_trains_on_the_cpu_with_a_scaler_saved_in_the_checkpoint(reference)
 def test_fp16_run_killed_after_epoch_1_resumes_to_the_same_losses_and_scaler(reference, data_root, tmp_path):
     cfg_ref, _ = reference
     cfg = tiny_config(data_root, tmp_path, "fp16-killed", *FP16)
-
-    def hook(info):
-        if info["epoch"] == 1:
-            raise Killed
-
-    with pytest.raises(Killed):
-        run(cfg, on_checkpoint=hook)
+    run_killed_after(cfg, epoch=1)
     saved = load_checkpoint(cfg.run_dir / "last.pt")
     assert saved["progress"]["epoch"] == 1 and saved["scaler"]["scale"] != INIT_SCALE
     summary = run(cfg)
