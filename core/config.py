@@ -35,7 +35,7 @@ class DataConfig:
     all_windows: bool = False
     num_workers: int = 4  # loader processes; 0 reads in the main process
     # Batches each worker keeps ready. Memory in flight is workers x this x batch bytes (pinned on
-    # CUDA); a pack's loader delivers over 20x what an H100 trains on (benchmarks/RESULTS.md).
+    # CUDA); two per worker kept a GPU fed from a pack (benchmarks/RESULTS.md).
     prefetch_factor: int = 2
     pin_memory: bool = True  # used only when training on CUDA
     # Node-local folder the packs a job reads are copied to once per node before reading (verified by
@@ -383,18 +383,18 @@ class TrainConfig:
     # Autocast: auto = bf16 on GPUs that compute it natively, fp16 (with a gradient scaler) on older
     # GPUs, fp32 on the CPU; bf16 / fp16 wherever asked; off = fp32 (core/precision.py).
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
-    # CUDA only. Off: on an H100 eager NCHW steps ran 1.15-1.2x faster (GroupNorm has no channels-last
-    # CUDA kernel, so every norm converts layouts); benchmarks/RESULTS.md.
+    # CUDA only. Off: eager NCHW steps measured faster on an H100, as GroupNorm has no channels-last
+    # CUDA kernel, so every norm converts layouts (benchmarks/RESULTS.md).
     channels_last: bool = False
-    # torch.compile the model: 1.4x faster steps on an H100 (benchmarks/RESULTS.md), after minutes
-    # of compiling; the compiled kernels are kept in compile_cache, so a resumed or requeued job, a
+    # torch.compile the model: faster steps on a GPU (benchmarks/RESULTS.md), after minutes of
+    # compiling; the compiled kernels are kept in compile_cache, so a resumed or requeued job, a
     # predict job and later validations reuse them instead of compiling again.
     compile: bool = False
     # Folder of torch.compile's caches (inductor, FX graphs, AOT autograd, Triton); empty means
     # <run.out_dir>/<run.name>/compile_cache. Share one across runs of the same model to compile once.
     compile_cache: str = ""
     # Recompute each recurrent step in the backward pass instead of storing its gates: far fewer
-    # stored activations for 17 % more conv FLOPs (default model); same results.
+    # stored activations for some more conv FLOPs (benchmarks/RESULTS.md); same results.
     activation_checkpointing: bool = False
     # Per-pixel training loss: "mse", "l1", "mse+l1" (their sum) or "bce" (binary cross-entropy on
     # frames in [0, 1], for near-binary data such as Moving MNIST).

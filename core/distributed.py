@@ -12,6 +12,7 @@ gloo on CPU, nccl on CUDA.
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import re
 import shutil
@@ -24,12 +25,19 @@ import torch.distributed as dist
 
 from core.errors import FramecastError
 
+log = logging.getLogger(__name__)
+
 # Ports derived from SLURM_JOB_ID fall in [BASE, BASE + SPAN): above the well-known range and
 # below Linux's default ephemeral range (32768+), so two jobs sharing a node rarely collide.
 SLURM_PORT_BASE = 12000
 SLURM_PORT_SPAN = 20000
 # How long a process waits for its peers (joining, or in a collective) before giving up.
 PROCESS_GROUP_TIMEOUT = datetime.timedelta(minutes=30)
+
+
+# What each launcher source is, for the log line each rank writes when it joins.
+LAUNCHERS = {"env": "RANK/WORLD_SIZE (torchrun or submitit)", "slurm": "srun's SLURM_PROCID/SLURM_NTASKS",
+             "single": "one process"}
 
 
 @dataclass(frozen=True)
@@ -41,7 +49,7 @@ class LaunchInfo:
     local_rank: int = 0
     master_addr: str = ""
     master_port: int = 0
-    source: str = "single"  # "env" (torchrun / submitit export), "slurm" (srun tasks), "single"
+    source: str = "single"  # which launcher described it: a key of LAUNCHERS
 
 
 @dataclass(frozen=True)
@@ -200,6 +208,8 @@ def init_distributed(device_pref: str = "auto", env: Mapping[str, str] | None = 
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    log.info("rank %d of %d (%s, from %s), rendezvous %s:%d", info.rank, info.world_size, backend,
+             LAUNCHERS[info.source], info.master_addr, info.master_port)
     dist.init_process_group(
         backend,
         init_method=f"tcp://{info.master_addr}:{info.master_port}",

@@ -119,7 +119,7 @@ class WindowLoader(DataLoader):
     its storage in a cache of up to 128+ entries, which keeps a small C++ object per batch alive. Made
     in the thread that computes, those objects land inside the large blocks that the step just freed
     and pin them, so glibc cannot reuse them and the heap grows by one step's allocations per batch
-    (measured on CPU: predict RSS 560 MB at 200 videos, 1.4 GB at 2,000). Received in another thread
+    (prediction RSS grew with the number of videos; benchmarks/RESULTS.md). Received in another thread
     they go to that thread's own malloc arena. The pin-memory thread of a CUDA loader already does
     this, so it is only added without one.
     """
@@ -214,8 +214,8 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, num_workers
                 pin_memory: bool, drop_last: bool, sampler: Sampler | None = None, seed: int = 0) -> WindowLoader:
     """A loader of uint8 (B, T, H, W, C) batches; workers persist across epochs.
 
-    With a ``sampler`` (e.g. DistributedSampler) the sampler decides the order and ``shuffle`` is
-    ignored. ``seed`` fixes the shuffle order and the workers' seeds.
+    With a ``sampler`` (training.sampler.EpochSampler: each process's share of each epoch) the
+    sampler decides the order and ``shuffle`` is ignored. ``seed`` fixes the shuffle order and the workers' seeds.
     """
     generator = torch.Generator()
     generator.manual_seed(seed)

@@ -91,6 +91,23 @@ class FamilyModel(nn.Module):
         return [("family", f"{self.family} ({self.title})")]
 
 
+class RolloutModel(FamilyModel):
+    """A family rolled out frame by frame (each step reads a frame and predicts the next).
+
+    With ``train.activation_checkpointing`` each rollout step keeps only its inputs for the backward
+    pass and is recomputed there; what a step covers is the family's own (``_rollout``).
+    """
+
+    checkpoint_steps: bool = False
+
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        self.checkpoint_steps = enabled
+
+    def recomputing(self) -> bool:
+        """Whether this pass recomputes its steps in backward (only when there is a backward)."""
+        return self.checkpoint_steps and torch.is_grad_enabled()
+
+
 class TrainingForward(nn.Module):
     """Makes ``training_forward`` a module's ``forward``, so DDP and torch.compile wrap the training pass.
 

@@ -14,12 +14,11 @@ the step's output of the layer below and the fed-back prediction comes from the 
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from core.config import ModelConfig
-from models.base import FamilyModel, Forecast, from_patches, mix_frames, to_patches
+from models.base import Forecast, RolloutModel, from_patches, mix_frames, to_patches
 from models.cells import CELLS, ConvRNNCell, State, stack_time
 from models.sampling import draw_linear_choices
 
@@ -31,7 +30,7 @@ HEAD_KERNEL = 1
 STATE_TENSORS = {"lstm": 2, "gru": 1}
 
 
-class ConvLSTMStack(FamilyModel):
+class ConvLSTMStack(RolloutModel):
     """Maps t_in frames (B, t_in, C, H, W) in [0, 1] to t_out raw predicted frames (B, t_out, C, H, W)."""
 
     family = "convlstm"
@@ -53,7 +52,6 @@ class ConvLSTMStack(FamilyModel):
             nn.init.zeros_(self.head.weight)  # the change starts at zero: copy-last before training
             nn.init.zeros_(self.head.bias)
         self.state_tensors = STATE_TENSORS[cfg.cell]
-        self.checkpoint_steps = False
 
     @property
     def stride(self) -> int:
@@ -62,13 +60,6 @@ class ConvLSTMStack(FamilyModel):
     def stride_reason(self) -> str:
         return f"model.convlstm.patch_size={self.cfg.patch_size}"
 
-    def set_activation_checkpointing(self, enabled: bool) -> None:
-        """Keep only each step's inputs for backward and recompute the step's convs and gates there.
-
-        The cells' own ``checkpoint_steps`` covers only their sequence loop; this rollout calls
-        ``step`` itself, so it checkpoints the whole step (all layers) instead.
-        """
-        self.checkpoint_steps = enabled
 
     def summary(self) -> list[tuple[str, str]]:
         cfg = self.cfg
@@ -116,7 +107,7 @@ class ConvLSTMStack(FamilyModel):
             true_next = to_patches(targets[:, :-1], patch).unbind(1)  # (t_out-1) x (B, C*p*p, H/p, W/p)
             chosen = use_true.unbind(1)  # (t_out-1) x (B,)
 
-        recompute = self.checkpoint_steps and torch.is_grad_enabled()
+        recompute = self.recomputing()
         state: tuple[Tensor, ...] = ()  # flat states of every layer; empty = zero initial state
         predictions: list[Tensor] = []  # t_out x (B, C*p*p, H/p, W/p)
         for t in range(self.t_in + self.t_out - 1):

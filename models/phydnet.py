@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from core.config import ModelConfig
-from models.base import FamilyModel, Forecast, mix_frames
+from models.base import Forecast, RolloutModel, mix_frames
 from models.cells import ConvLSTMCell, stack_time
 from models.sampling import draw_linear_choices
 
@@ -128,15 +128,11 @@ class PhyCellLayer(nn.Module):
         return torch.addcmul(predicted, gain, x - predicted)  # h~ + K * (x - h~)
 
 
-class PhyDNet(FamilyModel):
+class PhyDNet(RolloutModel):
     """Maps t_in frames (B, t_in, C, H, W) in [0, 1] to t_out raw predicted frames (B, t_out, C, H, W)."""
 
     family = "phydnet"
     title = "PhyDNet, a moment-constrained PhyCell beside a ConvLSTM"
-    # Keep only each rollout step's inputs for the backward pass and recompute the step there
-    # (``train.activation_checkpointing``).
-    checkpoint_steps: bool = False
-
     def __init__(self, model_cfg: ModelConfig, t_in: int, t_out: int):
         super().__init__(model_cfg, t_in, t_out)
         cfg = self.cfg  # model.phydnet
@@ -177,9 +173,6 @@ class PhyDNet(FamilyModel):
     def stride_reason(self) -> str:
         return f"model.family=phydnet: its encoder's strides {list(ENCODER_STRIDES)} are fixed"
 
-    def set_activation_checkpointing(self, enabled: bool) -> None:
-        """Recompute each rollout step (encoding a fed-back frame, both branches, decoding) in backward."""
-        self.checkpoint_steps = enabled
 
     def summary(self) -> list[tuple[str, str]]:
         cfg = self.cfg
@@ -260,7 +253,7 @@ class PhyDNet(FamilyModel):
             true_next = targets[:, :-1].unbind(1)  # (t_out-1) x (B, C, H, W)
             chosen = use_true.unbind(1)  # (t_out-1) x (B,)
 
-        recompute = self.checkpoint_steps and torch.is_grad_enabled()
+        recompute = self.recomputing()
         state: tuple[Tensor, ...] = ()  # PhyCell h per layer, then ConvLSTM (h, c) per layer; () = zeros
         predictions: list[Tensor] = []  # t_out x (B, C, H, W)
         for t in range(self.t_in + self.t_out - 1):

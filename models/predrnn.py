@@ -26,9 +26,19 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from core.config import ModelConfig
-from models.base import FamilyModel, Forecast, draw_true_tokens, from_patches, mix_frames, to_patches
+from models.base import (
+    Forecast,
+    RolloutModel,
+    draw_true_tokens,
+    from_patches,
+    mix_frames,
+    to_patches,
+)
 from models.cells import FORGET_GATE_BIAS, stack_time
-from models.sampling import linear_true_frame_probability, reverse_true_frame_probabilities
+from models.sampling import (
+    linear_true_frame_probability,
+    reverse_true_frame_probabilities,
+)
 
 # Gate blocks (of hidden channels each) of the three gate convs, in the order their outputs are split:
 X_GATES = 7  # conv_x(x): i, f, g (for c), i', f', g' (for m), o
@@ -126,15 +136,11 @@ def _feeds(probability: float, batch: int, steps: int, device: torch.device) -> 
     return list(draw_true_tokens(probability, (batch, steps), device).unbind(1))  # steps x (B,)
 
 
-class PredRNN(FamilyModel):
+class PredRNN(RolloutModel):
     """Maps t_in frames (B, t_in, C, H, W) in [0, 1] to t_out raw predicted frames (B, t_out, C, H, W)."""
 
     family = "predrnn"
     title = "PredRNN-V2, stacked spatiotemporal LSTMs"
-    # Keep only each rollout step's inputs for the backward pass and recompute the step there
-    # (``train.activation_checkpointing``).
-    checkpoint_steps: bool = False
-
     def __init__(self, model_cfg: ModelConfig, t_in: int, t_out: int):
         super().__init__(model_cfg, t_in, t_out)
         cfg = self.cfg  # model.predrnn
@@ -162,9 +168,6 @@ class PredRNN(FamilyModel):
     def stride_reason(self) -> str:
         return f"model.predrnn.patch_size={self.cfg.patch_size}"
 
-    def set_activation_checkpointing(self, enabled: bool) -> None:
-        """Recompute each rollout step (all layers, their gates and the decoupling term) in backward."""
-        self.checkpoint_steps = enabled
 
     def summary(self) -> list[tuple[str, str]]:
         cfg = self.cfg
@@ -270,7 +273,7 @@ class PredRNN(FamilyModel):
         precomputed = dict(zip(true_steps, known_gates.unbind(1)))  # t -> (B, 7*hidden, h, w)
 
         step_fn = partial(self._step, decouple)
-        recompute = self.checkpoint_steps and torch.is_grad_enabled()
+        recompute = self.recomputing()
         top = len(self.cells) - 1
         state: tuple[Tensor, ...] = ()
         prediction: Tensor | None = None  # the previous step's predicted frame (B, C*p*p, h, w)

@@ -56,7 +56,7 @@ PLOT_NAME = "compare.png"
 # What was trained: the config sections that group runs into points (train.seed aside).
 TRAINED_SECTIONS = ("data", "model", "train")
 SEED_KEY = "train.seed"
-MSE_KEY = "mse_per_frame_sum"  # core.metrics: the literature's MSE
+MSE_KEY = "mse_per_frame_sum"  # core.scores: the literature's MSE
 
 
 # ----------------------------------------------------------------------------- names of settings

@@ -3,7 +3,7 @@
     python main.py evaluate --checkpoint runs/<name>/best.pt --split val
 
 For each of the ``t_out`` predicted frames of every video (the first ``t_in + t_out`` frames of a
-labeled split), ``core.metrics`` computes MSE and MAE (summed over a frame as the Moving MNIST
+labeled split), ``core.scores`` computes MSE and MAE (summed over a frame as the Moving MNIST
 literature reports them, and per pixel), PSNR and SSIM, and for grey data (``model.in_channels``
 1, scored as one channel) the F1 of the binarised frame, for the model and two baselines any useful
 model must beat: copy-last (the last input frame repeated) and mean-of-inputs (no motion, blurred
@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from core.atomic import atomic_path, write_json_atomic
 from core.errors import FramecastError
-from core.metrics import DEFINITIONS, LeadTimeMetrics
+from core.scores import DEFINITIONS, LeadTimeMetrics
 from data.datasets import VideoWindowDataset, check_channels, to_model_input
 from data.sources import open_split
 from stages.inference import Ensemble, to_uint8_frames

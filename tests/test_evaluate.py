@@ -14,7 +14,7 @@ from models.loading import load_model
 from predict_helpers import COUNTS, HEIGHT, T_IN, T_OUT, WIDTH, read_first_frames
 from predict_helpers import cfg, data_root  # noqa: F401 (fixtures)
 from stages import evaluate
-from test_metrics import numpy_reference
+from test_scores import numpy_reference
 
 
 def strict_json(path: Path) -> dict:

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     import torch
 
     from core.distributed import DistContext
-    from core.metrics import LeadTimeMetrics
+    from core.scores import LeadTimeMetrics
     from core.precision import Precision
 
 METRICS_NAME = "metrics.jsonl"
@@ -50,7 +50,7 @@ SCALAR_TAGS = {
             "val_ssim_per_lead_time": "val_ssim_by_lead_time"},
 }
 SAMPLES_TAG = "val/samples"
-# The per-lead-time scores in validation records: core.metrics key -> (record field of the list, one
+# The per-lead-time scores in validation records: core.scores key -> (record field of the list, one
 # value per lead time; record field of their mean). MSE summed over a frame (the literature's), SSIM.
 LEAD_TIME_FIELDS = {"mse_per_frame_sum": ("val_mse_per_lead_time", "val_mse_per_frame_sum"),
                     "ssim": ("val_ssim_per_lead_time", "val_ssim")}
@@ -199,13 +199,13 @@ def scored_validation(model: Any, batches: Any, *, t_in: int, t_out: int, in_cha
     """``training.step.validation_sums`` and, from the same predictions, per-lead-time scores.
 
     Returns (the loss sums exactly as ``validation_sums`` computes them: tensor (2,) float64 on the
-    device; ``core.metrics.LeadTimeMetrics`` of the predictions clipped to [0, 1], as the evaluate stage
+    device; ``core.scores.LeadTimeMetrics`` of the predictions clipped to [0, 1], as the evaluate stage
     scores them; the first ``samples`` videos as [inputs (S, t_in, C, H, W), truth (S, t_out, C, H, W),
     prediction (S, t_out, C, H, W)], float on the CPU, empty when ``samples`` is 0).
     """
     import torch
 
-    from core.metrics import LeadTimeMetrics
+    from core.scores import LeadTimeMetrics
     from training.step import validation_sums
 
     scores = LeadTimeMetrics(t_out)

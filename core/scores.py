@@ -1,4 +1,4 @@
-"""Video-prediction metrics per lead time, accumulated batch by batch so memory stays flat.
+"""Video-prediction scores per lead time, accumulated batch by batch so memory stays flat.
 
 Conventions (the Moving MNIST literature's, see shared/README.md section 3):
 - frames are float in [0, 1];

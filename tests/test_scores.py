@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.metrics import LeadTimeMetrics, frame_metrics
+from core.scores import LeadTimeMetrics, frame_metrics
 
 
 def numpy_ssim_frame(x: np.ndarray, y: np.ndarray) -> float:
