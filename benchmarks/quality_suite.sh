@@ -19,8 +19,10 @@ cd "$(dirname "$0")/.." || exit 64
 py=${PYTHON:-.venv/bin/python}
 export OMP_NUM_THREADS=${THREADS:-1}
 
-common=(--data shapes --height 48 --width 64 --t-in 10 --t-out 10 --train-videos 512 --val-videos 64
-        --reuse-data "$out/data" --minutes "$minutes" train.batch_size=8 train.lr=3e-3 data.num_workers=1)
+options=(--data shapes --height 48 --width 64 --t-in 10 --t-out 10 --train-videos 512 --val-videos 64
+         --reuse-data "$out/data" --minutes "$minutes")
+settings=(train.batch_size=8 train.lr=3e-3 data.num_workers=1)
+# Each run: its family (the options above and --family come before any KEY=VALUE), then its settings.
 declare -A runs=(
   [encoder_forecaster]="--family encoder_forecaster model.encoder_forecaster.residual=true
       model.encoder_forecaster.stem_channels=16 model.encoder_forecaster.hidden_channels=[32,32]
@@ -49,7 +51,9 @@ for name in $names; do
   [ -n "${runs[$name]:-}" ] || { echo "unknown run '$name'; $usage" >&2; exit 64; }
   echo "== $name"
   # shellcheck disable=SC2086  # the settings are a word list on purpose
-  if ! $py benchmarks/bench_quality.py "${common[@]}" ${runs[$name]} >"$out/$name.json" 2>"$out/$name.log"; then
+  read -r -a run <<<"$(echo ${runs[$name]})"
+  if ! $py benchmarks/bench_quality.py "${options[@]}" "${run[@]:0:2}" "${settings[@]}" "${run[@]:2}" \
+      >"$out/$name.json" 2>"$out/$name.log"; then
     failures=$((failures + 1))
     echo "   FAILED: $(tail -n 2 "$out/$name.log" | tr '\n' ' ')"
   fi
