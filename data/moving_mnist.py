@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import FramecastError
+from core.npyfile import map_npy
 from data.generate import PNG_COMPRESS_LEVEL, bounce, check_positive, write_dataset
 from data.synthetic import DEFAULT_COUNTS
 
@@ -81,12 +82,7 @@ def labels_path_for(images_path: str | os.PathLike) -> Path:
 def read_toronto(path: str | os.PathLike) -> np.ndarray:
     """The standard Moving MNIST file (T, N, 64, 64) as a memory-mapped uint8 view (N, T, H, W)."""
     file = Path(path)
-    if not file.is_file():
-        raise FramecastError(f"{file}: Moving MNIST file not found")
-    try:
-        data = np.load(file, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        raise FramecastError(f"{file}: not a readable .npy file ({exc})") from None
+    data = map_npy(file, "Moving MNIST file")
     if data.ndim != 4 or data.dtype != np.uint8:
         raise FramecastError(f"{file}: expected uint8 (T, N, H, W), found {data.dtype} {data.shape}")
     return data.transpose(1, 0, 2, 3)  # (T, N, H, W) -> (N, T, H, W), still a view of the map

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from core.atomic import atomic_path, write_json_atomic
 from core.errors import FramecastError
+from core.npyfile import map_npy
 from data.layout import check_video_name
 
 # Merge copies shard data in blocks of this size (bounded memory, large enough to stream fast).
@@ -113,12 +114,7 @@ def load_predictions(npy_path: str | os.PathLike, index_path: str | os.PathLike 
     if not npy.is_file():
         raise FramecastError(f"{npy}: prediction array not found")
     index = read_index(index_file)
-    try:
-        array = np.load(npy, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise FramecastError(f"{npy}: not a readable .npy array ({exc})") from None
-    if not isinstance(array, np.ndarray):
-        raise FramecastError(f"{npy}: holds {type(array).__name__}, not one array")
+    array = map_npy(npy, "prediction array")
     if array.ndim != 5 or array.shape[-1] != 3:
         raise FramecastError(f"{npy}: shape {list(array.shape)}, expected (videos, frames, height, width, 3)")
     if array.dtype != np.uint8:
@@ -153,15 +149,9 @@ def load_spread(npy_path: str | os.PathLike, index_path: str | os.PathLike | Non
     if not isinstance(name, str) or not name or Path(name).name != name:
         raise FramecastError(f"{index_file}: 'spread' must name a file next to the .npy, got {entry!r}")
     file = Path(npy_path).parent / name
-    if not file.is_file():
-        raise FramecastError(f"{file}: spread array not found (its index {index_file} names it)")
-    try:
-        spread = np.load(file, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise FramecastError(f"{file}: not a readable .npy array ({exc})") from None
-    if not isinstance(spread, np.ndarray) or spread.dtype != SPREAD_DTYPE:
-        raise FramecastError(f"{file}: expected a {np.dtype(SPREAD_DTYPE).name} array, got "
-                             f"{getattr(spread, 'dtype', type(spread).__name__)}")
+    spread = map_npy(file, f"spread array (its index {index_file} names it)")
+    if spread.dtype != SPREAD_DTYPE:
+        raise FramecastError(f"{file}: expected a {np.dtype(SPREAD_DTYPE).name} array, got {spread.dtype}")
     if spread.shape != array.shape:
         raise FramecastError(f"{file}: shape {list(spread.shape)}, but the prediction {npy_path} has {list(array.shape)}")
     return spread, index

@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.yaml"
 # Signals that ask for a checkpoint and a clean stop.
+# What the validation line adds when the run ends there (progress.stopped), keyed by why.
+STOP_NOTES = {"early_stop": "; no improvement for {bad} validations, stopping early",
+              "time_budget": "; train.max_minutes reached, stopping"}
 STOP_SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR2", None)) if s)
 
 CheckpointHook = Callable[[dict[str, Any]], None]
@@ -483,8 +486,7 @@ class Trainer:
             "epoch %d/%d step %d: train loss %.5g, val loss %.5g (best %.5g at epoch %d), %.1f videos/s, "
             "lr %.3g%s", epoch_number(epoch), self.tc.epochs, self.step, self._last_train[0], val_loss,
             progress.best_val_loss, progress.best_epoch, self._last_train[1], lr,
-            f"; no improvement for {progress.bad_validations} validations, stopping early"
-            if progress.stopped else "",
+            STOP_NOTES.get(progress.stopped, "").format(bad=progress.bad_validations),
         )
         self._mark = time.perf_counter()
         return improved
