@@ -29,10 +29,10 @@ declare -A runs=(
       model.encoder_forecaster.strides=[1,2] model.encoder_forecaster.kernel_size=3
       model.encoder_forecaster.norm_groups=8"
   [convlstm]="--family convlstm model.convlstm.residual=true model.convlstm.hidden_channels=[32,32]
-      model.convlstm.kernel_size=3 model.convlstm.patch_size=4 model.convlstm.sampling_stop_step=2000"
+      model.convlstm.kernel_size=3 model.convlstm.patch_size=2 model.convlstm.sampling_stop_step=400"
   [predrnn]="--family predrnn model.predrnn.residual=true model.predrnn.hidden_channels=[32,32]
-      model.predrnn.kernel_size=3 model.predrnn.patch_size=4 model.predrnn.reverse_start_step=500
-      model.predrnn.reverse_stop_step=2000 model.predrnn.reverse_exp_alpha=200 model.predrnn.sampling_stop_step=2000"
+      model.predrnn.kernel_size=3 model.predrnn.patch_size=4 model.predrnn.reverse_start_step=50
+      model.predrnn.reverse_stop_step=400 model.predrnn.reverse_exp_alpha=100"
   [simvp_gsta]="--family simvp model.simvp.residual=true model.simvp.spatial_channels=16
       model.simvp.temporal_channels=128 model.simvp.spatial_layers=2 model.simvp.temporal_layers=2
       model.simvp.mlp_ratio=4"
@@ -40,8 +40,8 @@ declare -A runs=(
       model.simvp.spatial_channels=16 model.simvp.temporal_channels=128 model.simvp.spatial_layers=2
       model.simvp.temporal_layers=2 model.simvp.mlp_ratio=4"
   [unet]="--family unet model.unet.residual=true model.unet.base_channels=16 model.unet.levels=3"
-  [phydnet]="--family phydnet model.phydnet.residual=true model.phydnet.encoder_channels=32
-      model.phydnet.convlstm_channels=[32] model.phydnet.sampling_stop_step=2000"
+  [phydnet]="--family phydnet train.loss=mse+l1 model.phydnet.residual=true model.phydnet.encoder_channels=32
+      model.phydnet.convlstm_channels=[32] model.phydnet.sampling_stop_step=500"
   [attention_gru]="--family attention_gru model.attention_gru.residual=true
       model.attention_gru.hidden_channels=[16,32] model.attention_gru.patch_size=2"
 )
