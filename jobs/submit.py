@@ -35,9 +35,10 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import submitit
+import submitit.core.utils
 from submitit.helpers import environment_variables
 
 from core.config import Config, SlurmConfig, config_to_dict, load_config
@@ -221,6 +222,17 @@ def _await_upstream(after: Sequence[submitit.Job], what: str, timeout_s: float |
         raise UpstreamFailed(f"{what} not submitted: job {first.job_id} ({first.label}) ended {first.state}")
 
 
+@contextlib.contextmanager
+def _sbatch_errors(stage: str) -> Iterator[None]:
+    """sbatch's refusal (controller down, bad partition or account) as one line, not submitit's traceback."""
+    try:
+        yield
+    except submitit.core.utils.FailedJobError as exc:
+        reason = " ".join(str(exc).split()) or "no message"
+        raise FramecastError(f"sbatch refused the {stage} job: {reason} (check `sinfo` and the slurm.* "
+                             "settings; --executor local runs the jobs on this machine)") from None
+
+
 def _submit(ex: submitit.AutoExecutor, stage_jobs: list[StageJob], after: Sequence[submitit.Job],
             timeout_s: float | None, code: CodeSnapshot, slurm: SlurmConfig | None = None,
             dependency: str = "afterok") -> list[submitit.Job]:
@@ -230,7 +242,7 @@ def _submit(ex: submitit.AutoExecutor, stage_jobs: list[StageJob], after: Sequen
             _await_upstream(after, stage_jobs[0].stage.name, timeout_s)
         else:
             ex.update_parameters(slurm_dependency=_dependency(after, dependency))
-    with _starting_in(code.root):
+    with _starting_in(code.root), _sbatch_errors(stage_jobs[0].stage.name):
         if len(stage_jobs) == 1:
             return [ex.submit(stage_jobs[0])]
         limit = array_limit(slurm) if ex.cluster == "slurm" and slurm is not None else None

@@ -1,4 +1,5 @@
 """The command line as a user meets it: bad input gives one line naming the file, exit code 2."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,8 +10,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
-def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "main.py"), *args], cwd=cwd,
+def run_cli(*args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "main.py"), *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -55,3 +56,21 @@ def test_convert_refuses_an_array_that_disagrees_with_its_index(tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "np_to_png.py"), str(npy), "--out", str(tmp_path / "png")],
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "hidden" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_sbatch_refusing_the_job_is_one_line_after_its_own_message(tmp_path):
+    # A login node whose Slurm controller is down: sbatch is on PATH and fails.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    sbatch = bin_dir / "sbatch"
+    sbatch.write_text("#!/bin/sh\necho 'sbatch: error: Unable to contact slurm controller (connect failure)' >&2\n"
+                      "exit 1\n")
+    sbatch.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    result = run_cli("submit", "train", "--config", "configs/tiny.yaml", "--executor", "slurm",
+                     f"run.out_dir={tmp_path / 'runs'}", env=env)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]  # submitit echoes sbatch's stderr first
+    assert last.startswith("error: sbatch refused the train job") and "Unable to contact" in last, result.stderr
+    assert "--executor local" in last
