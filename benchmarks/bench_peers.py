@@ -462,17 +462,19 @@ class Comparison:
 
 ADAM = ("train.optimizer=adam", "train.loss=mse", "train.amp=off")
 
+
+def encoder_forecaster_comparison(cell: str) -> Comparison:
+    """framecast's encoder-forecaster against the jhhuang96 ConvLSTM-PyTorch model, with either cell."""
+    return Comparison(
+        "convlstm_pytorch", "encoder_forecaster", cell, (*ADAM, "train.lr=1e-4"),
+        lambda root, batch, device: convlstm_pytorch_side(root, cell, batch, device),
+        "the peer's lowest forecaster cell convolves an all-zero input (96 channels) at every step and "
+        "its gate convs carry biases next to the GroupNorm shifts; framecast has neither")
+
+
 COMPARISONS: dict[str, Comparison] = {
-    "ef-gru": Comparison(
-        "convlstm_pytorch", "encoder_forecaster", "gru", (*ADAM, "train.lr=1e-4"),
-        lambda root, batch, device: convlstm_pytorch_side(root, "gru", batch, device),
-        "the peer's lowest forecaster cell convolves an all-zero input (96 channels) at every step and "
-        "its gate convs carry biases next to the GroupNorm shifts; framecast has neither"),
-    "ef-lstm": Comparison(
-        "convlstm_pytorch", "encoder_forecaster", "lstm", (*ADAM, "train.lr=1e-4"),
-        lambda root, batch, device: convlstm_pytorch_side(root, "lstm", batch, device),
-        "the peer's lowest forecaster cell convolves an all-zero input (96 channels) at every step and "
-        "its gate convs carry biases next to the GroupNorm shifts; framecast has neither"),
+    "ef-gru": encoder_forecaster_comparison("gru"),
+    "ef-lstm": encoder_forecaster_comparison("lstm"),
     "convlstm": Comparison(
         "openstl", "convlstm", "lstm", (*ADAM, "train.lr=5e-4"),
         lambda root, batch, device: openstl_rnn_side(root, "convlstm", batch, device),
