@@ -111,10 +111,8 @@ def load_predictions(npy_path: str | os.PathLike, index_path: str | os.PathLike 
     """
     npy = Path(npy_path)
     index_file = Path(index_path) if index_path is not None else index_path_for(npy)
-    if not npy.is_file():
-        raise FramecastError(f"{npy}: prediction array not found")
+    array = map_npy(npy, "prediction array")  # a missing array is named before its index
     index = read_index(index_file)
-    array = map_npy(npy, "prediction array")
     if array.ndim != 5 or array.shape[-1] != 3:
         raise FramecastError(f"{npy}: shape {list(array.shape)}, expected (videos, frames, height, width, 3)")
     if array.dtype != np.uint8:

@@ -46,10 +46,10 @@ from training.step import build_grad_scaler, build_optimizer, train_step, valida
 log = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.yaml"
-# Signals that ask for a checkpoint and a clean stop.
 # What the validation line adds when the run ends there (progress.stopped), keyed by why.
 STOP_NOTES = {"early_stop": "; no improvement for {bad} validations, stopping early",
               "time_budget": "; train.max_minutes reached, stopping"}
+# Signals that ask for a checkpoint and a clean stop.
 STOP_SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR2", None)) if s)
 
 CheckpointHook = Callable[[dict[str, Any]], None]
