@@ -726,6 +726,10 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return f"{problem}{where}"
 
 
+# The resolved config a run saves in its folder (the train stage writes it; runs and compare read it).
+CONFIG_NAME = "config.yaml"
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
     """Load ``path`` (a missing file is an error, never silent defaults) and apply overrides."""
     values: dict = {}

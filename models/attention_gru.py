@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from core.config import ModelConfig
-from models.base import FamilyModel, from_patches, to_patches
+from models.base import FamilyModel, from_patches, start_at_copy_last, to_patches
 from models.cells import ConvGRUCell, ConvRNNCell, stack_time
 
 # Architecture constants (not tunables): 3x3 strided/upsampling convs, x2 per level, leaky ReLU
@@ -136,9 +136,7 @@ class AttentionGRU(FamilyModel):
         self.up = nn.ModuleList(BlurUpsample(hidden[l + 1], hidden[l]) for l in range(levels - 1))
         self.head = nn.Conv2d(hidden[0], self.frame_channels, 1)
         if cfg.residual:
-            # The change from the last frame starts at zero: an untrained model is exactly copy-last.
-            nn.init.zeros_(self.head.weight)
-            nn.init.zeros_(self.head.bias)
+            start_at_copy_last(self.head)
         self.checkpoint_steps = False
 
     @property

@@ -145,6 +145,13 @@ def mix_frames(true: Tensor, predicted: Tensor, use_true: Tensor) -> Tensor:
     return keep * true + (1 - keep) * predicted
 
 
+def start_at_copy_last(readout: nn.Conv2d) -> None:
+    """Zero the conv that outputs a residual model's change from the last frame: untrained, the model
+    is exactly copy-last (it starts from the baseline, not from grey frames)."""
+    nn.init.zeros_(readout.weight)
+    nn.init.zeros_(readout.bias)
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of scalars in the model's parameters (a torch.compile wrapper counts as its model)."""
     return sum(p.numel() for p in model.parameters())

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from core.config import ModelConfig
-from models.base import Forecast, RolloutModel, from_patches, mix_frames, to_patches
+from models.base import Forecast, RolloutModel, from_patches, mix_frames, start_at_copy_last, to_patches
 from models.cells import CELLS, ConvRNNCell, State, stack_time
 from models.sampling import draw_linear_choices
 
@@ -49,8 +49,7 @@ class ConvLSTMStack(RolloutModel):
         )
         self.head = nn.Conv2d(hidden[-1], self.frame_channels, HEAD_KERNEL)
         if cfg.residual:
-            nn.init.zeros_(self.head.weight)  # the change starts at zero: copy-last before training
-            nn.init.zeros_(self.head.bias)
+            start_at_copy_last(self.head)
         self.state_tensors = STATE_TENSORS[cfg.cell]
 
     @property

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core.config import EncoderForecasterConfig, ModelConfig
-from models.base import FamilyModel
+from models.base import FamilyModel, start_at_copy_last
 from models.cells import CELLS, ConvRNNCell
 
 # Architecture constants of the reference design (not tunables): 3x3 stem/strided convs,
@@ -90,9 +90,7 @@ class EncoderForecaster(FamilyModel):
         )
         self.head = nn.Conv2d(cfg.stem_channels, frame_channels, 1)
         if cfg.residual:
-            # The change from the last frame starts at zero: an untrained model is exactly copy-last.
-            nn.init.zeros_(self.head.weight)
-            nn.init.zeros_(self.head.bias)
+            start_at_copy_last(self.head)
 
     @property
     def stride(self) -> int:

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from core.config import ModelConfig
-from models.base import Forecast, RolloutModel, mix_frames
+from models.base import Forecast, RolloutModel, mix_frames, start_at_copy_last
 from models.cells import ConvLSTMCell, stack_time
 from models.sampling import draw_linear_choices
 
@@ -148,9 +148,7 @@ class PhyDNet(RolloutModel):
             for layer, (i, o, s) in enumerate(zip(up_ins, up_outs, ENCODER_STRIDES[::-1]))
         ))
         if cfg.residual:
-            last = self.decoder[-1]  # the frame readout (a plain conv, no norm)
-            nn.init.zeros_(last.weight)  # the change starts at zero: copy-last before training
-            nn.init.zeros_(last.bias)
+            start_at_copy_last(self.decoder[-1])  # the frame readout (a plain conv, no norm)
         self.phys_encoder = nn.Sequential(*(_block(features, features, 1) for _ in range(BRANCH_BLOCKS)))
         self.lstm_encoder = nn.Sequential(*(_block(features, features, 1) for _ in range(BRANCH_BLOCKS)))
         self.phycell = nn.ModuleList(

@@ -32,6 +32,7 @@ from models.base import (
     draw_true_tokens,
     from_patches,
     mix_frames,
+    start_at_copy_last,
     to_patches,
 )
 from models.cells import FORGET_GATE_BIAS, stack_time
@@ -153,8 +154,7 @@ class PredRNN(RolloutModel):
         )
         self.head = nn.Conv2d(width, frame_channels, POINTWISE_KERNEL)  # top hidden -> next frame's patches
         if cfg.residual:
-            nn.init.zeros_(self.head.weight)  # the change starts at zero: copy-last before training
-            nn.init.zeros_(self.head.bias)
+            start_at_copy_last(self.head)
         # The memory-decoupling loss compares delta_c and delta_m after this shared map (no bias: a
         # bias would make two zero increments look alike). Absent without the loss, so no parameter
         # goes without a gradient (DDP would stop at it).

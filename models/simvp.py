@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core.config import SIMVP_NORM_GROUPS, ModelConfig
-from models.base import FamilyModel, Forecast
+from models.base import FamilyModel, Forecast, start_at_copy_last
 
 # Architecture constants of the papers (not tunables).
 SPATIAL_NORM_GROUPS = SIMVP_NORM_GROUPS  # GroupNorm groups in the encoder/decoder blocks (SimVP)
@@ -258,8 +258,7 @@ class SimVP(FamilyModel):
                                      cfg.translator, cfg.mlp_ratio, cfg.drop_path)
         self.decoder = Decoder(self.in_channels, cfg.spatial_channels, cfg.spatial_layers, cfg.spatial_kernel)
         if cfg.residual:
-            nn.init.zeros_(self.decoder.readout.weight)  # the change starts at zero: copy-last
-            nn.init.zeros_(self.decoder.readout.bias)
+            start_at_copy_last(self.decoder.readout)
 
     @property
     def stride(self) -> int:

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from core.config import ModelConfig
-from models.base import FamilyModel
+from models.base import FamilyModel, start_at_copy_last
 
 # Architecture constants of the paper (not tunables): 3x3 convs, 2x2 pooling and up-convs.
 CONV_KERNEL = 3
@@ -70,9 +70,7 @@ class UNet(FamilyModel):
         self.merge = nn.ModuleList(ConvBlock(2 * widths[i], widths[i], groups) for i in range(cfg.levels))
         self.head = nn.Conv2d(widths[0], t_out * self.in_channels, 1)
         if cfg.residual:
-            # The change from the last frame starts at zero: an untrained model is exactly copy-last.
-            nn.init.zeros_(self.head.weight)
-            nn.init.zeros_(self.head.bias)
+            start_at_copy_last(self.head)
 
     @property
     def stride(self) -> int:

@@ -42,13 +42,12 @@ from typing import Any
 
 from core.atomic import atomic_path, write_text_atomic
 from core.checkpoint import BEST_NAME, load_checkpoint
-from core.config import Config, config_from_dict, config_to_dict, load_config
+from core.config import CONFIG_NAME, Config, config_from_dict, config_to_dict, load_config
 from core.errors import FramecastError
+from training.metrics import METRICS_NAME, read_metrics
 
 log = logging.getLogger(__name__)
 
-CONFIG_NAME = "config.yaml"  # what the train stage saves in a run folder (stages.train.CONFIG_NAME)
-METRICS_NAME = "metrics.jsonl"
 TABLE_CSV = "compare.csv"
 TABLE_MD = "compare.md"
 RUNS_CSV = "runs.csv"
@@ -155,8 +154,6 @@ def find_runs(patterns: list[str]) -> list[Path]:
 
 def training_minutes(run_dir: Path) -> float | None:
     """Wall minutes from the first to the last record of the run's metrics.jsonl."""
-    from training.metrics import read_metrics
-
     times = [r["time"] for r in read_metrics(run_dir / METRICS_NAME) if isinstance(r.get("time"), (int, float))]
     return (max(times) - min(times)) / 60 if len(times) >= 2 else None
 

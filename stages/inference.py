@@ -37,8 +37,6 @@ log = logging.getLogger(__name__)
 
 # The parts of a checkpoint a Predictor drops once its model is built (weights, optimizer, scaler, rng).
 _TENSOR_PARTS = ("model", "optimizer", "scheduler", "scaler", "rng")
-# The checkpoint key holding the (height, width) of the frames a model was trained on, where the
-# train stage records it; members that both record it must agree.
 
 
 def is_ensemble(cfg: Config) -> bool:

@@ -35,12 +35,12 @@ from typing import Any
 import yaml
 
 from core.checkpoint import BEST_NAME, LAST_NAME
+from core.config import CONFIG_NAME
 from core.errors import FramecastError
 from core.processes import pid_alive
 from core.runlock import LOCK_NAME, Holder, lock_holder
 from training.metrics import METRICS_NAME, read_metrics
 
-CONFIG_NAME = "config.yaml"  # as stages/train.py writes it
 RUN_FILES = (CONFIG_NAME, LAST_NAME, BEST_NAME, LOCK_NAME, METRICS_NAME)
 JOBS_DIR = "jobs"  # submitit's folders of the run's jobs (jobs.submit.job_folder)
 TRAIN_JOB_PREFIX = "framecast-train-"  # the Slurm job name of a train job (jobs.submit.make_executor)

@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from core.checkpoint import BEST_NAME, FRAME_SIZE_KEY, LAST_NAME, check_same_model, load_checkpoint, save_checkpoint
-from core.config import Config, config_from_dict, config_to_dict, save_config
+from core.config import CONFIG_NAME, Config, config_from_dict, config_to_dict, save_config
 from core.distributed import DistContext, all_reduce_sum, barrier, cleanup_distributed, init_distributed
 from core.errors import FramecastError
 from core.precision import Precision, compile_cache_dir, use_compile_cache
@@ -45,7 +45,6 @@ from training.step import build_grad_scaler, build_optimizer, train_step, valida
 
 log = logging.getLogger(__name__)
 
-CONFIG_NAME = "config.yaml"
 # What the validation line adds when the run ends there (progress.stopped), keyed by why.
 STOP_NOTES = {"early_stop": "; no improvement for {bad} validations, stopping early",
               "time_budget": "; train.max_minutes reached, stopping"}
