@@ -302,6 +302,14 @@ def submit_stage(stage: Stage | str, cfg: Config, executor: str | None = None, *
     return _submit(ex, [job], after, timeout_s, code)[0]
 
 
+def announced(jobs: list[submitit.Job], on_submit: OnSubmit | None) -> list[submitit.Job]:
+    """``jobs``, after showing each to ``on_submit`` (if any) as soon as it was submitted."""
+    for job in jobs:
+        if on_submit is not None:
+            on_submit(job)
+    return jobs
+
+
 def submit_jobs(stage: Stage | str, cfg: Config, executor: str | None = None, *,
                 after: Sequence[submitit.Job] = (), join: bool = True, timeout_s: float | None = None,
                 code: CodeSnapshot | None = None, on_submit: OnSubmit | None = None) -> list[submitit.Job]:
@@ -311,20 +319,16 @@ def submit_jobs(stage: Stage | str, cfg: Config, executor: str | None = None, *,
     code = code or snapshot_for(cfg)
     shards = stage.shard_count(cfg)
 
-    def seen(new: list[submitit.Job]) -> list[submitit.Job]:
-        for job in new:
-            if on_submit is not None:
-                on_submit(job)
-        return new
-
     if shards == 1:
-        return seen([submit_stage(stage, cfg, executor, after=after, timeout_s=timeout_s, code=code)])
-    ex = make_executor(cfg, stage, executor, code.root)
+        return announced([submit_stage(stage, cfg, executor, after=after, timeout_s=timeout_s, code=code)],
+                         on_submit)
     config, workdir = config_to_dict(cfg), os.getcwd()
-    jobs = seen(_submit(ex, [StageJob(stage, config, workdir, (i, shards), code) for i in range(shards)],
-                        after, timeout_s, code, cfg.slurm))
+    calls = [StageJob(stage, config, workdir, (i, shards), code) for i in range(shards)]
+    jobs = announced(submit_calls(stage, cfg, calls, executor, code=code, after=after, timeout_s=timeout_s),
+                     on_submit)
     if join and stage.join:
-        jobs += seen([submit_stage(stage.join, cfg, executor, after=jobs, timeout_s=timeout_s, code=code)])
+        jobs += announced([submit_stage(stage.join, cfg, executor, after=jobs, timeout_s=timeout_s, code=code)],
+                          on_submit)
     return jobs
 
 

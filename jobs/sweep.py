@@ -179,24 +179,19 @@ def submit_sweep(sweep: Sweep, executor: str | None = None, *, code: CodeSnapsho
     code = code or submit.snapshot_for(sweep.base)
     calls = _calls("train", [r.cfg for r in sweep.runs], code)
 
-    def seen(jobs: list[submitit.Job]) -> list[submitit.Job]:
-        for job in jobs:
-            if on_submit is not None:
-                on_submit(job)
-        return jobs
-
     if kind == "local":
         jobs = []
         for call in calls:
-            [job] = seen(submit.submit_calls("train", sweep.base, [call], kind, code=code))
+            [job] = submit.announced(submit.submit_calls("train", sweep.base, [call], kind, code=code), on_submit)
             jobs.append(job)
             wait_jobs([job], timeout_s=timeout_s)
         after: list[submitit.Job] = []
     else:
-        jobs = seen(submit.submit_calls("train", sweep.base, calls, kind, code=code))
+        jobs = submit.announced(submit.submit_calls("train", sweep.base, calls, kind, code=code), on_submit)
         after = jobs
-    [compare_job] = seen(submit.submit_calls("compare", sweep.compare, _calls("compare", [sweep.compare], code), kind,
-                                             code=code, after=after, dependency="afterany"))
+    compare_calls = _calls("compare", [sweep.compare], code)
+    [compare_job] = submit.announced(submit.submit_calls("compare", sweep.compare, compare_calls, kind, code=code,
+                                                         after=after, dependency="afterany"), on_submit)
     _write_manifest(sweep, jobs, compare_job)
     return jobs, compare_job
 
