@@ -310,16 +310,17 @@ def to_uint8_frames(raw: torch.Tensor) -> torch.Tensor:
     as grey RGB, as the hand-off format and the PNGs are RGB. Doing it on the device means the host
     copies uint8, a quarter of the float32 bytes.
     """
-    frames = raw.float().clamp(0, 1).mul_(255).round_().to(torch.uint8)  # (B, T, C, H, W)
-    if frames.shape[2] == 1:
-        frames = frames.expand(-1, -1, 3, -1, -1)  # (B, T, 3, H, W)
-    return frames.permute(0, 1, 3, 4, 2).contiguous()  # (B, T, H, W, 3)
+    return to_hand_off_layout(raw.float().clamp(0, 1).mul_(255).round_().to(torch.uint8))
 
 
 def to_spread_frames(std: torch.Tensor) -> torch.Tensor:
     """Per-pixel std float (B, T, C, H, W) -> float16 (B, T, H, W, 3) on the same device, laid out
     as ``to_uint8_frames`` lays out the frames (grey repeated as RGB)."""
-    spread = std.to(torch.float16)  # (B, T, C, H, W)
-    if spread.shape[2] == 1:
-        spread = spread.expand(-1, -1, 3, -1, -1)  # (B, T, 3, H, W)
-    return spread.permute(0, 1, 3, 4, 2).contiguous()  # (B, T, H, W, 3)
+    return to_hand_off_layout(std.to(torch.float16))
+
+
+def to_hand_off_layout(frames: torch.Tensor) -> torch.Tensor:
+    """(B, T, C, H, W) -> contiguous (B, T, H, W, 3), the .npy's layout; grey (C = 1) repeated as RGB."""
+    if frames.shape[2] == 1:
+        frames = frames.expand(-1, -1, 3, -1, -1)  # (B, T, 3, H, W)
+    return frames.permute(0, 1, 3, 4, 2).contiguous()
