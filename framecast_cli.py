@@ -29,7 +29,7 @@ def main() -> int:
     if root in sys.path:
         sys.path.remove(root)
     sys.path.insert(0, root)
-    from jobs.cli import main as run_command  # framecast's own (the folder above is first on sys.path)
+    from cli import main as run_command  # framecast's own (the folder above is first on sys.path)
 
     return run_command(prog="framecast")
 

@@ -1,4 +1,4 @@
-"""framecast command line: a thin entry point over ``jobs.cli`` (the parser and the commands).
+"""framecast command line: a thin entry point over ``cli`` (the parser and the commands).
 
     python main.py make-data --kind shapes --out datasets/shapes
     python main.py pack --data datasets/shapes
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sys
 
-from jobs.cli import main
+from cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

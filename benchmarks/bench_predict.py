@@ -5,7 +5,7 @@
     python benchmarks/bench_predict.py --family simvp --preset mmnist --videos 600 2000 --batch-size 16
 
 Each N runs in a fresh process (so its peak RSS is its own) through the real predict path
-(``stages.inference.Predictor.load`` from a format-2 checkpoint, its loader,
+(``training.inference.Predictor.load`` from a format-2 checkpoint, its loader,
 ``stages.predict.write_predictions``) on a synthetic source whose frames are generated on read, so
 neither input nor output is ever held whole in memory: peak RSS should stay flat as N grows while
 the output file grows linearly. ``--family``/``--preset``/``--cell`` and ``key=value`` settings
@@ -43,7 +43,7 @@ from core.errors import FramecastError  # noqa: E402
 from data.datasets import VideoWindowDataset  # noqa: E402
 from data.sources import VideoSource  # noqa: E402
 from models import build_model, count_parameters  # noqa: E402
-from stages.inference import Predictor  # noqa: E402
+from training.inference import Predictor  # noqa: E402
 from stages.predict import write_predictions  # noqa: E402
 
 

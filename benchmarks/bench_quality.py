@@ -188,6 +188,7 @@ def versus(model: dict, baseline: dict) -> dict:
 
 
 def run(args: argparse.Namespace, work: Path, keep: bool) -> dict:
+    from core.outputs import REPORT_NAME
     from stages import evaluate, train
 
     data_root = Path(args.reuse_data) if args.reuse_data else work / "data"
@@ -250,7 +251,7 @@ def run(args: argparse.Namespace, work: Path, keep: bool) -> dict:
                     "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None},
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "run_dir": str(run_dir) if keep else None,
-        "report": str(run_dir / "eval" / "val" / evaluate.REPORT_NAME) if keep else None,
+        "report": str(run_dir / "eval" / "val" / REPORT_NAME) if keep else None,
     }
 
 

@@ -420,7 +420,7 @@ class TrainConfig:
 class PredictConfig:
     # One checkpoint (empty means runs/<run.name>/best.pt), or an ensemble: a glob
     # ("runs/sweep/*/best.pt", matches in sorted order) or a list of paths and globs, whose members'
-    # outputs are averaged (stages/inference.py resolves it; an ensemble's outputs default to
+    # outputs are averaged (training/inference.py resolves it; an ensemble's outputs default to
     # <split>.ensemble.npy, so they never replace a member's own).
     checkpoint: str | list[str] = ""
     split: str = "hidden"

@@ -18,19 +18,6 @@ from pathlib import Path
 
 from core.config import Config
 
-def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--executor", choices=["auto", "slurm", "local"], default=None,
-                        help="where the jobs run (default: slurm.executor of the config)")
-    parser.add_argument("--config", default="configs/demo.yaml")
-    parser.add_argument("--videos", type=int, default=256, help="videos in each of train/ and unlabeled/")
-    parser.add_argument("--eval-videos", type=int, default=16, help="videos in each of val/ and hidden/")
-    parser.add_argument("--height", type=int, default=48)
-    parser.add_argument("--width", type=int, default=64)
-    parser.add_argument("--timeout", type=float, default=3600, metavar="SECONDS",
-                        help="stop waiting for the jobs after this long")
-    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
-
-
 def _prepare_data(cfg: Config, args: argparse.Namespace) -> None:
     from data.layout import SPLITS
     from data.pack import pack_dataset, pack_path
@@ -53,11 +40,11 @@ def _prepare_data(cfg: Config, args: argparse.Namespace) -> None:
 
 
 def _print_outputs(cfg: Config, minutes: float) -> None:
-    from stages.convert import png_dir
-    from stages.evaluate import GIF_NAME, PLOT_NAME, REPORT_NAME, STRIP_NAME, out_dir_for, print_summary
-    from stages.predict import output_path as npy_path
+    from core.outputs import GIF_NAME, PLOT_NAME, REPORT_NAME, STRIP_NAME, eval_dir, png_dir
+    from core.outputs import predictions_path as npy_path
+    from stages.evaluate import print_summary
 
-    eval_dir = out_dir_for(cfg)
+    eval_dir = eval_dir(cfg)
     outputs = (
         ("checkpoint", f"{cfg.run_dir / 'best.pt'}  (python load_model.py {cfg.run_dir / 'best.pt'})"),
         ("loss curve", cfg.run_dir / "loss_curve.png"),

@@ -24,7 +24,6 @@ stage is submitted only after the stages it depends on have completed.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import os
@@ -360,98 +359,8 @@ def submit_pipeline(cfg: Config, executor: str | None = None, *, on_submit: OnSu
     return jobs
 
 
-# ----------------------------------------------------------------------------- command line
-
-
 def describe_submission(job: submitit.Job) -> str:
     """What was submitted, its job id and where its logs will be."""
     kind = "local" if isinstance(job, submitit.LocalJob) else "slurm"
     return (f"submitted {job_label(job)}: job {job.job_id} ({kind})\n"
             f"  log: {job.paths.stdout}\n  err: {job.paths.stderr}")
-
-
-def _job_help(stage: Stage) -> str:
-    parts = [f"a job: {stage.help}"]
-    if stage.job_help:
-        parts.append(stage.job_help)
-    if stage.shards:
-        join = f" and a {stage.join} job" if stage.join else ""
-        parts.append(f"an array of {stage.shards} jobs{join} when {stage.shards} > 1")
-    return "; ".join(parts)
-
-
-def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
-    """``submit {<stage>,pipeline} --config FILE [options] [key.sub=value ...]``, a stage per declaration.
-
-    Each stage is a sub-command with the same options: that way the overrides can follow the
-    options (argparse cannot join two positionals split by options).
-    """
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", required=True, help="YAML config file (see configs/)")
-    common.add_argument("--executor", choices=EXECUTORS, default=None,
-                        help="slurm, local, or auto (slurm when sbatch is on PATH); default: slurm.executor")
-    common.add_argument("--wait", action="store_true", help="wait for the jobs and report how each ended")
-    common.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
-                        help="with --wait: stop waiting after this long (the jobs keep running)")
-    common.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
-    commands = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
-    helps = {stage.name: _job_help(stage) for stage in registry.stages()}
-    helps["pipeline"] = f"the stages as chained jobs (afterok on Slurm): {describe_pipeline()}"
-    for name, text in helps.items():
-        commands.add_parser(name, parents=[common], help=text, description=text)
-    text = ("train runs over a grid of settings and seeds as one job array (one after another on the local "
-            "executor), then a compare job over them (jobs/sweep.py)")
-    sweep = commands.add_parser("sweep", parents=[common], help=text, description=text)
-    sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
-                       help="a data/model/train setting and its values (repeatable: the grid is every combination)")
-    sweep.add_argument("--seeds", type=int, default=1, metavar="N",
-                       help="runs per grid point, with train.seed = the config's train.seed + 0 .. N-1")
-
-
-def submit_main(args: argparse.Namespace) -> int:
-    """``main.py submit``: 0 when submitted (with --wait: when every job completed), else 1."""
-    if args.stage == "sweep":
-        from jobs.sweep import sweep_main
-
-        return sweep_main(args)
-    cfg = load_config(args.config, list(args.overrides))
-    executor = resolve_executor(args.executor, cfg)
-    code = snapshot_for(cfg)
-    print(f"{code.describe()}, snapshot in {code.root}", flush=True)
-
-    def show(job: submitit.Job) -> None:
-        print(describe_submission(job), flush=True)
-
-    if args.stage == "pipeline":
-        jobs = submit_pipeline(cfg, executor, on_submit=show, timeout_s=args.timeout, code=code)
-        expected = pipeline_job_count(cfg)
-    else:
-        jobs = submit_jobs(args.stage, cfg, executor, timeout_s=args.timeout, code=code, on_submit=show)
-        expected = job_count(args.stage, cfg)
-    # On the local executor submitting stops at the first stage that fails.
-    complete = len(jobs) == expected
-    if not args.wait:
-        return 0 if complete else 1
-
-    def report(end: JobEnd) -> None:
-        print(end.describe(), flush=True)
-
-    ends = wait_jobs(jobs, timeout_s=args.timeout, report=report)
-    ok = complete and all(end.ok for end in ends)
-    print("all jobs completed" if ok else "some jobs did not complete", flush=True)
-    return 0 if ok else 1
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobs.submit", description=__doc__.splitlines()[0])
-    add_submit_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return submit_main(args)
-    except FramecastError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -23,7 +23,6 @@ those define what is trained, and the compare stage groups runs by exactly those
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import os
 import re
@@ -36,12 +35,13 @@ import submitit
 from core.atomic import write_json_atomic
 from core.config import Config, config_from_dict, config_to_dict, load_config
 from core.errors import FramecastError
+from core.grid import SEED_KEY, TRAINED_SECTIONS, short_names
+from core.outputs import TABLE_MD
 from jobs import submit
 from jobs.snapshot import CodeSnapshot
 from jobs.stage_job import StageJob
 from jobs.wait import JobEnd, wait_jobs
 from stages import registry
-from stages.compare import SEED_KEY, TABLE_MD, TRAINED_SECTIONS, short_names
 
 MANIFEST_NAME = "sweep.json"
 # Run folder names are run.name values: core.config allows letters, digits and . _ - + = ,
@@ -210,33 +210,3 @@ def describe_sweep(sweep: Sweep) -> str:
     points = len(sweep.runs) // sweep.seeds
     return (f"sweep {sweep.folder}: {len(sweep.runs)} train runs ({points} grid point(s) x {sweep.seeds} seed(s)), "
             f"then compare -> {Path(sweep.compare.compare.out) / TABLE_MD}")
-
-
-def sweep_main(args: argparse.Namespace) -> int:
-    """``main.py submit sweep``: 0 when submitted (with --wait: when every job completed), else 1."""
-    sweep = plan_sweep(args.config, list(args.overrides), list(args.grid), args.seeds)
-    executor = submit.resolve_executor(args.executor, sweep.base)
-    code = submit.snapshot_for(sweep.base)
-    print(f"{code.describe()}, snapshot in {code.root}", flush=True)
-    print(describe_sweep(sweep), flush=True)
-    folders = iter(r.cfg.run_dir for r in sweep.runs)
-
-    def show(job: submitit.Job) -> None:
-        print(submit.describe_submission(job), flush=True)
-        folder = next(folders, None)
-        if folder is not None:
-            print(f"  run: {folder}", flush=True)
-
-    jobs, compare_job = submit_sweep(sweep, executor, code=code, on_submit=show, timeout_s=args.timeout)
-    if not args.wait:
-        return 0
-
-    def report(end: JobEnd) -> None:
-        print(end.describe(), flush=True)
-
-    ends = wait_jobs([*jobs, compare_job], timeout_s=args.timeout, report=report)
-    ok = all(end.ok for end in ends)
-    if ends[-1].ok:
-        print(f"comparison: {ends[-1].result}", flush=True)
-    print("all jobs completed" if ok else "some jobs did not complete", flush=True)
-    return 0 if ok else 1

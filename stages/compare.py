@@ -44,63 +44,14 @@ from core.atomic import atomic_path, write_text_atomic
 from core.checkpoint import BEST_NAME, load_checkpoint
 from core.config import CONFIG_NAME, Config, config_from_dict, config_to_dict, load_config
 from core.errors import FramecastError
+from core.grid import SEED_KEY, format_value, short_names, trained_settings
+from core.outputs import COMPARE_PLOT_NAME, REPORT_NAME, RUNS_CSV, TABLE_CSV, TABLE_MD, eval_dir
+from stages import registry
 from training.metrics import METRICS_NAME, read_metrics
 
 log = logging.getLogger(__name__)
 
-TABLE_CSV = "compare.csv"
-TABLE_MD = "compare.md"
-RUNS_CSV = "runs.csv"
-PLOT_NAME = "compare.png"
-# What was trained: the config sections that group runs into points (train.seed aside).
-TRAINED_SECTIONS = ("data", "model", "train")
-SEED_KEY = "train.seed"
 MSE_KEY = "mse_per_frame_sum"  # core.scores: the literature's MSE
-
-
-# ----------------------------------------------------------------------------- names of settings
-
-
-def short_names(keys: Iterable[str]) -> dict[str, str]:
-    """Each dotted setting by its shortest dotted tail that no other of ``keys`` ends with:
-    ``train.lr`` -> ``lr``; ``model.convlstm.cell`` and ``model.predrnn.cell`` keep their family."""
-    keys = list(keys)
-    names = {}
-    for key in keys:
-        parts = key.split(".")
-        for size in range(1, len(parts) + 1):
-            tail = ".".join(parts[-size:])
-            if not any(other != key and (other == tail or other.endswith("." + tail)) for other in keys):
-                break
-        names[key] = tail
-    return names
-
-
-def format_value(value: Any) -> str:
-    """A setting's value as written in a point's name and in the tables: 0.0003, true, [8, 8]."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, (list, dict)):
-        return json.dumps(value, separators=(",", ":"))
-    return str(value)
-
-
-def trained_settings(config: dict) -> dict[str, Any]:
-    """{dotted key: value} of a config's ``TRAINED_SECTIONS`` (nested sections flattened, lists kept)."""
-    flat: dict[str, Any] = {}
-
-    def walk(prefix: str, node: Any) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(f"{prefix}.{key}", value)
-        else:
-            flat[prefix] = node
-
-    for section in TRAINED_SECTIONS:
-        walk(section, config.get(section, {}))
-    return flat
 
 
 # ----------------------------------------------------------------------------- one run
@@ -179,9 +130,7 @@ def _videos_to_score(run_cfg: Config) -> int:
 
 def _reusable_report(run_cfg: Config, best: Path) -> dict | None:
     """The report already in ``<run>/eval/<split>/`` when it scored this best.pt on as many videos."""
-    from stages.evaluate import REPORT_NAME, out_dir_for
-
-    path = out_dir_for(run_cfg) / REPORT_NAME
+    path = eval_dir(run_cfg) / REPORT_NAME
     try:
         report = json.loads(path.read_text())
         fresh = path.stat().st_mtime >= best.stat().st_mtime
@@ -214,9 +163,7 @@ def score_run(run_dir: Path, cfg: Config) -> RunScore:
         report = _reusable_report(run_cfg, best)
         score.reused = report is not None
         if report is None:
-            from stages import evaluate
-
-            report = evaluate.run(run_cfg)
+            report = registry.run_stage("evaluate", run_cfg)
         score.report = report["files"]["report"]
     except FramecastError as exc:
         log.warning("compare: %s: %s", run_dir, exc)
@@ -417,6 +364,6 @@ def run(cfg: Config) -> Path:
     write_text_atomic(out / RUNS_CSV, _csv_text(run_header, run_rows))
     table = markdown(varying, points, scores, names, split)
     write_text_atomic(out / TABLE_MD, table)
-    plot_points(points, names, out / PLOT_NAME, f"{len(scores)} runs on {split}, mean ± std over seeds")
+    plot_points(points, names, out / COMPARE_PLOT_NAME, f"{len(scores)} runs on {split}, mean ± std over seeds")
     print(table, end="")
     return out / TABLE_MD

@@ -32,7 +32,7 @@ from core.errors import FramecastError
 from core.processes import die_with_parent
 from data.layout import frame_name
 from data.predictions import load_predictions, load_spread, merge_if_newer
-from stages.predict import default_stem, output_path
+from core.outputs import png_dir, predictions_path
 
 # Rows per task handed to a worker: a few tasks per worker keep the bar moving and the pool busy.
 TASKS_PER_WORKER = 8
@@ -61,15 +61,10 @@ def spread_heat_map(spread: np.ndarray, colours: np.ndarray) -> np.ndarray:
     return colours[np.round(level * 255).astype(np.uint8)]  # (H, W, 3)
 
 
-def png_dir(cfg: Config) -> Path:
-    """``convert.out``, or ``<run_dir>/png/<predict.split>`` (``<split>.ensemble`` for an ensemble)."""
-    return Path(cfg.convert.out) if cfg.convert.out else cfg.run_dir / "png" / default_stem(cfg, cfg.predict.split)
-
-
 def run(cfg: Config) -> Path:
     """Write the PNGs of ``predict.out`` (``convert.frames`` only, when set; with ``convert.spread``
     the spread heat maps too); returns the PNG folder."""
-    npy = output_path(cfg)
+    npy = predictions_path(cfg)
     merge_if_newer(npy, cfg.predict.shards)
     out = png_dir(cfg)
     write_pngs(npy, out, frames=cfg.convert.frames or None, workers=cfg.convert.workers, spread=cfg.convert.spread)

@@ -11,7 +11,7 @@ where things move: a model that wins on MSE but loses on SSIM to it has learned 
 
 Predictions are scored as the model's output clipped to [0, 1], in float (not quantized to 8 bits).
 
-An ensemble (several checkpoints, a glob or a list in ``predict.checkpoint``: ``stages.inference``)
+An ensemble (several checkpoints, a glob or a list in ``predict.checkpoint``: ``training.inference``)
 is scored like one model: "model" is the mean of the members' clipped outputs, as predict writes
 it. The report also lists the members (``"members"``: each one's checkpoint, epoch, family and mean
 metrics over lead times) and, for several, ``"ensemble_spread"``: the mean over pixels of the
@@ -35,28 +35,20 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from PIL import Image, ImageDraw
 from torch.utils.data import Subset
 from tqdm import tqdm
 
 from core.atomic import atomic_path, write_json_atomic
 from core.errors import FramecastError
+from core.outputs import GIF_NAME, PLOT_NAME, REPORT_NAME, STRIP_NAME, eval_dir
 from core.scores import DEFINITIONS, LeadTimeMetrics
 from data.datasets import VideoWindowDataset, check_channels, to_model_input
 from data.sources import open_split
-from stages.inference import Ensemble, to_uint8_frames
-from stages.predict import default_stem
+from training.inference import Ensemble, to_uint8_frames
+from training.figures import sample_strip, write_gif
 from training.step import split_video
 
-REPORT_NAME = "report.json"
-PLOT_NAME = "metrics_vs_lead_time.png"
-STRIP_NAME = "samples.png"
-GIF_NAME = "samples.gif"
 # Presentation only: how the sample strip and GIF are laid out.
-GUTTER_PX = 96  # label column of the strip
-GAP_PX = 2  # between frames
-BACKGROUND = (255, 255, 255)
-TEXT = (0, 0, 0)
 # Forecasts any useful model must beat: inputs (B, t_in, C, H, W) -> (B, t_out, C, H, W).
 BASELINES = {
     "copy_last_frame": lambda inputs, t_out: inputs[:, -1:].expand(-1, t_out, -1, -1, -1),
@@ -66,13 +58,6 @@ BASELINES = {
 BASELINE_LABELS = {"model": "model", "copy_last_frame": "copy-last", "mean_of_inputs": "mean-of-inputs"}
 PLOTTED = (("mse_per_frame_sum", "MSE (sum over frame)"), ("mae_per_frame_sum", "MAE (sum over frame)"),
            ("psnr", "PSNR (dB)"), ("ssim", "SSIM"))
-
-
-def out_dir_for(cfg, split: str | None = None) -> Path:
-    """``evaluate.out``, or ``<run_dir>/eval/<split>`` (``split`` defaults to ``evaluate.split``)."""
-    if cfg.evaluate.out:
-        return Path(cfg.evaluate.out)
-    return cfg.run_dir / "eval" / default_stem(cfg, split or cfg.evaluate.split or cfg.data.val_split)
 
 
 def run(cfg, split: str | None = None, out_dir: str | Path | None = None, max_videos: int | None = None,
@@ -86,7 +71,7 @@ def run(cfg, split: str | None = None, out_dir: str | Path | None = None, max_vi
     """
     ec = cfg.evaluate
     split = split or ec.split or cfg.data.val_split
-    out = Path(out_dir) if out_dir is not None else out_dir_for(cfg, split)
+    out = Path(out_dir) if out_dir is not None else eval_dir(cfg, split)
     max_videos = max_videos if max_videos is not None else (ec.max_videos or None)
     samples = samples if samples is not None else ec.samples
     ensemble = Ensemble.load(cfg)
@@ -235,63 +220,3 @@ def plot_metrics(results: dict[str, dict], frames: list[int], path: Path, title:
     fig.suptitle(title)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
-
-
-class _Canvas:
-    """A white RGB image with frames pasted in and labels written, saved atomically."""
-
-    def __init__(self, width: int, height: int):
-        self.image = Image.new("RGB", (width, height), BACKGROUND)
-        self.draw = ImageDraw.Draw(self.image)
-
-    def paste(self, frame: np.ndarray, x: int, y: int) -> None:
-        self.image.paste(Image.fromarray(frame), (x, y))
-
-    def text(self, x: int, y: int, text: str) -> None:
-        self.draw.text((x, y), text, fill=TEXT)
-
-    def save_to(self, path: Path) -> None:
-        with atomic_path(path) as tmp:
-            self.image.save(tmp, format="PNG")
-
-
-def sample_strip(inputs: np.ndarray, truth: np.ndarray, prediction: np.ndarray, names: list[str],
-                 t_in: int) -> _Canvas:
-    """Rows input / truth / prediction per sample video; uint8 (S, T, H, W, C) arrays in."""
-    _, _, h, w, _ = inputs.shape
-    columns = max(inputs.shape[1], truth.shape[1])
-    row_h = h + GAP_PX
-    canvas = _Canvas(GUTTER_PX + columns * (w + GAP_PX), len(names) * 3 * row_h)
-    t_out = truth.shape[1]
-    for s, name in enumerate(names):
-        rows = ((f"input 0-{t_in - 1}", inputs[s]), (f"truth {t_in}-{t_in + t_out - 1}", truth[s]),
-                (f"prediction {t_in}-{t_in + t_out - 1}", prediction[s]))
-        for r, (label, frames) in enumerate(rows):
-            y = (3 * s + r) * row_h
-            canvas.text(4, y + 4, name)
-            canvas.text(4, y + 18, label)
-            for c, frame in enumerate(frames):  # frame: (H, W, C)
-                canvas.paste(frame, GUTTER_PX + c * (w + GAP_PX), y)
-    return canvas
-
-
-def write_gif(inputs: np.ndarray, truth: np.ndarray, prediction: np.ndarray, names: list[str], t_in: int,
-              path: Path, frame_ms: int) -> None:
-    """Animated GIF: per sample video a row [truth | prediction]; the input frames play first on both sides."""
-    _, _, h, w, _ = inputs.shape
-    header = 28  # two text lines
-    images = []
-    for t in range(inputs.shape[1] + truth.shape[1]):
-        canvas = _Canvas(2 * w + GAP_PX, header + len(names) * (h + GAP_PX))
-        is_input = t < t_in
-        canvas.text(2, 2, f"frame {t}")
-        canvas.text(2, 14, "input" if is_input else "truth | pred")
-        for s in range(len(names)):
-            left = inputs[s, t] if is_input else truth[s, t - t_in]  # (H, W, C)
-            right = inputs[s, t] if is_input else prediction[s, t - t_in]
-            y = header + s * (h + GAP_PX)
-            canvas.paste(left, 0, y)
-            canvas.paste(right, w + GAP_PX, y)
-        images.append(canvas.image)
-    with atomic_path(path) as tmp:
-        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=frame_ms, loop=0)

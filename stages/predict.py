@@ -10,7 +10,7 @@ numeric order), streamed batch by batch, so RAM never holds the array and a kill
 half an array.
 
 Several checkpoints (``--checkpoint`` given more than once, a glob, or a list in
-``predict.checkpoint``: ``stages.inference``) predict as an ensemble: each batch goes through every
+``predict.checkpoint``: ``training.inference``) predict as an ensemble: each batch goes through every
 member and the ``.npy`` holds the mean of their outputs clipped to [0, 1] (rounded to uint8 as one
 model's are); with ``predict.spread`` a second array ``<stem>.std.npy`` holds their per-pixel
 standard deviation, float16 (N, T_out, H, W, 3). The index lists the members and names the spread
@@ -37,24 +37,12 @@ from data.datasets import VideoWindowDataset, check_channels, to_model_input
 from data.predictions import (SPREAD_DTYPE, merge_shards, npy_rows, shard_path, shard_rows, spread_entry,
                               spread_path_for, write_index)
 from data.sources import open_split
-from stages.inference import Ensemble, Predictor, is_ensemble, to_spread_frames, to_uint8_frames
+from core.outputs import predictions_path
+from training.inference import Ensemble, Predictor, to_spread_frames, to_uint8_frames
 
 log = logging.getLogger(__name__)
 
 # The default output name of an ensemble's predictions (and PNGs and report): <split>.ensemble.npy.
-ENSEMBLE_TAG = ".ensemble"
-
-
-def default_stem(cfg: Config, split: str) -> str:
-    """``hidden`` for one model, ``hidden.ensemble`` for an ensemble (``stages.inference.is_ensemble``)."""
-    return Path(split).stem + (ENSEMBLE_TAG if is_ensemble(cfg) else "")
-
-
-def output_path(cfg: Config) -> Path:
-    """``predict.out``, or ``<run_dir>/preds/<predict.split>.npy`` (``<split>.ensemble.npy``)."""
-    if cfg.predict.out:
-        return Path(cfg.predict.out)
-    return cfg.run_dir / "preds" / f"{default_stem(cfg, cfg.predict.split)}.npy"
 
 
 def write_predictions(predictor: Predictor | Ensemble, dataset: VideoWindowDataset | Subset, out: Path,
@@ -114,7 +102,7 @@ def run(cfg: Config, shard: tuple[int, int] = (0, 1)) -> Path:
     if cfg.predict.spread and len(ensemble.members) == 1:
         log.warning("predict.spread with one checkpoint (%s): its spread is zero everywhere", ensemble.first.checkpoint)
     rows = shard_rows(len(dataset), index_of, count)
-    out = output_path(cfg) if count == 1 else shard_path(output_path(cfg), index_of, count)
+    out = predictions_path(cfg) if count == 1 else shard_path(predictions_path(cfg), index_of, count)
     index = {
         "videos": [dataset.video_name(i) for i in rows],
         "frames": list(range(frames, frames + t_out)),  # what follows each video's last frame
@@ -134,4 +122,4 @@ def run(cfg: Config, shard: tuple[int, int] = (0, 1)) -> Path:
 
 def merge(cfg: Config) -> Path:
     """The merge stage: join the ``predict.shards`` shards of ``predict.out`` into it (and their spread)."""
-    return merge_shards(output_path(cfg), cfg.predict.shards)
+    return merge_shards(predictions_path(cfg), cfg.predict.shards)

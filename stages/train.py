@@ -494,8 +494,8 @@ class Trainer:
         """The evaluate stage's sample strip (rows input / truth / prediction) as a uint8 (H, W, 3) array."""
         import numpy as np
 
-        from stages.evaluate import sample_strip
-        from stages.inference import to_uint8_frames
+        from training.figures import sample_strip
+        from training.inference import to_uint8_frames
 
         frames = [to_uint8_frames(t).numpy() for t in (inputs, truth, prediction)]  # (S, T, H, W, 3) each
         names = self._sample_names[:len(frames[0])]

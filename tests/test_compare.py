@@ -15,6 +15,7 @@ from train_helpers import make_data, tiny_config
 
 from core.config import load_config
 from core.errors import FramecastError
+from core import outputs
 from stages import compare
 from stages.train import CONFIG_NAME, run
 
@@ -53,12 +54,12 @@ def rows(path: Path) -> list[dict]:
 def test_compare_tabulates_mean_and_std_over_seeds_per_point(sweep):
     table = compare.run(compare_config(sweep))
     out = sweep / "compare"
-    assert table == out / compare.TABLE_MD
+    assert table == out / outputs.TABLE_MD
     reports = {name: json.loads((sweep / name / "eval" / "val" / "report.json").read_text()) for name in RUNS}
     mse = {name: r["model"]["mean"]["mse_per_frame_sum"] for name, r in reports.items()}
     ssim = {name: r["model"]["mean"]["ssim"] for name, r in reports.items()}
 
-    points = rows(out / compare.TABLE_CSV)
+    points = rows(out / outputs.TABLE_CSV)
     assert [p["train.lr"] for p in points] == ["0.001", "0.003"]  # sorted by the setting that differs
     low, high = points
     assert (low["seeds"], low["runs_scored"], low["mse_std"]) == ("0", "1", "")  # one seed: no std
@@ -71,14 +72,14 @@ def test_compare_tabulates_mean_and_std_over_seeds_per_point(sweep):
     assert float(high["ssim_mean"]) == pytest.approx((ssim["lr=3e-3,seed=0"] + ssim["lr=3e-3,seed=1"]) / 2, rel=1e-6)
     assert int(high["parameters"]) > 0 and float(high["train_minutes_mean"]) >= 0
 
-    runs = {r["run"]: r for r in rows(out / compare.RUNS_CSV)}
+    runs = {r["run"]: r for r in rows(out / outputs.RUNS_CSV)}
     assert set(runs) == {*RUNS, "lr=1e-2,seed=0", "lr=9,seed=0"}  # code/ is not a run
     assert runs["lr=1e-2,seed=0"]["status"] == "no best.pt"
     assert runs["lr=9,seed=0"]["status"] == "no such folder"  # named, so listed
     assert float(runs["lr=1e-3,seed=0"]["mse"]) == pytest.approx(mse["lr=1e-3,seed=0"], rel=1e-6)
     text = table.read_text()
     assert "| lr | seeds | MSE | SSIM |" in text and " ± " in text and "no best.pt" in text
-    with Image.open(out / compare.PLOT_NAME) as image:
+    with Image.open(out / outputs.COMPARE_PLOT_NAME) as image:
         assert image.format == "PNG"
 
 
@@ -101,8 +102,8 @@ def test_compare_from_the_command_line(sweep, tmp_path):
          "run.device=cpu"],
         cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert f"wrote {tmp_path / 'cli' / compare.TABLE_MD}" in done.stdout
-    [point] = rows(tmp_path / "cli" / compare.TABLE_CSV)
+    assert f"wrote {tmp_path / 'cli' / outputs.TABLE_MD}" in done.stdout
+    [point] = rows(tmp_path / "cli" / outputs.TABLE_CSV)
     assert point["point"] == "all runs" and point["runs_scored"] == "2"  # one setting: nothing differs
 
 

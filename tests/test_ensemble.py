@@ -27,12 +27,12 @@ from core.checkpoint import FRAME_SIZE_KEY, save_checkpoint
 from core.config import config_from_dict, config_to_dict
 from core.errors import FramecastError
 from data.predictions import load_spread, merge_shards, spread_path_for
-from jobs import cli
+import cli
 from models import build_model
 from models.loading import load_model
 from stages import convert, evaluate, predict
 from stages.convert import SPREAD_VMAX, spread_colours, write_pngs
-from stages.inference import resolve_checkpoints
+from training.inference import resolve_checkpoints
 
 REPO = Path(__file__).resolve().parent.parent
 N_HIDDEN = 8

@@ -14,6 +14,7 @@ from models.loading import load_model
 from predict_helpers import COUNTS, HEIGHT, T_IN, T_OUT, WIDTH, read_first_frames
 from predict_helpers import cfg, data_root  # noqa: F401 (fixtures)
 from stages import evaluate
+from training import figures
 from test_scores import numpy_reference
 
 
@@ -57,11 +58,11 @@ def test_plot_strip_and_gif_are_written(cfg, tmp_path: Path):
         assert plot.format == "PNG" and plot.width > 400
     with Image.open(files["strip"]) as strip:
         # 2 videos x 3 rows (input / truth / prediction), max(t_in, t_out) frames per row.
-        assert strip.height == 2 * 3 * (HEIGHT + evaluate.GAP_PX)
-        assert strip.width == evaluate.GUTTER_PX + max(T_IN, T_OUT) * (WIDTH + evaluate.GAP_PX)
+        assert strip.height == 2 * 3 * (HEIGHT + figures.GAP_PX)
+        assert strip.width == figures.GUTTER_PX + max(T_IN, T_OUT) * (WIDTH + figures.GAP_PX)
         # The first input frame of the first video sits in the top-left cell, pixel for pixel.
         first = read_first_frames(Path(cfg.data.root) / "val" / "video_0", 1)[0]
-        cell = np.asarray(strip.convert("RGB"))[:HEIGHT, evaluate.GUTTER_PX:evaluate.GUTTER_PX + WIDTH]
+        cell = np.asarray(strip.convert("RGB"))[:HEIGHT, figures.GUTTER_PX:figures.GUTTER_PX + WIDTH]
         np.testing.assert_array_equal(cell, first)
     with Image.open(files["gif"]) as gif:
         assert gif.format == "GIF" and gif.n_frames == T_IN + T_OUT

@@ -14,7 +14,7 @@ from PIL import Image
 from core.errors import FramecastError
 from data.pack import pack_dataset
 from data.predictions import load_predictions, merge_shards, shard_rows
-from stages.inference import to_uint8_frames
+from training.inference import to_uint8_frames
 from models.loading import load_model
 from predict_helpers import T_IN, T_OUT, HEIGHT, WIDTH, make_checkpoint, read_first_frames
 from predict_helpers import cfg, data_root  # noqa: F401 (fixtures)

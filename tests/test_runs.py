@@ -16,7 +16,7 @@ import yaml
 from core.config import config_from_dict
 from core.runlock import RunLock
 from stages import registry
-from stages.runs import list_runs, run_status
+from jobs.runs import list_runs, run_status
 
 REPO = Path(__file__).resolve().parent.parent
 VAR = "FRAMECAST_TEST_ROOT"

@@ -49,7 +49,7 @@ def test_pipeline_on_slurm_ends_with_png_frames(data_root, tmp_path, cleanup):
     config_file = tmp_path / "pipeline.yaml"
     config_file.write_text(yaml.safe_dump(values))
     done = subprocess.run(
-        [sys.executable, "-m", "jobs.submit", "pipeline", "--config", str(config_file), "--wait",
+        [sys.executable, "main.py", "submit", "pipeline", "--config", str(config_file), "--wait",
          "--timeout", str(PIPELINE_TIMEOUT_S)],
         cwd=REPO, capture_output=True, text=True, timeout=PIPELINE_TIMEOUT_S + 60,
     )

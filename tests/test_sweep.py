@@ -21,7 +21,7 @@ from core.errors import FramecastError
 from jobs import submit
 from jobs.snapshot import CodeSnapshot
 from jobs.sweep import MANIFEST_NAME, parse_grid, plan_sweep, split_values, value_text
-from stages.compare import short_names
+from core.grid import short_names
 from tests import slurm_helpers
 
 REPO = Path(__file__).resolve().parent.parent

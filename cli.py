@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from core.errors import FramecastError
+from jobs.submit import EXECUTORS, describe_pipeline
 from stages import registry
 
 # Videos in a Moving-MNIST test file, as in the standard mnist_test_seq.npy.
@@ -62,13 +63,13 @@ def _flag_overrides(args: argparse.Namespace, mapping: dict[str, str]) -> list[s
 
 def _load(args: argparse.Namespace, flag_map: dict[str, str] | None = None):
     """Config from --config, or from the checkpoint's own saved config when only --checkpoint is given
-    (several, or a glob: the first member's, stages.inference.resolve_checkpoints)."""
+    (several, or a glob: the first member's, training.inference.resolve_checkpoints)."""
     from core.config import load_config
 
     overrides = list(args.overrides) + _flag_overrides(args, flag_map or {})
     if getattr(args, "config", None) is None and getattr(args, "checkpoint", None):
         from core.checkpoint import config_from_checkpoint
-        from stages.inference import resolve_checkpoints
+        from training.inference import resolve_checkpoints
 
         return config_from_checkpoint(resolve_checkpoints(args.checkpoint)[0], overrides)
     return load_config(args.config, overrides)
@@ -125,10 +126,132 @@ def cmd_stage(args: argparse.Namespace) -> None:
         print(f"wrote {result}")
 
 
-def cmd_submit(args: argparse.Namespace) -> int:
-    from jobs.submit import submit_main
+# ----------------------------------------------------------------------------- submitting jobs
 
-    return submit_main(args)
+def _job_help(stage: Stage) -> str:
+    parts = [f"a job: {stage.help}"]
+    if stage.job_help:
+        parts.append(stage.job_help)
+    if stage.shards:
+        join = f" and a {stage.join} job" if stage.join else ""
+        parts.append(f"an array of {stage.shards} jobs{join} when {stage.shards} > 1")
+    return "; ".join(parts)
+
+
+def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
+    """``submit {<stage>,pipeline} --config FILE [options] [key.sub=value ...]``, a stage per declaration.
+
+    Each stage is a sub-command with the same options: that way the overrides can follow the
+    options (argparse cannot join two positionals split by options).
+    """
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", required=True, help="YAML config file (see configs/)")
+    common.add_argument("--executor", choices=EXECUTORS, default=None,
+                        help="slurm, local, or auto (slurm when sbatch is on PATH); default: slurm.executor")
+    common.add_argument("--wait", action="store_true", help="wait for the jobs and report how each ended")
+    common.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                        help="with --wait: stop waiting after this long (the jobs keep running)")
+    common.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    commands = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    helps = {stage.name: _job_help(stage) for stage in registry.stages()}
+    helps["pipeline"] = f"the stages as chained jobs (afterok on Slurm): {describe_pipeline()}"
+    for name, text in helps.items():
+        commands.add_parser(name, parents=[common], help=text, description=text)
+    text = ("train runs over a grid of settings and seeds as one job array (one after another on the local "
+            "executor), then a compare job over them (jobs/sweep.py)")
+    sweep = commands.add_parser("sweep", parents=[common], help=text, description=text)
+    sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                       help="a data/model/train setting and its values (repeatable: the grid is every combination)")
+    sweep.add_argument("--seeds", type=int, default=1, metavar="N",
+                       help="runs per grid point, with train.seed = the config's train.seed + 0 .. N-1")
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """``main.py submit``: 0 when submitted (with --wait: when every job completed), else 1."""
+    if args.stage == "sweep":
+        return cmd_sweep(args)
+    import submitit
+
+    from core.config import load_config
+    from jobs.submit import (describe_submission, job_count, pipeline_job_count, resolve_executor, snapshot_for,
+                             submit_jobs, submit_pipeline)
+    from jobs.wait import JobEnd, wait_jobs
+
+    cfg = load_config(args.config, list(args.overrides))
+    executor = resolve_executor(args.executor, cfg)
+    code = snapshot_for(cfg)
+    print(f"{code.describe()}, snapshot in {code.root}", flush=True)
+
+    def show(job: submitit.Job) -> None:
+        print(describe_submission(job), flush=True)
+
+    if args.stage == "pipeline":
+        jobs = submit_pipeline(cfg, executor, on_submit=show, timeout_s=args.timeout, code=code)
+        expected = pipeline_job_count(cfg)
+    else:
+        jobs = submit_jobs(args.stage, cfg, executor, timeout_s=args.timeout, code=code, on_submit=show)
+        expected = job_count(args.stage, cfg)
+    # On the local executor submitting stops at the first stage that fails.
+    complete = len(jobs) == expected
+    if not args.wait:
+        return 0 if complete else 1
+
+    def report(end: JobEnd) -> None:
+        print(end.describe(), flush=True)
+
+    ends = wait_jobs(jobs, timeout_s=args.timeout, report=report)
+    ok = complete and all(end.ok for end in ends)
+    print("all jobs completed" if ok else "some jobs did not complete", flush=True)
+    return 0 if ok else 1
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """``main.py submit sweep``: 0 when submitted (with --wait: when every job completed), else 1."""
+    import submitit
+
+    from jobs import submit
+    from jobs.sweep import describe_sweep, plan_sweep, submit_sweep
+    from jobs.wait import JobEnd, wait_jobs
+
+    sweep = plan_sweep(args.config, list(args.overrides), list(args.grid), args.seeds)
+    executor = submit.resolve_executor(args.executor, sweep.base)
+    code = submit.snapshot_for(sweep.base)
+    print(f"{code.describe()}, snapshot in {code.root}", flush=True)
+    print(describe_sweep(sweep), flush=True)
+    folders = iter(r.cfg.run_dir for r in sweep.runs)
+
+    def show(job: submitit.Job) -> None:
+        print(submit.describe_submission(job), flush=True)
+        folder = next(folders, None)
+        if folder is not None:
+            print(f"  run: {folder}", flush=True)
+
+    jobs, compare_job = submit_sweep(sweep, executor, code=code, on_submit=show, timeout_s=args.timeout)
+    if not args.wait:
+        return 0
+
+    def report(end: JobEnd) -> None:
+        print(end.describe(), flush=True)
+
+    ends = wait_jobs([*jobs, compare_job], timeout_s=args.timeout, report=report)
+    ok = all(end.ok for end in ends)
+    if ends[-1].ok:
+        print(f"comparison: {ends[-1].result}", flush=True)
+    print("all jobs completed" if ok else "some jobs did not complete", flush=True)
+    return 0 if ok else 1
+
+
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--executor", choices=EXECUTORS, default=None,
+                        help="where the jobs run (default: slurm.executor of the config)")
+    parser.add_argument("--config", default="configs/demo.yaml")
+    parser.add_argument("--videos", type=int, default=256, help="videos in each of train/ and unlabeled/")
+    parser.add_argument("--eval-videos", type=int, default=16, help="videos in each of val/ and hidden/")
+    parser.add_argument("--height", type=int, default=48)
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--timeout", type=float, default=3600, metavar="SECONDS",
+                        help="stop waiting for the jobs after this long")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -138,7 +261,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> None:
-    from stages.runs import run as report_runs
+    from jobs.runs import run as report_runs
 
     print(report_runs(args.dir, as_json=args.json))
 
@@ -207,14 +330,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         _add_stage_command(commands, stage)
 
     p = commands.add_parser("submit", help="submit stages as Slurm (or local) jobs through submitit")
-    from jobs.submit import add_submit_arguments
-
     add_submit_arguments(p)
     p.set_defaults(func=cmd_submit)
 
     p = commands.add_parser("demo", help="make a small data set and run the whole pipeline as jobs")
-    from jobs.demo import add_demo_arguments
-
     add_demo_arguments(p)
     p.set_defaults(func=cmd_demo)
 

@@ -39,16 +39,6 @@ log = logging.getLogger(__name__)
 _TENSOR_PARTS = ("model", "optimizer", "scheduler", "scaler", "rng")
 
 
-def is_ensemble(cfg: Config) -> bool:
-    """Whether ``predict.checkpoint`` asks for an ensemble (a list, or a glob), whatever it matches.
-
-    Decided from the setting alone (no file system), so predict, convert and evaluate agree on the
-    default output names of an ensemble (``<split>.ensemble.*``) before and after it is predicted.
-    """
-    value = cfg.predict.checkpoint
-    return isinstance(value, list) or glob.has_magic(value)
-
-
 def resolve_checkpoints(patterns: str | Sequence[str]) -> list[Path]:
     """The checkpoint files ``patterns`` name, in order: a plain path as given (a missing file is
     refused when it is loaded, naming it), a glob as its matches in sorted order; a glob matching
