@@ -362,7 +362,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         code = args.func(args)
     except FramecastError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_status", 2)  # a stop by signal: 128 + its number, as the shell's
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
