@@ -131,3 +131,16 @@ def test_a_data_path_that_is_not_utf8_packs_and_reads(tmp_path):
     with h5py.File(root / "packed" / "hidden.h5", "r") as h5:
         assert h5.attrs["source"].endswith("d\\xe9j\\xe0/hidden")
     assert len(open_split(make_config(tmp_path, root).data, "hidden")) == 9
+
+
+def test_pack_prints_a_path_that_is_not_utf8_as_its_bytes(tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9"))
+    make_shapes_dataset(root, counts={"val": 2}, height=32, width=48, frames=8, hidden_frames=4, seed=0, workers=1)
+    done = subprocess.run([sys.executable, str(Path(__file__).resolve().parent.parent / "main.py"), "pack",
+                           "--data", root, "--workers", "1"], capture_output=True,
+                          env={**os.environ, "PYTHONIOENCODING": "utf-8", "TQDM_DISABLE": "1"})
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    assert done.stdout == b"wrote " + os.fsencode(root / "packed" / "val.h5") + b"\n"
