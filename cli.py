@@ -266,6 +266,12 @@ def cmd_runs(args: argparse.Namespace) -> None:
     print(report_runs(args.dir, as_json=args.json))
 
 
+def cmd_inspect(args: argparse.Namespace) -> None:
+    from models.loading import inspect_checkpoint
+
+    print(inspect_checkpoint(args.checkpoint, args.device))
+
+
 def cmd_config(args: argparse.Namespace) -> None:
     import dataclasses
 
@@ -341,6 +347,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("dir", nargs="?", default="runs", help="folder of run folders, or one run folder (default: runs)")
     p.add_argument("--json", action="store_true", help="print JSON, one object per run")
     p.set_defaults(func=cmd_runs)
+
+    p = commands.add_parser("inspect", help="load a checkpoint and print what it holds: family, size, epoch, "
+                                            "losses (as load_model.py)")
+    p.add_argument("checkpoint", help="a checkpoint file, e.g. runs/<name>/best.pt")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:<n> or auto (default cpu)")
+    p.set_defaults(func=cmd_inspect)
 
     p = commands.add_parser("config", help="print the resolved config (file + overrides) as YAML")
     _add_config_arguments(p, required=False)

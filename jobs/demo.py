@@ -46,7 +46,7 @@ def _print_outputs(cfg: Config, minutes: float) -> None:
 
     eval_dir = eval_dir(cfg)
     outputs = (
-        ("checkpoint", f"{cfg.run_dir / 'best.pt'}  (python load_model.py {cfg.run_dir / 'best.pt'})"),
+        ("checkpoint", f"{cfg.run_dir / 'best.pt'}  (framecast inspect {cfg.run_dir / 'best.pt'})"),
         ("loss curve", cfg.run_dir / "loss_curve.png"),
         ("predictions", npy_path(cfg)),
         ("PNG frames", png_dir(cfg)),

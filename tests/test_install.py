@@ -59,7 +59,7 @@ def _check_installed_command(bin_dir: Path, work: Path) -> None:
     framecast = bin_dir / "framecast"
     listed = _run([framecast, "--help"], work).stdout
     for command in ("make-data", "pack", "train", "predict", "merge", "convert", "evaluate", "lr-find", "submit",
-                    "demo", "runs", "config"):
+                    "demo", "runs", "inspect", "config"):
         assert f"    {command} " in listed or f"    {command}\n" in listed, listed
     assert listed.startswith("usage: framecast ")
     assert "--videos" in _run([framecast, "demo", "--help"], work).stdout
@@ -106,6 +106,15 @@ def test_installed_framecast_runs_away_from_the_checkout(tmp_path):
     logs = "".join(p.read_text() for p in (work / "runs" / "tiny" / "jobs").glob("*/*_log.out"))
     assert f"from {version['snapshot']}" in logs, logs
     assert json.loads((work / "runs" / "lr-find" / "tiny" / "lr_find.json").read_text())["steps_run"] == 4
+
+    # `framecast inspect` replaces load_model.py, which is not a command of the install.
+    _run([framecast, "train", "--config", config, "train.epochs=1"], work)
+    shown = _run([framecast, "inspect", work / "runs" / "tiny" / "best.pt"], work).stdout
+    assert "family:" in shown and "encoder_forecaster" in shown and "epoch:           1 " in shown, shown
+    assert "run:             tiny" in shown, shown
+    missing = subprocess.run([framecast, "inspect", work / "nothing.pt"], cwd=work, env=_clean_env(),
+                             capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
+    assert missing.returncode == 2 and missing.stderr.startswith("error: ") and "nothing.pt" in missing.stderr
 
 
 @pytest.mark.skipif(os.environ.get("FRAMECAST_FULL_INSTALL_TEST") != "1",
