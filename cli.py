@@ -199,9 +199,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
     def report(end: JobEnd) -> None:
         print(end.describe(), flush=True)
 
-    ends = wait_jobs(jobs, timeout_s=args.timeout, report=report)
+    ends = wait_jobs(jobs, timeout_s=args.timeout, report=report, progress=lambda line: print(line, flush=True))
     ok = complete and all(end.ok for end in ends)
     print("all jobs completed" if ok else "some jobs did not complete", flush=True)
+    if ok and args.stage == "pipeline":
+        from core.paths import expand_config
+        from jobs.summary import print_outputs
+
+        print_outputs(expand_config(cfg))  # the paths as this machine sees them
     return 0 if ok else 1
 
 
@@ -233,7 +238,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     def report(end: JobEnd) -> None:
         print(end.describe(), flush=True)
 
-    ends = wait_jobs([*jobs, compare_job], timeout_s=args.timeout, report=report)
+    ends = wait_jobs([*jobs, compare_job], timeout_s=args.timeout, report=report,
+                     progress=lambda line: print(line, flush=True))
     ok = all(end.ok for end in ends)
     if ends[-1].ok:
         print(f"comparison: {ends[-1].result}", flush=True)
