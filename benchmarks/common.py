@@ -53,12 +53,12 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     # What framecast trains by default: the reference data set's frames, each family's own defaults.
     "default": Preset("160x240 RGB, 11 -> 11 frames, each family's config defaults", 160, 240, 11, 11, 3, {}),
-    # The published Moving-MNIST configurations (OpenSTL's benchmark; shared README sections 3 and 6),
+    # The published Moving-MNIST configurations (OpenSTL's benchmark table, and the TrajGRU paper's design),
     # written out so a change of the config defaults cannot change them. TAU is the simvp family with
     # model.simvp.translator=tau on top of this preset.
     "mmnist": Preset(
         "the published Moving-MNIST configurations: 64x64 grey, 10 -> 10 frames", 64, 64, 10, 10, 1, {
-            # The 2017 TrajGRU benchmark design (shared README section 3).
+            # The 2017 TrajGRU benchmark design, as re-implemented for 64x64 Moving MNIST.
             "encoder_forecaster": ("stem_channels=16", "hidden_channels=[64,96,96]", "strides=[1,2,2]",
                                    "kernel_size=5"),
             "convlstm": ("cell=lstm", "hidden_channels=[128,128,128,128]", "kernel_size=5", "patch_size=4"),  # ConvLSTM-S

@@ -100,7 +100,7 @@ def _check_sampling(where: str, start: float, stop_step: int) -> None:
 
 @dataclass
 class EncoderForecasterConfig:
-    """The 2017 TrajGRU benchmark's encoder-forecaster (shared README section 3)."""
+    """The 2017 TrajGRU benchmark's ConvGRU/ConvLSTM encoder-forecaster (Shi et al.), at its published size by default."""
 
     cell: Literal["lstm", "gru"] = "gru"
     stem_channels: int = 16  # the first (non-recurrent) conv's output channels
@@ -421,10 +421,10 @@ class PredictConfig:
     # One checkpoint (empty means runs/<run.name>/best.pt), or an ensemble: a glob
     # ("runs/sweep/*/best.pt", matches in sorted order) or a list of paths and globs, whose members'
     # outputs are averaged (training/inference.py resolves it; an ensemble's outputs default to
-    # <split>.ensemble.npy, so they never replace a member's own).
+    # <run.out_dir>/ensembles/<name>/, so they never replace a member's own: core/outputs.py).
     checkpoint: str | list[str] = ""
     split: str = "hidden"
-    out: str = ""  # empty means <run.out_dir>/<run.name>/preds/<split>.npy (<split>.ensemble.npy)
+    out: str = ""  # empty means <run.out_dir>/<run.name>/preds/<split>.npy (an ensemble: core/outputs.py)
     batch_size: int = 8
     shards: int = 1  # >1 splits prediction into a Slurm job array, merged before conversion
     # Also write <out stem>.std.npy: the per-pixel standard deviation across the ensemble's members of
