@@ -75,7 +75,7 @@ class JobEnd:
         when = time.strftime("%H:%M:%S", time.localtime(self.ended_at))
         head = f"job {self.job_id} ({self.label}) {self.state} at {when}"
         lines = [head + (f": {self.detail}" if self.detail else "")]
-        if self.stderr is not None and (self.stderr.exists() or self.stdout is None or self.stdout.exists()):
+        if any(path is not None and path.exists() for path in (self.stderr, self.stdout)):
             lines.append(f"  log: {self.stderr}")
             lines.append(f"  out: {self.stdout}")
         return "\n".join(lines)
