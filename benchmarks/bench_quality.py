@@ -1,9 +1,9 @@
 """Forecast quality for a fixed training budget: train a family with the real train stage, score it
 with the real evaluate stage against the copy-last and mean-of-inputs baselines, print ONE JSON object.
 
-    python benchmarks/bench_quality.py --family convlstm --steps 300
-    python benchmarks/bench_quality.py --family simvp --data mnist --minutes 20 --reuse-data datasets/bq-mnist
-    python benchmarks/bench_quality.py --family predrnn --preset tiny train.lr=5e-4 --out runs/bq-predrnn
+    python -m benchmarks.bench_quality --family convlstm --steps 300
+    python -m benchmarks.bench_quality --family simvp --data mnist --minutes 20 --reuse-data datasets/bq-mnist
+    python -m benchmarks.bench_quality --family predrnn --preset tiny train.lr=5e-4 --out runs/bq-predrnn
 
 Data: ``--data shapes`` (``data.synthetic.make_shapes_dataset``: bouncing, occluding shapes on a
 textured background, RGB) or ``--data mnist`` (``data.moving_mnist.make_moving_mnist_dataset``:
@@ -49,7 +49,6 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # First, before torch: see its note on platform.uname and the children's peak RSS.
 from benchmarks.common import PRESETS, Preset, build_config, model_description, setting  # noqa: E402

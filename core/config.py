@@ -76,6 +76,7 @@ def check_odd(where: str, name: str, value: int) -> None:
 # family table (core/families.py); this module names none of them.
 
 SIZES = ("full", "tiny")
+MODEL_FIELDS = ("family", "in_channels", "size", "plugins")  # besides one section per family
 
 
 class _ModelSections:
@@ -95,7 +96,8 @@ class _ModelSections:
 
         names = family_names()
         if self.family not in names:
-            raise FramecastError(f"{where}.family: {self.family!r} is not one of {', '.join(repr(n) for n in names)}")
+            raise FramecastError(f"{where}.family: {self.family!r} is not one of {', '.join(repr(n) for n in names)}"
+                                 f" (a family declared outside framecast: name its module in {where}.plugins)")
         if self.size not in SIZES:
             raise FramecastError(f"{where}.size: {self.size!r} is not one of {', '.join(repr(s) for s in SIZES)}")
         if self.in_channels not in (1, 3):
@@ -138,6 +140,9 @@ def model_config_class() -> type:
             # "tiny": every family's section starts from the family's declared tiny model (seconds on a
             # CPU), the settings written in the config still applying on top; "full": its defaults.
             ("size", str, field(default="full")),
+            # Modules that declare more model families (plug-ins: core/families.py), imported before the
+            # rest of the config is read; saved with the run, so its jobs and checkpoints find them too.
+            ("plugins", list[str], field(default_factory=list)),
             *((f.name, f.settings, field(default_factory=f.settings)) for f in table),
         ]
         cls = dataclasses.make_dataclass("ModelConfig", fields, bases=(_ModelSections,))
@@ -489,8 +494,26 @@ def _build(cls: type, values: dict, where: str) -> Any:
     return cls(**kwargs)
 
 
+def _import_plugins(values: dict) -> None:
+    """Import the modules ``model.plugins`` names, so the families they declare are known."""
+    import importlib
+
+    model = values.get("model")
+    plugins = model.get("plugins") if isinstance(model, dict) else None
+    if plugins is None:
+        return
+    if not isinstance(plugins, list) or not all(isinstance(name, str) and name for name in plugins):
+        raise FramecastError(f"model.plugins: expected a list of module names, got {plugins!r}")
+    for name in plugins:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise FramecastError(f"model.plugins: cannot import {name} ({exc})") from None
+
+
 def config_from_dict(values: dict | None) -> Config:
     """Build and check a Config; raises FramecastError naming the offending setting."""
+    _import_plugins(values or {})
     return _validate(_build(Config, values or {}, ""))
 
 
@@ -546,22 +569,51 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
 CONFIG_NAME = "config.yaml"
 
 
+# A config file may start from another: ``base: <file>`` (relative to the file that names it).
+BASE_KEY = "base"
+
+
+def _merged(base: dict, over: dict) -> dict:
+    """``over`` on top of ``base``: sections merge key by key, any other value (a list too) replaces."""
+    result = dict(base)
+    for key, value in over.items():
+        known = result.get(key)
+        result[key] = _merged(known, value) if isinstance(known, dict) and isinstance(value, dict) else value
+    return result
+
+
+def _read_config_file(file: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """The file's settings on top of those of the ``base:`` it names, recursively; a missing base or a
+    cycle is one line naming the files."""
+    if not file.is_file():
+        raise FramecastError(f"{file}: config file not found"
+                             + (f" (the base of {chain[-1]})" if chain else ""))
+    if file.resolve() in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, file.resolve()))
+        raise FramecastError(f"{file}: config files name each other as base in a cycle ({cycle})")
+    try:
+        loaded = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as exc:
+        raise FramecastError(f"{file}: not valid YAML ({_yaml_problem(exc)})") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise FramecastError(f"{file}: expected a mapping of sections at the top level")
+    values = dict(loaded or {})
+    base = values.pop(BASE_KEY, None)
+    if base is None:
+        return values
+    if not isinstance(base, str) or not base:
+        raise FramecastError(f"{file}: {BASE_KEY}: expected the path of a config file, got {base!r}")
+    return _merged(_read_config_file(file.parent / base, (*chain, file.resolve())), values)
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
-    """Load ``path`` (a missing file is an error, never silent defaults) and apply overrides."""
+    """Load ``path`` (a missing file is an error, never silent defaults), its ``base:`` configs
+    underneath it, and apply overrides."""
     values: dict = {}
     if path is not None:
         from core.paths import find_config_file
 
-        file = find_config_file(path)  # also the configs/ shipped with framecast, from any folder
-        if not file.is_file():
-            raise FramecastError(f"{file}: config file not found")
-        try:
-            loaded = yaml.safe_load(file.read_text())
-        except yaml.YAMLError as exc:
-            raise FramecastError(f"{file}: not valid YAML ({_yaml_problem(exc)})") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise FramecastError(f"{file}: expected a mapping of sections at the top level")
-        values = loaded or {}
+        values = _read_config_file(find_config_file(path))  # also configs/ shipped with framecast
     values = apply_overrides(values, overrides or [])
     try:
         return config_from_dict(values)
