@@ -9,8 +9,9 @@ directory; see ``jobs.submit``).
 Only what a job runs is copied (cluster scratch often has an inode quota, and every submission makes a
 copy): the Python files of the top-level modules and of the packages a job imports (``core``, ``data``,
 ``models``, ``training``, ``stages``, ``jobs``: every top-level folder with an ``__init__.py``), plus the
-folder of any stage declared outside them (``stages.registry``: a stage's ``run`` path names its
-module); no tests, benchmarks, docs, configs (a job gets its config as data) or sbatch scripts.
+folder of any stage or model family declared outside them (``stages.registry``, ``core.families``: the
+declaration's import path names its module; ``model.plugins`` modules declare families); no tests,
+benchmarks, docs, configs (a job gets its config as data) or sbatch scripts.
 
 In a git checkout the copy is made by submitit's own ``RsyncSnapshot`` (needs ``git`` and
 ``rsync``): those of the tracked files, as they are in the working tree, uncommitted edits included,
@@ -27,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import time
@@ -101,13 +103,16 @@ def _excluded(relative: str, names: Iterable[str], paths: Iterable[str]) -> bool
     return any(relative == p or relative.startswith(p + "/") for p in paths)
 
 
-def _stage_folders(source: Path) -> set[str]:
-    """Top-level folders of ``source`` holding a declared stage's module (``tests/toy_stage.py``: ``tests``)."""
+def _declared_folders(source: Path) -> set[str]:
+    """Top-level folders of ``source`` holding the module of a declared stage or model family (one declared
+    outside the packages: ``tests/toy_stage.py``, a ``model.plugins`` module such as ``tests/toy_family.py``)."""
+    from core import families
     from stages import registry
 
+    paths = [stage.run for stage in registry.stages()] + [family.model for family in families.families()]
     folders = set()
-    for stage in registry.stages():
-        parts = stage.run.split(":")[0].split(".")
+    for path in paths:
+        parts = path.split(":")[0].split(".")
         module = source.joinpath(*parts)
         if len(parts) > 1 and (module.with_suffix(".py").is_file() or (module / "__init__.py").is_file()):
             folders.add(parts[0])
@@ -116,9 +121,9 @@ def _stage_folders(source: Path) -> set[str]:
 
 def code_folders(source: Path) -> set[str]:
     """The top-level folders a job imports from: the packages (a folder with ``__init__.py``) not in
-    ``NOT_RUN``, and the folders of stages declared elsewhere."""
+    ``NOT_RUN``, and the folders of stages and families declared elsewhere."""
     packages = {p.parent.name for p in source.glob("*/__init__.py")} - set(NOT_RUN)
-    return packages | _stage_folders(source)
+    return packages | _declared_folders(source)
 
 
 def runs_in_jobs(relative: str, folders: set[str]) -> bool:
@@ -231,3 +236,13 @@ def take_snapshot(run_dir: str | Path, skip: Iterable[str | Path] = (), source: 
     write_json_atomic(run_dir / VERSION_NAME, version)
     return CodeSnapshot(str(final), version)
 
+
+
+def code_pythonpath(code_root: str | Path, shell: bool = False) -> str:
+    """PYTHONPATH that makes a job import framecast from ``code_root`` (its snapshot) whatever its
+    environment says: the root first, then what PYTHONPATH held. ``shell``: as the ``export`` line of
+    a Slurm job's set-up, expanded on the compute node; else the value for this process's children."""
+    root = str(code_root)
+    if shell:
+        return f"export PYTHONPATH={shlex.quote(root)}${{PYTHONPATH:+:$PYTHONPATH}}"
+    return os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from tests import slurm_helpers
-from tests.slurm_helpers import cleanup, submitted_ids, tiny_config  # noqa: F401 (fixture)
+from tests.slurm_helpers import cleanup, submitted_ids, tiny_job_values  # noqa: F401 (fixture)
 
 REPO = Path(__file__).resolve().parent.parent
 WAIT_S = 60  # the wait gives up long before: the first squeue shows the reason
@@ -20,7 +20,7 @@ pytestmark = slurm_helpers.slurm_marks()
 def _submit_train(tmp_path: Path, cleanup: list[str], *overrides: str, wait_s: float = WAIT_S
                   ) -> subprocess.CompletedProcess:
     config = tmp_path / "pending.yaml"
-    config.write_text(yaml.safe_dump(tiny_config(tmp_path / "data", tmp_path / "runs", "pending")))
+    config.write_text(yaml.safe_dump(tiny_job_values(tmp_path / "data", tmp_path / "runs", "pending")))
     done = subprocess.run([sys.executable, "main.py", "submit", "train", "--config", str(config), "--executor",
                            "slurm", "--wait", "--timeout", str(wait_s), *overrides],
                           cwd=REPO, capture_output=True, text=True, timeout=wait_s + 60)
