@@ -161,3 +161,18 @@ def test_a_job_runs_the_code_it_was_submitted_with(tmp_path, executor):
     # The snapshot holds the submitted code; the checkout has moved on.
     assert (Path(version["snapshot"]) / "tests" / "toy_version.py").read_text() == 'VERSION = "submitted"\n'
     assert not (Path(version["snapshot"]) / ".git").exists()
+
+
+def test_a_family_declared_outside_the_packages_brings_its_folder(tmp_path):
+    """A ``model.plugins`` module (tests/toy_family.py declares the toy family) is imported by the jobs
+    too: its folder's Python files are in the snapshot; other folders' are not."""
+    import tests.toy_family  # noqa: F401 - declares the family, as model.plugins does when a config is read
+
+    source = tmp_path / "project"
+    for name in ("pkg/__init__.py", "tests/toy_family.py", "tests/helper.py", "scripts/tool.py"):
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        (source / name).write_text("x = 1\n")
+    assert snapshot.code_folders(source) == {"pkg", "tests"}
+    code = snapshot.take_snapshot(tmp_path / "runs" / "r", source=source)
+    files = sorted(p.relative_to(code.root).as_posix() for p in Path(code.root).rglob("*") if p.is_file())
+    assert files == ["pkg/__init__.py", "tests/helper.py", "tests/toy_family.py"]
