@@ -90,7 +90,7 @@ def test_snapshot_without_git_copies_the_python_files(tmp_path):
 
 def test_the_project_snapshot_holds_only_what_jobs_run(tmp_path):
     """This project's snapshot: the modules jobs import, none of tests/, benchmarks/, docs/, configs/
-    (measured: 183 files before, 69 after, on 2026-12-07), unless a stage is declared there: the toy stage
+    (benchmarks/RESULTS.md has the counts), unless a stage is declared there: the toy stage
     (tests/toy_stage.py, registered by this module's import) brings its folder's Python files along."""
     code = snapshot.take_snapshot(tmp_path / "run", source=snapshot.REPO_ROOT)
     files = [p.relative_to(code.root).as_posix() for p in Path(code.root).rglob("*") if p.is_file()]
