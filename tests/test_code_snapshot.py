@@ -163,16 +163,25 @@ def test_a_job_runs_the_code_it_was_submitted_with(tmp_path, executor):
     assert not (Path(version["snapshot"]) / ".git").exists()
 
 
-def test_a_family_declared_outside_the_packages_brings_its_folder(tmp_path):
-    """A ``model.plugins`` module (tests/toy_family.py declares the toy family) is imported by the jobs
+def test_a_family_declared_outside_the_packages_brings_its_folder(tmp_path, monkeypatch):
+    """A family declared in a ``model.plugins`` module (``plugins/myfamily.py``) is imported by the jobs
     too: its folder's Python files are in the snapshot; other folders' are not."""
-    import tests.toy_family  # noqa: F401 - declares the family, as model.plugins does when a config is read
+    import dataclasses
 
+    from core import families
+
+    @dataclasses.dataclass
+    class Settings:
+        width: int = 4
+
+    # Declared for this test only (a real declaration would stay for the whole test session).
+    monkeypatch.setitem(families._REGISTRY, "snapshot_probe",
+                        families.Family("snapshot_probe", "a test family", Settings, "plugins.myfamily:Model"))
     source = tmp_path / "project"
-    for name in ("pkg/__init__.py", "tests/toy_family.py", "tests/helper.py", "scripts/tool.py"):
+    for name in ("pkg/__init__.py", "plugins/myfamily.py", "plugins/helper.py", "scripts/tool.py"):
         (source / name).parent.mkdir(parents=True, exist_ok=True)
         (source / name).write_text("x = 1\n")
-    assert snapshot.code_folders(source) == {"pkg", "tests"}
+    assert snapshot.code_folders(source) == {"pkg", "plugins"}
     code = snapshot.take_snapshot(tmp_path / "runs" / "r", source=source)
     files = sorted(p.relative_to(code.root).as_posix() for p in Path(code.root).rglob("*") if p.is_file())
-    assert files == ["pkg/__init__.py", "tests/helper.py", "tests/toy_family.py"]
+    assert files == ["pkg/__init__.py", "plugins/helper.py", "plugins/myfamily.py"]
