@@ -8,7 +8,7 @@
   a reader would have to repeat, reading every PNG, to check a pack;
 - check_s: seconds of ``data.sources.check_pack_fresh`` on the fresh pack (list + stamp + compare).
 
-    python benchmarks/bench_pack_record.py --before /path/to/old/checkout --videos 200 --height 64 --width 96
+    python -m benchmarks.bench_pack_record --before /path/to/old/checkout --videos 200 --height 64 --width 96
 """
 from __future__ import annotations
 
@@ -24,8 +24,7 @@ import time
 import zlib
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(HERE))
+HERE = Path(__file__).resolve().parent.parent  # this checkout: the "after" code
 
 # Wall seconds, and CPU seconds of the packing process and its workers (user + system): on a machine
 # shared with other work the CPU time is the steadier measure of what the code costs.

@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from core.config import FAMILY_NAMES
+from core.config import family_names
 
 # What was trained: the config sections that group runs into points (train.seed aside).
 TRAINED_SECTIONS = ("data", "model", "train")
@@ -42,7 +42,7 @@ def format_value(value: Any) -> str:
 def family_section(key: str) -> str | None:
     """The family whose settings ``key`` is (``model.convlstm.kernel_size`` -> convlstm), or None."""
     parts = key.split(".")
-    return parts[1] if len(parts) > 2 and parts[0] == "model" and parts[1] in FAMILY_NAMES else None
+    return parts[1] if len(parts) > 2 and parts[0] == "model" and parts[1] in family_names() else None
 
 
 def trained_settings(config: dict) -> dict[str, Any]:
