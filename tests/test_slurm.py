@@ -236,9 +236,9 @@ def test_requeued_ddp_job_leaves_no_error_in_any_rank_s_log(data_root, tmp_path,
     """USR2 to both ranks of a two-task job: rank 0 saves and requeues; rank 1 ends quietly, so that no
     task's log says "Submitted job triggered an exception" for a job that then completed."""
     epochs = 40
-    cfg = config_from_dict(tiny_config(data_root, tmp_path / "runs", "ddp-requeue", train={"epochs": epochs},
-                                       slurm={"executor": "slurm", "tasks_per_node": 2, "time_min": 10,
-                                              "gpus_per_node": 0, "cpus_per_task": 1, "mem_gb": 1}))
+    cfg = config_from_dict(tiny_job_values(data_root, tmp_path / "runs", "ddp-requeue", train={"epochs": epochs},
+                                           slurm={"executor": "slurm", "tasks_per_node": 2, "time_min": 10,
+                                                  "gpus_per_node": 0, "cpus_per_task": 1, "mem_gb": 1}))
     job = submit.submit_stage("train", cfg)
     _track(cleanup, [job])
     saved = _saved_epoch(cfg.run_dir / "last.pt", time.monotonic() + JOB_TIMEOUT_S)
