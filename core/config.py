@@ -140,6 +140,11 @@ class ConvLSTMConfig:
     kernel_size: int = 5
     patch_size: int = 4  # frames are cut into patch x patch blocks stacked as channels
     norm_groups: int = 0  # GroupNorm on the gate pre-activations; 0 = none (OpenSTL uses none)
+    # Normalisation of each layer's hidden state where it feeds the layer above (the recurrence keeps
+    # it raw): "batch" as seed 002's stacked ConvLSTM, "group" (norm_between_groups groups), "layer"
+    # (one group: every channel and pixel of a video's frame), "none".
+    norm: Literal["none", "batch", "group", "layer"] = "none"
+    norm_between_groups: int = 4
     # Predict each next frame as the change from the frame fed in at that step (head zero-initialised:
     # an untrained model repeats the last input frame, copy-last, instead of starting from grey).
     residual: bool = False
@@ -155,6 +160,13 @@ class ConvLSTMConfig:
                         patch_size=self.patch_size)
         _check_odd(where, "kernel_size", self.kernel_size)
         _check_norm_groups(where, self.cell, self.hidden_channels, self.norm_groups)
+        if self.norm == "group":
+            _check_positive(where, norm_between_groups=self.norm_between_groups)
+            for layer, width in enumerate(self.hidden_channels[:-1]):
+                if width % self.norm_between_groups:
+                    raise FramecastError(f"{where}.norm_between_groups={self.norm_between_groups} does not divide "
+                                         f"the {width} channels of layer {layer} ({where}.hidden_channels="
+                                         f"{self.hidden_channels})")
         _check_sampling(where, self.sampling_start, self.sampling_stop_step)
 
 
@@ -363,10 +375,17 @@ class ModelConfig:
 class TrainConfig:
     epochs: int = 50
     batch_size: int = 4  # per process
-    optimizer: Literal["adam", "adamw"] = "adamw"
+    # adam / adamw (betas below), rmsprop (rho, momentum), adadelta (rho; its steps are scaled by lr,
+    # which is 1.0 in its paper), sgd (momentum, nesterov). Seed recipes: RMSprop, Adadelta.
+    optimizer: Literal["adam", "adamw", "rmsprop", "adadelta", "sgd"] = "adamw"
     lr: float = 1e-3
-    weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.0  # decoupled in adamw; an L2 term in the gradient of the others
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam and adamw
+    # Decay of the running average of squared gradients: rmsprop's alpha, adadelta's rho (Keras's
+    # default for both; torch's RMSprop uses 0.99).
+    rho: float = 0.9
+    momentum: float = 0.0  # sgd and rmsprop; 0.9 is the usual choice with sgd
+    nesterov: bool = False  # sgd: Nesterov momentum (needs momentum > 0)
     schedule: Literal["onecycle", "plateau", "constant"] = "onecycle"
     warmup_frac: float = 0.1  # onecycle: fraction of steps spent rising to lr
     plateau_factor: float = 0.5
@@ -410,6 +429,13 @@ class TrainConfig:
                         plateau_patience=self.plateau_patience)
         if len(self.betas) != 2 or not all(math.isfinite(b) and 0 <= b < 1 for b in self.betas):
             raise FramecastError(f"{where}.betas must be two numbers in [0, 1), got {self.betas}")
+        if not (math.isfinite(self.rho) and 0 < self.rho < 1):
+            raise FramecastError(f"{where}.rho must be in (0, 1), got {self.rho}")
+        if not (math.isfinite(self.momentum) and 0 <= self.momentum < 1):
+            raise FramecastError(f"{where}.momentum must be in [0, 1), got {self.momentum}")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
+            raise FramecastError(f"{where}.nesterov needs {where}.optimizer=sgd and {where}.momentum > 0 "
+                                 f"(got optimizer={self.optimizer}, momentum={self.momentum})")
         if not 0 <= self.warmup_frac < 1:
             raise FramecastError(f"{where}.warmup_frac must be in [0, 1), got {self.warmup_frac}")
         if not 0 < self.plateau_factor < 1:

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from core.config import ModelConfig
+from core.errors import FramecastError
 from models.base import Forecast, RolloutModel, from_patches, mix_frames, start_at_copy_last, to_patches
 from models.cells import CELLS, ConvRNNCell, State, stack_time
 from models.sampling import draw_linear_choices
@@ -28,6 +29,17 @@ HEAD_KERNEL = 1
 # State tensors per layer of each cell: ConvLSTM (h, c), ConvGRU (h). The rollout passes states to
 # the checkpointed step as one flat tuple of tensors and cuts it back into layers with this.
 STATE_TENSORS = {"lstm": 2, "gru": 1}
+
+
+def between_norm(kind: str, channels: int, groups: int) -> nn.Module:
+    """The ``model.convlstm.norm`` module for a (B, channels, h, w) hidden state."""
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":
+        return nn.GroupNorm(groups, channels)
+    if kind == "layer":  # GroupNorm with one group: LayerNorm over (C, h, w), free of the frame size
+        return nn.GroupNorm(1, channels)
+    return nn.Identity()
 
 
 class ConvLSTMStack(RolloutModel):
@@ -47,6 +59,8 @@ class ConvLSTMStack(RolloutModel):
             cell(self.frame_channels if layer == 0 else hidden[layer - 1], width, cfg.kernel_size, cfg.norm_groups)
             for layer, width in enumerate(hidden)
         )
+        # Between layer l and l + 1: what normalises layer l's hidden state on its way up.
+        self.between = nn.ModuleList(between_norm(cfg.norm, width, cfg.norm_between_groups) for width in hidden[:-1])
         self.head = nn.Conv2d(hidden[-1], self.frame_channels, HEAD_KERNEL)
         if cfg.residual:
             start_at_copy_last(self.head)
@@ -55,6 +69,14 @@ class ConvLSTMStack(RolloutModel):
     @property
     def stride(self) -> int:
         return self.cfg.patch_size
+
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        if enabled and self.cfg.norm == "batch":
+            # A recomputed step would update batch norm's running statistics a second time.
+            raise FramecastError("train.activation_checkpointing=true does not go with model.convlstm.norm=batch "
+                                 "(recomputed steps would update its running statistics twice); use norm group "
+                                 "or layer, or turn activation checkpointing off")
+        super().set_activation_checkpointing(enabled)
 
     def stride_reason(self) -> str:
         return f"model.convlstm.patch_size={self.cfg.patch_size}"
@@ -71,7 +93,8 @@ class ConvLSTMStack(RolloutModel):
             *super().summary(),
             ("cell", f"{cfg.cell} (modules: {', '.join(cells)})"
                      + (f", GroupNorm {cfg.norm_groups} groups" if cfg.norm_groups else "")),
-            ("layers", str(len(cfg.hidden_channels))),
+            ("layers", str(len(cfg.hidden_channels))
+                       + ("" if cfg.norm == "none" else f", {cfg.norm} norm between them")),
             ("hidden", str(cfg.hidden_channels)),
             ("kernel", str(cfg.kernel_size)),
             ("patch", f"{cfg.patch_size} ({self.frame_channels} channels per patch)"),
@@ -138,7 +161,8 @@ class ConvLSTMStack(RolloutModel):
         n = self.state_tensors
         for layer, cell in enumerate(self.cells):
             if layer > 0:
-                gates = cell.input_conv(new_state[-n])  # h of the layer below -> (B, G*hidden_l, H/p, W/p)
+                below = self.between[layer - 1](new_state[-n])  # h of the layer below, normalised
+                gates = cell.input_conv(below)  # (B, G*hidden_l, H/p, W/p)
             layer_state: State | None = tuple(state[layer * n : (layer + 1) * n]) or None
             new_state.extend(cell.step(gates, layer_state))
         return tuple(new_state)
