@@ -15,10 +15,37 @@ import torch
 from models.base import draw_true_tokens
 
 
+# The decaying schedules of the true-frame probability (Bengio et al. 2015's three shapes), each
+# from ``start`` at step 0 to exactly 0 at ``stop_step``.
+DECAYING_SCHEDULES = ("linear", "exponential", "sigmoid")
+
+
 def linear_true_frame_probability(step: int, start: float, stop_step: int) -> float:
     """Scheduled sampling (Bengio et al. 2015, as OpenSTL): ``start`` at step 0, falling linearly to 0
     at ``stop_step``, 0 after."""
     return max(0.0, start * (1.0 - step / stop_step))
+
+
+def true_frame_probability(schedule: str, step: int, start: float, stop_step: int, steepness: float) -> float:
+    """The chance of feeding the true frame at global ``step`` under ``schedule``.
+
+    With x = step / stop_step: linear ``start * (1 - x)``; exponential ``start * e^(-k x)``; sigmoid
+    (Bengio's inverse sigmoid) ``start * 1 / (1 + e^(k (x - 1/2)))``, k = ``steepness``. The last two
+    are shifted and scaled so that every schedule is exactly ``start`` at step 0 and exactly 0 from
+    ``stop_step`` on: a run past the schedule trains as it will predict. "none": always 0.
+    """
+    if schedule == "none" or step >= stop_step:
+        return 0.0
+    x = max(0.0, step / stop_step)
+    if schedule == "linear":
+        return linear_true_frame_probability(step, start, stop_step)
+    if schedule == "exponential":
+        shape = lambda u: math.exp(-steepness * u)  # noqa: E731
+    elif schedule == "sigmoid":
+        shape = lambda u: 1.0 / (1.0 + math.exp(steepness * (u - 0.5)))  # noqa: E731
+    else:
+        raise ValueError(f"unknown sampling schedule {schedule!r}")
+    return start * (shape(x) - shape(1.0)) / (shape(0.0) - shape(1.0))
 
 
 def reverse_true_frame_probabilities(step: int, start_step: int, stop_step: int, alpha: float) -> tuple[float, float]:
@@ -38,15 +65,21 @@ def reverse_true_frame_probabilities(step: int, start_step: int, stop_step: int,
     return 1.0, 0.0
 
 
-def draw_linear_choices(sampling: str, start: float, stop_step: int, step: int, batch: int, t_out: int,
-                        device: torch.device) -> torch.Tensor | None:
+def draw_choices(schedule: str, start: float, stop_step: int, steepness: float, step: int, batch: int,
+                 t_out: int, device: torch.device) -> torch.Tensor | None:
     """A frame-by-frame rollout's scheduled-sampling draws for its predicted steps (the t_out - 1 that
     read a frame which may be true or the model's own): (B, t_out - 1) booleans, True = the true frame.
 
-    None when no true frame can be fed (``sampling`` "none", the schedule's end, one output): the pass
+    None when no true frame can be fed (``schedule`` "none", the schedule's end, one output): the pass
     is then exactly the inference one, and no random number is drawn.
     """
-    probability = linear_true_frame_probability(step, start, stop_step) if sampling == "linear" else 0.0
+    probability = true_frame_probability(schedule, step, start, stop_step, steepness)
     if probability <= 0.0 or t_out == 1:
         return None
     return draw_true_tokens(probability, (batch, t_out - 1), device)
+
+
+def draw_linear_choices(sampling: str, start: float, stop_step: int, step: int, batch: int, t_out: int,
+                        device: torch.device) -> torch.Tensor | None:
+    """``draw_choices`` of the linear schedule (or none)."""
+    return draw_choices(sampling, start, stop_step, 0.0, step, batch, t_out, device)
