@@ -28,6 +28,8 @@ def short_names(keys: Iterable[str]) -> dict[str, str]:
 
 def format_value(value: Any) -> str:
     """A setting's value as written in a point's name and in the tables: 0.0003, true, [8, 8]."""
+    if value is None:  # a setting of another family than the point's
+        return ""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
@@ -38,7 +40,8 @@ def format_value(value: Any) -> str:
 
 
 def trained_settings(config: dict) -> dict[str, Any]:
-    """{dotted key: value} of a config's ``TRAINED_SECTIONS`` (nested sections flattened, lists kept)."""
+    """{dotted key: value} of a config's ``TRAINED_SECTIONS`` (nested sections flattened, lists kept),
+    of the model family it builds only."""
     flat: dict[str, Any] = {}
 
     def walk(prefix: str, node: Any) -> None:
@@ -49,5 +52,10 @@ def trained_settings(config: dict) -> dict[str, Any]:
             flat[prefix] = node
 
     for section in TRAINED_SECTIONS:
-        walk(section, config.get(section, {}))
+        values = config.get(section, {})
+        if section == "model" and isinstance(values, dict):
+            # The families a run did not build trained nothing: their sections neither split points
+            # nor name them (a grid over model.family would otherwise vary every family's defaults).
+            values = {k: v for k, v in values.items() if not isinstance(v, dict) or k == values.get("family")}
+        walk(section, values)
     return flat

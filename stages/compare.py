@@ -225,7 +225,7 @@ def group_points(runs: list[RunScore]) -> tuple[list[str], list[Point]]:
 
 
 def point_label(point: Point, names: dict[str, str]) -> str:
-    return ",".join(f"{names[k]}={format_value(v)}" for k, v in point.values.items()) or "all runs"
+    return ",".join(f"{names[k]}={format_value(v)}" for k, v in point.values.items() if v is not None) or "all runs"
 
 
 # ----------------------------------------------------------------------------- output
