@@ -22,6 +22,9 @@ PLOT_NAME = "metrics_vs_lead_time.png"
 STRIP_NAME = "samples.png"
 GIF_NAME = "samples.gif"
 
+# calibrate: the fitted interval, by default in the run folder.
+CALIBRATION_NAME = "calibration.pt"
+
 # compare: <compare dir>/...
 TABLE_CSV = "compare.csv"
 TABLE_MD = "compare.md"
@@ -54,6 +57,11 @@ def predictions_path(cfg: Config) -> Path:
 def png_dir(cfg: Config) -> Path:
     """``convert.out``, or ``<run_dir>/png/<predict.split>`` (``<split>.ensemble`` for an ensemble)."""
     return Path(cfg.convert.out) if cfg.convert.out else cfg.run_dir / "png" / default_stem(cfg, cfg.predict.split)
+
+
+def calibration_path(cfg: Config) -> Path:
+    """``calibrate.out``, or ``<run_dir>/calibration.pt``."""
+    return Path(cfg.calibrate.out) if cfg.calibrate.out else cfg.run_dir / CALIBRATION_NAME
 
 
 def eval_dir(cfg: Config, split: str | None = None) -> Path:
