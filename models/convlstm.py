@@ -14,14 +14,18 @@ the step's output of the layer below and the fed-back prediction comes from the 
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from core.config import ModelConfig
 from core.errors import FramecastError
 from models.base import Forecast, RolloutModel, from_patches, mix_frames, start_at_copy_last, to_patches
 from models.cells import CELLS, ConvRNNCell, State, stack_time
-from models.sampling import draw_linear_choices
+from models.sampling import describe_schedule, draw_choices
+
+if TYPE_CHECKING:
+    from core.config import ModelConfig
 
 # Architecture constant of the reference design (not a tunable): the head mapping the top hidden
 # state to the next frame's patches is a 1x1 conv.
@@ -85,10 +89,7 @@ class ConvLSTMStack(RolloutModel):
     def summary(self) -> list[tuple[str, str]]:
         cfg = self.cfg
         cells = sorted({type(m).__name__ for m in self.modules() if isinstance(m, ConvRNNCell)})
-        sampling = (
-            f"linear, true-frame probability {cfg.sampling_start:g} at step 0 -> 0 at step {cfg.sampling_stop_step}"
-            if cfg.sampling == "linear" else "none (own predictions, as at inference)"
-        )
+        sampling = describe_schedule(cfg)
         return [
             *super().summary(),
             ("cell", f"{cfg.cell} (modules: {', '.join(cells)})"
@@ -111,8 +112,7 @@ class ConvLSTMStack(RolloutModel):
         step's probability (a pure function of ``step``), else the model's own prediction."""
         self.check_input(frames, targets)
         cfg = self.cfg
-        use_true = draw_linear_choices(cfg.sampling, cfg.sampling_start, cfg.sampling_stop_step, step,
-                                       frames.shape[0], self.t_out, frames.device)  # (B, t_out-1) or None
+        use_true = draw_choices(cfg, step, frames.shape[0], self.t_out, frames.device)  # (B, t_out-1) or None
         return Forecast(self._rollout(frames, targets if use_true is not None else None, use_true), {})
 
     def _rollout(self, frames: Tensor, targets: Tensor | None, use_true: Tensor | None) -> Tensor:

@@ -13,6 +13,7 @@ import math
 import torch
 
 from models.base import draw_true_tokens
+from models.families import Sampling
 
 
 # The decaying schedules of the true-frame probability (Bengio et al. 2015's three shapes), each
@@ -65,21 +66,31 @@ def reverse_true_frame_probabilities(step: int, start_step: int, stop_step: int,
     return 1.0, 0.0
 
 
-def draw_choices(schedule: str, start: float, stop_step: int, steepness: float, step: int, batch: int,
-                 t_out: int, device: torch.device) -> torch.Tensor | None:
+def settings_probability(settings: Sampling, step: int) -> float:
+    """``true_frame_probability`` of a family's shared ``Sampling`` settings at global ``step``."""
+    if settings.sampling not in DECAYING_SCHEDULES:  # none (or PredRNN's reverse, which it draws itself)
+        return 0.0
+    return true_frame_probability(settings.sampling, step, settings.sampling_start, settings.sampling_stop_step,
+                                  settings.sampling_steepness)
+
+
+def describe_schedule(settings: Sampling) -> str:
+    """The model summary's line for a decaying schedule (or none)."""
+    if settings.sampling not in DECAYING_SCHEDULES:
+        return "none (own predictions, as at inference)"
+    bend = f", steepness {settings.sampling_steepness:g}" if settings.sampling != "linear" else ""
+    return (f"{settings.sampling}, true-frame probability {settings.sampling_start:g} at step 0 -> 0 at step "
+            f"{settings.sampling_stop_step}{bend}")
+
+
+def draw_choices(settings: Sampling, step: int, batch: int, t_out: int, device: torch.device) -> torch.Tensor | None:
     """A frame-by-frame rollout's scheduled-sampling draws for its predicted steps (the t_out - 1 that
     read a frame which may be true or the model's own): (B, t_out - 1) booleans, True = the true frame.
 
-    None when no true frame can be fed (``schedule`` "none", the schedule's end, one output): the pass
+    None when no true frame can be fed (``sampling`` "none", the schedule's end, one output): the pass
     is then exactly the inference one, and no random number is drawn.
     """
-    probability = true_frame_probability(schedule, step, start, stop_step, steepness)
+    probability = settings_probability(settings, step)
     if probability <= 0.0 or t_out == 1:
         return None
     return draw_true_tokens(probability, (batch, t_out - 1), device)
-
-
-def draw_linear_choices(sampling: str, start: float, stop_step: int, step: int, batch: int, t_out: int,
-                        device: torch.device) -> torch.Tensor | None:
-    """``draw_choices`` of the linear schedule (or none)."""
-    return draw_choices(sampling, start, stop_step, 0.0, step, batch, t_out, device)

@@ -6,12 +6,18 @@ import math
 
 import pytest
 import torch
+from family_helpers import family_model, videos
 
+from models.families import Sampling
 from models.sampling import DECAYING_SCHEDULES, draw_choices, reverse_true_frame_probabilities
 from models.sampling import true_frame_probability
 
 STOP = 100
 STEEPNESS = 5.0
+
+
+def settings(schedule: str) -> Sampling:
+    return Sampling(sampling=schedule, sampling_start=1.0, sampling_stop_step=STOP, sampling_steepness=STEEPNESS)
 
 
 def curve(schedule: str, start: float = 0.8) -> list[float]:
@@ -48,8 +54,8 @@ def test_the_shapes_bend_as_their_names_say():
 def test_none_never_feeds_a_true_frame_and_draws_nothing():
     assert curve("none") == [0.0] * (STOP + 20)
     rng = torch.get_rng_state()
-    assert draw_choices("sigmoid", 1.0, STOP, STEEPNESS, STOP, 4, 3, torch.device("cpu")) is None  # schedule over
-    assert draw_choices("none", 1.0, STOP, STEEPNESS, 0, 4, 3, torch.device("cpu")) is None
+    assert draw_choices(settings("sigmoid"), STOP, 4, 3, torch.device("cpu")) is None  # schedule over
+    assert draw_choices(settings("none"), 0, 4, 3, torch.device("cpu")) is None
     assert torch.equal(torch.get_rng_state(), rng)
 
 
@@ -67,7 +73,7 @@ def test_a_draw_is_a_function_of_the_step_and_the_generator_alone(schedule):
     """What exact resume rests on: the same step and generator state give the same draws, whatever
     was drawn before (no schedule state to save)."""
     def draws(step: int) -> torch.Tensor:
-        return draw_choices(schedule, 1.0, STOP, STEEPNESS, step, 512, 3, torch.device("cpu"))
+        return draw_choices(settings(schedule), step, 512, 3, torch.device("cpu"))
 
     torch.manual_seed(1)
     for step in range(30):
@@ -78,3 +84,19 @@ def test_a_draw_is_a_function_of_the_step_and_the_generator_alone(schedule):
     assert torch.equal(draws(30), after_history)
     share = after_history.float().mean().item()  # 1024 draws: the schedule's probability within noise
     assert share == pytest.approx(true_frame_probability(schedule, 30, 1.0, STOP, STEEPNESS), abs=0.06)
+
+
+@pytest.mark.parametrize("family", ["convlstm", "predrnn", "phydnet"])
+@pytest.mark.parametrize("schedule", ["exponential", "sigmoid"])
+def test_every_sampling_family_follows_the_schedule(family, schedule):
+    """Mid-schedule the training pass draws (true frames fed at the schedule's chance); from the stop
+    step on it is the inference pass, drawing nothing; the summary names the schedule."""
+    model = family_model(family, 3, 3, **{"sampling": schedule, "sampling_stop_step": 10})
+    assert dict(model.summary())["sampling"].startswith(schedule)
+    x, y = videos(t=3), videos(t=3, seed=1)
+    rng = torch.get_rng_state()
+    with torch.no_grad():
+        assert torch.equal(model.training_forward(x, y, 10).frames, model(x))
+        assert torch.equal(torch.get_rng_state(), rng)
+        model.training_forward(x, y, 5)
+    assert not torch.equal(torch.get_rng_state(), rng)  # the step's draws were made

@@ -205,6 +205,19 @@ def test_an_optimiser_with_momentum_resumes_to_the_same_losses_and_state(data_ro
     assert_same_run(cfg.run_dir, uninterrupted.run_dir)
 
 
+@pytest.mark.parametrize("family, schedule", [("convlstm", "sigmoid"), ("predrnn", "exponential"),
+                                              ("phydnet", "exponential")])
+def test_a_sampling_schedule_resumes_to_the_same_losses(data_root, tmp_path, family, schedule):
+    """The schedule is a function of the step and the draws come from the checkpointed generator."""
+    extra = ("train.epochs=2", f"model.{family}.sampling={schedule}", f"model.{family}.sampling_stop_step=8")
+    uninterrupted = tiny_config(data_root, tmp_path, "whole", *extra, family=family)
+    run(uninterrupted)
+    cfg = tiny_config(data_root, tmp_path, "killed", *extra, family=family)
+    run_killed_after(cfg, epoch=1)
+    assert run(cfg)["resumed_from"]["epoch"] == 1
+    assert_same_run(cfg.run_dir, uninterrupted.run_dir)
+
+
 # ----------------------------------------------------------------------------- the two cells
 
 
