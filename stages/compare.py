@@ -67,6 +67,9 @@ class RunScore:
     mse: float | None = None
     ssim: float | None = None
     copy_last_mse: float | None = None
+    copy_last_ssim: float | None = None
+    mean_of_inputs_mse: float | None = None  # the other baseline (evaluate's mean_of_inputs)
+    mean_of_inputs_ssim: float | None = None
     best_epoch: int | None = None
     parameters: int | None = None
     train_minutes: float | None = None
@@ -171,6 +174,10 @@ def score_run(run_dir: Path, cfg: Config) -> RunScore:
         return score
     model, copy_last = report["model"]["mean"], report["copy_last_frame"]["mean"]
     score.mse, score.ssim, score.copy_last_mse = model[MSE_KEY], model["ssim"], copy_last[MSE_KEY]
+    score.copy_last_ssim = copy_last["ssim"]
+    if "mean_of_inputs" in report:
+        score.mean_of_inputs_mse = report["mean_of_inputs"]["mean"][MSE_KEY]
+        score.mean_of_inputs_ssim = report["mean_of_inputs"]["mean"]["ssim"]
     return score
 
 
@@ -290,7 +297,11 @@ def markdown(varying: list[str], points: list[Point], runs: list[RunScore], name
             *(format_value(point.values[k]) for k in varying), f"{len(point.scored)}/{len(point.runs)}",
             _pm(*point.stats("mse")), _pm(*point.stats("ssim"), digits=4), f"{params:,}" if params else "",
             _pm(*point.stats("train_minutes"), digits=3)]) + " |")
-    lines += ["", f"Copy-last baseline MSE: {_num(copy_last)}.", "", "## Runs", "",
+    baselines = {name: tuple(_mean_std([getattr(r, f"{name}_{metric}") for r in scored])[0] for metric in ("mse", "ssim"))
+                 for name in ("copy_last", "mean_of_inputs")}
+    lines += ["", f"Copy-last baseline MSE: {_num(copy_last)}, SSIM {_num(baselines['copy_last'][1], 4)}; "
+                  f"mean-of-inputs baseline MSE: {_num(baselines['mean_of_inputs'][0])}, SSIM "
+                  f"{_num(baselines['mean_of_inputs'][1], 4)} (the same videos).", "", "## Runs", "",
               "| run | status | seed | MSE | SSIM | best epoch | train time (min) | report |", "|---|---|---|---|---|---|---|---|"]
     for run in runs:
         status = " ".join(run.status.replace("|", "/").split()) + (" (report reused)" if run.reused else "")

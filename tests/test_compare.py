@@ -79,6 +79,9 @@ def test_compare_tabulates_mean_and_std_over_seeds_per_point(sweep):
     assert float(runs["lr=1e-3,seed=0"]["mse"]) == pytest.approx(mse["lr=1e-3,seed=0"], rel=1e-6)
     text = table.read_text()
     assert "| lr | seeds | MSE | SSIM |" in text and " ± " in text and "no best.pt" in text
+    # both baselines, on the same videos (every run's report scores the same val split)
+    baseline = reports["lr=1e-3,seed=0"]["mean_of_inputs"]["mean"]
+    assert f"mean-of-inputs baseline MSE: {baseline['mse_per_frame_sum']:.5g}, SSIM {baseline['ssim']:.4g}" in text
     with Image.open(out / outputs.COMPARE_PLOT_NAME) as image:
         assert image.format == "PNG"
 
