@@ -19,6 +19,12 @@ members' per-pixel standard deviation per lead time, to hold against the ensembl
 (``sqrt(mse_per_pixel)``): a well-spread ensemble's are close. Its default folder is
 ``<run_dir>/eval/<split>.ensemble``.
 
+Uncertainty (``"uncertainty"`` in the report): with ``evaluate.calibration`` (``main.py calibrate``),
+per lead time each of its intervals' empirical coverage at every fitted level and mean width, and how
+well its per-pixel scale ranks the errors (AUROC for the largest errors, Spearman); for an ensemble
+without one, the same for its raw spread read as a Gaussian std. ``evaluate.skip_videos`` leaves
+out the first videos of the split (those a calibration was fitted on).
+
 Writes into ``out_dir`` (default ``<run_dir>/eval/<split>``):
 - ``report.json``: per-lead-time metrics and their means for the model and each baseline;
 - ``metrics_vs_lead_time.png``: model vs baselines per lead time, one panel per metric;
@@ -102,7 +108,7 @@ def run(cfg, split: str | None = None, out_dir: str | Path | None = None, max_vi
         forecast, std = ensemble(inputs, spread=several, each=each)  # mean, std of the clipped outputs; (B, t_out, C, H, W)
         scores["model"].update(forecast, truth)
         if uncertainty is not None:
-            scores_of_intervals, scale_of = uncertainty
+            scores_of_intervals, scale_of, _ = uncertainty
             scores_of_intervals.update(forecast, truth, scale_of(inputs, forecast, std))
         if std is not None:
             spread_sum += std.double().mean(dim=(2, 3, 4)).sum(dim=0).cpu()  # (t_out,)
@@ -148,7 +154,7 @@ def run(cfg, split: str | None = None, out_dir: str | Path | None = None, max_vi
         **results,
         "members": members,
         **spread,
-        **({"uncertainty": {**uncertainty[0].compute(), **uncertainty_description(cfg, ensemble)}}
+        **({"uncertainty": {**uncertainty[0].compute(), **uncertainty[2]}}
            if uncertainty is not None else {}),
         "files": {key: str(path) for key, path in files.items()},
     }
@@ -163,10 +169,11 @@ def run(cfg, split: str | None = None, out_dir: str | Path | None = None, max_vi
     return report
 
 
-def uncertainty_scores(cfg, ensemble: Ensemble, split: str) -> tuple[IntervalScores, ScaleFunction] | None:
-    """The intervals scored, and the per-pixel scale they multiply: ``evaluate.calibration``'s, else an
-    ensemble's raw spread with Gaussian intervals (what reading the spread as a std would claim);
-    None for one model without a calibration."""
+def uncertainty_scores(cfg, ensemble: Ensemble, split: str
+                       ) -> tuple[IntervalScores, ScaleFunction, dict[str, Any]] | None:
+    """The intervals scored, the per-pixel scale they multiply, and what they are: ``evaluate.calibration``'s,
+    else an ensemble's raw spread with Gaussian intervals (what reading the spread as a std would
+    claim); None for one model without a calibration."""
     ec = cfg.evaluate
     if ec.calibration:
         calibration = Calibration.load(ec.calibration)
@@ -177,38 +184,32 @@ def uncertainty_scores(cfg, ensemble: Ensemble, split: str) -> tuple[IntervalSco
                         "is measured on videos it was fitted on", ec.calibration, calibration.videos, split,
                         ec.skip_videos)
         factors = {"conformal": calibration.factor_table()}
-        if calibration.method == "scale_head":
-            factors["likelihood"] = calibration.likelihood_table()
-        levels, scale = calibration.levels, calibration.scale_function(ensemble.precision.device)
-    elif len(ensemble.members) > 1:
-        levels = cfg.calibrate.levels
-        factors = {"gaussian": torch.tensor([[likelihood_factor("gaussian", p) for p in levels]] * ensemble.t_out)}
-        scale = lambda inputs, forecast, std: std  # noqa: E731
-    else:
-        return None
-    return IntervalScores(ensemble.t_out, levels, factors, ec.rank_pixels_per_video, ec.large_error_fraction), scale
-
-
-def uncertainty_description(cfg, ensemble: Ensemble) -> dict[str, Any]:
-    ec = cfg.evaluate
-    if ec.calibration:
-        calibration = Calibration.load(ec.calibration)
-        scale = ("the ensemble's per-pixel std + " + f"{calibration.spread_floor:g}" if calibration.method == "spread"
-                 else f"the scale head's per-pixel scale ({calibration.likelihood} likelihood)")
         sets = {"conformal": f"forecast +- factor * scale, the factor per lead time and level fitted split-conformally "
                              f"on {calibration.videos} videos of {calibration.split} ({ec.calibration})"}
         if calibration.method == "scale_head":
+            factors["likelihood"] = calibration.likelihood_table()
             sets["likelihood"] = f"the head's own {calibration.likelihood} intervals, before rescaling"
-        method = calibration.method
-    else:
-        scale, method = "the ensemble's per-pixel std (raw)", "raw spread"
+            scale_text = f"the scale head's per-pixel scale ({calibration.likelihood} likelihood)"
+        else:
+            scale_text = f"the ensemble's per-pixel std + {calibration.spread_floor:g}"
+        method, levels = calibration.method, calibration.levels
+        scale = calibration.scale_function(ensemble.precision.device)
+    elif len(ensemble.members) > 1:
+        levels, method, scale_text = cfg.calibrate.levels, "raw spread", "the ensemble's per-pixel std (raw)"
+        factors = {"gaussian": torch.tensor([[likelihood_factor("gaussian", p) for p in levels]] * ensemble.t_out)}
         sets = {"gaussian": "forecast +- z * std, as if the spread were a Gaussian std (uncalibrated)"}
-    return {"method": method, "scale": scale, "interval_sets": sets,
-            "definition": "coverage: share of pixel values (every channel) inside the interval; mean_width: "
-                          "its mean full width in [0, 1] units; auroc_large_errors: how well the scale tells the "
-                          f"pixels whose |error| is in the top {ec.large_error_fraction:g} of the lead time's "
-                          "from the others (0.5 = chance), and spearman its rank correlation with |error|, both "
-                          f"on {ec.rank_pixels_per_video} random pixels per video and lead time"}
+        scale = lambda inputs, forecast, std: std  # noqa: E731
+    else:
+        return None
+    description = {
+        "method": method, "scale": scale_text, "interval_sets": sets,
+        "definition": "coverage: share of pixel values (every channel) inside the interval; mean_width: its "
+                      "mean full width in [0, 1] units; auroc_large_errors: how well the scale tells the pixels "
+                      f"whose |error| is in the top {ec.large_error_fraction:g} of the lead time's from the others "
+                      "(0.5 = chance), and spearman its rank correlation with |error|, both on "
+                      f"{ec.rank_pixels_per_video} random pixels per video and lead time"}
+    scores = IntervalScores(ensemble.t_out, levels, factors, ec.rank_pixels_per_video, ec.large_error_fraction)
+    return scores, scale, description
 
 
 def _json_safe(value: Any) -> Any:
