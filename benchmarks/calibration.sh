@@ -32,15 +32,16 @@ for ((seed = 0; seed < seeds; seed++)); do
 done
 members="$out/runs/unet-seed*/best.pt"
 cal=(calibrate.split=unlabeled calibrate.fit_split=train calibrate.pixels_per_video=2048)
-$py main.py calibrate --config configs/demo.yaml "${common[@]}" run.name=ensemble --checkpoint "$members" \
-    --method spread --out "$out/spread.pt" "${cal[@]}"
-$py main.py calibrate --config configs/demo.yaml "${common[@]}" run.name=ensemble --checkpoint "$members" \
-    --method scale_head --out "$out/head.pt" "${cal[@]}" calibrate.likelihood=laplace calibrate.head_steps=300
+# (flags before the key=value overrides: argparse takes the overrides as one run of positionals)
+$py main.py calibrate --config configs/demo.yaml --checkpoint "$members" --method spread --out "$out/spread.pt" \
+    "${common[@]}" run.name=ensemble "${cal[@]}"
+$py main.py calibrate --config configs/demo.yaml --checkpoint "$members" --method scale_head --out "$out/head.pt" \
+    "${common[@]}" run.name=ensemble "${cal[@]}" calibrate.likelihood=laplace calibrate.head_steps=300
 for kind in raw spread head; do
   extra=()
   [ "$kind" = raw ] || extra=(evaluate.calibration="$out/$kind.pt")
-  $py main.py evaluate --config configs/demo.yaml "${common[@]}" run.name=ensemble --checkpoint "$members" \
-      --split val --out "$out/eval-$kind" evaluate.samples=0 "${extra[@]}" >"$out/$kind.log"
+  $py main.py evaluate --config configs/demo.yaml --checkpoint "$members" --split val --out "$out/eval-$kind" \
+      "${common[@]}" run.name=ensemble evaluate.samples=0 "${extra[@]}" >"$out/$kind.log"
   cp "$out/eval-$kind/report.json" "$out/$kind.json"
 done
 $py - "$out" <<'EOF'

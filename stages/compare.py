@@ -208,6 +208,8 @@ class Point:
 
 
 def _sort_key(value: Any) -> tuple:
+    if value is None:  # not a setting of this point's family: after the points that have it
+        return (2, 0, "")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return (0, value, "")
     return (1, 0, format_value(value))
@@ -225,7 +227,10 @@ def group_points(runs: list[RunScore]) -> tuple[list[str], list[Point]]:
         groups.setdefault(key, []).append(run)
         settings[key] = trained
     keys = sorted({k for s in settings.values() for k in s})
-    varying = [k for k in keys if len({json.dumps(s.get(k), default=str) for s in settings.values()}) > 1]
+    # A setting varies when the points that have it differ in it: one of a family's section is missing
+    # from the points of another family (core.grid.trained_settings), which model.family tells apart.
+    varying = [k for k in keys
+               if len({json.dumps(s[k], default=str) for s in settings.values() if k in s}) > 1]
     points = [Point({k: settings[g].get(k) for k in varying}, members) for g, members in groups.items()]
     points.sort(key=lambda p: tuple(_sort_key(p.values[k]) for k in varying))
     return varying, points
