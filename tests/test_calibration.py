@@ -147,7 +147,7 @@ def test_scale_head_learns_the_noise_and_its_intervals_cover_held_out_videos(set
                                                 "interval_level": 0.95}))
 
 
-def test_an_ensemble_s_spread_rescaled_covers_even_when_the_members_agree(setup, tmp_path):
+def test_an_ensemble_s_spread_rescaled_covers_even_when_the_members_agree(setup, tmp_path, caplog):
     """Two copy-last members agree everywhere (spread 0): the floor alone is the scale, and the
     conformal factor still makes the interval cover as asked, while the scale ranks nothing."""
     cfg, paths = setup
@@ -162,6 +162,11 @@ def test_an_ensemble_s_spread_rescaled_covers_even_when_the_members_agree(setup,
             # exactly (errors are multiples of 1/255 here, and a constant scale keeps those ties)
             assert level - 0.02 < coverage < level + 0.05
     assert unc["auroc_large_errors_mean"] == pytest.approx(0.5)
+    # scored on the calibration split itself, past its first videos: those only, and a warning when they overlap
+    skipped = evaluate.run(with_settings(cfg, evaluate={"calibration": str(out), "out": str(tmp_path / "skip"),
+                                                        "split": "val", "skip_videos": 30}))
+    assert skipped["videos"] == 10 and skipped["skipped_videos"] == 30
+    assert "measured on videos it was fitted on" in caplog.text
     # without the calibration, the raw spread read as a std covers nothing (zero-width intervals)
     raw = evaluate.run(with_settings(cfg, evaluate={"out": str(tmp_path / "raw")}))["uncertainty"]
     assert raw["method"] == "raw spread" and max(raw["intervals"]["gaussian"]["0.9"]["coverage"]) < 0.2
