@@ -14,8 +14,8 @@ Several checkpoints (``--checkpoint`` given more than once, a glob, or a list in
 member and the ``.npy`` holds the mean of their outputs clipped to [0, 1] (rounded to uint8 as one
 model's are); with ``predict.spread`` a second array ``<stem>.std.npy`` holds their per-pixel
 standard deviation, float16 (N, T_out, H, W, 3). The index lists the members and names the spread
-file. An ensemble's default output is ``<run_dir>/preds/<split>.ensemble.npy`` (``<run_dir>`` is the
-first member's run, whose own predictions it must not replace).
+file. An ensemble's default output is ``<run.out_dir>/ensembles/<name>/preds/<split>.npy``, beside the
+run folders (core.outputs.output_dir): never inside a member's run, whose own predictions it must not replace.
 
 ``run(cfg, shard=(i, n))`` predicts only the i-th of n contiguous slices of the split (one Slurm
 array task each) into ``<stem>.shard<i>of<n>.npy`` (and ``.std.npy``); ``data.predictions.merge_shards``
@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from core.config import Config, config_to_dict
 from core.errors import FramecastError
+from core.processes import signals_stop
 from data.datasets import VideoWindowDataset, check_channels, to_model_input
 from data.predictions import (SPREAD_DTYPE, merge_shards, npy_rows, shard_path, shard_rows, spread_entry,
                               spread_path_for, write_index)
@@ -43,8 +44,6 @@ from training.calibration import Calibration, ScaleFunction
 from training.inference import Ensemble, Predictor, to_spread_frames, to_uint8_frames
 
 log = logging.getLogger(__name__)
-
-# The default output name of an ensemble's predictions (and PNGs and report): <split>.ensemble.npy.
 
 
 @dataclasses.dataclass
@@ -154,7 +153,9 @@ def run(cfg: Config, shard: tuple[int, int] = (0, 1)) -> Path:
         "config": config_to_dict(ensemble.cfg),
     }
     interval = Interval.of(cfg, ensemble) if cfg.predict.calibration else None
-    return write_predictions(ensemble, Subset(dataset, rows), out, index, spread=cfg.predict.spread, interval=interval)
+    with signals_stop(f"predict {out}"):
+        return write_predictions(ensemble, Subset(dataset, rows), out, index, spread=cfg.predict.spread,
+                                 interval=interval)
 
 
 def merge(cfg: Config) -> Path:
