@@ -342,7 +342,8 @@ class CalibrateConfig:
     head_lr: float = 3e-3
     min_scale: float = 1e-3  # the head's smallest scale (its NLL is unbounded below at scale 0)
     seed: int = 0  # the head's initial weights, its batches and the calibration pixels drawn
-    out: str = ""  # empty means <run.out_dir>/<run.name>/calibration.pt
+    # Empty means <run.out_dir>/<run.name>/calibration.pt, an ensemble's <run.out_dir>/ensembles/<name>/.
+    out: str = ""
 
     def check(self, where: str) -> None:
         check_at_least(where, 0, max_videos=self.max_videos, spread_floor=self.spread_floor)

@@ -87,8 +87,8 @@ def png_dir(cfg: Config) -> Path:
 
 
 def calibration_path(cfg: Config) -> Path:
-    """``calibrate.out``, or ``<run_dir>/calibration.pt``."""
-    return Path(cfg.calibrate.out) if cfg.calibrate.out else cfg.run_dir / CALIBRATION_NAME
+    """``calibrate.out``, or ``<output_dir>/calibration.pt`` (an ensemble's beside its predictions)."""
+    return Path(cfg.calibrate.out) if cfg.calibrate.out else output_dir(cfg) / CALIBRATION_NAME
 
 
 def eval_dir(cfg: Config, split: str | None = None) -> Path:

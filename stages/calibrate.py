@@ -10,7 +10,8 @@ log-likelihood of the (frozen) forecaster's errors, for one model of any family 
 Then, on the first ``calibrate.max_videos`` videos of ``calibrate.split`` (labeled, not trained on),
 the factor of each lead time and ``calibrate.levels`` coverage is the split-conformal quantile of
 ``|error| / scale`` (training/calibration.py): the interval ``forecast +- factor * scale`` then covers
-at least that share of held-out pixels. Writes ``calibrate.out`` (default ``<run_dir>/calibration.pt``);
+at least that share of held-out pixels. Writes ``calibrate.out`` (default ``<run_dir>/calibration.pt``,
+an ensemble's in its folder ``<run.out_dir>/ensembles/<name>/``);
 ``main.py evaluate ... evaluate.calibration=<it>`` scores its intervals, ``main.py predict ...
 predict.calibration=<it>`` writes their half-widths as the spread file.
 """

@@ -153,7 +153,8 @@ TOOLS = (
           args=(Arg("--checkpoint", "predict.checkpoint", _CHECKPOINT_HELP, repeat=True),
                 Arg("--split", "calibrate.split", "labeled split to fit the coverage on (default: calibrate.split, val)"),
                 Arg("--method", "calibrate.method", "spread (an ensemble's) or scale_head"),
-                Arg("--out", "calibrate.out", "calibration file (default: runs/<name>/calibration.pt)"))),
+                Arg("--out", "calibrate.out", "calibration file (default: runs/<name>/calibration.pt; an "
+                    "ensemble's in runs/ensembles/<name>/)"))),
     Stage("compare", "evaluate runs' best.pt (or reuse their reports) and tabulate them: mean +/- std "
           "over seeds per setting, CSV, Markdown and a plot", "stages.compare:run", ONE_GPU,
           args=(Arg("--runs", "compare.runs", "run folders, a quoted glob such as 'runs/sweep/*'", glob_list),
