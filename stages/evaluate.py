@@ -46,7 +46,6 @@ from torch.utils.data import Subset
 from tqdm import tqdm
 
 from core.atomic import atomic_path, write_json_atomic
-from core.errors import FramecastError
 from core.outputs import GIF_NAME, PLOT_NAME, REPORT_NAME, STRIP_NAME, eval_dir
 from core.scores import DEFINITIONS, LeadTimeMetrics
 from data.datasets import to_model_input
