@@ -67,6 +67,9 @@ class RunScore:
     mse: float | None = None
     ssim: float | None = None
     copy_last_mse: float | None = None
+    copy_last_ssim: float | None = None
+    mean_of_inputs_mse: float | None = None  # the other baseline (evaluate's mean_of_inputs)
+    mean_of_inputs_ssim: float | None = None
     best_epoch: int | None = None
     parameters: int | None = None
     train_minutes: float | None = None
@@ -174,6 +177,10 @@ def score_run(run_dir: Path, cfg: Config) -> RunScore:
         return score
     model, copy_last = report["model"]["mean"], report["copy_last_frame"]["mean"]
     score.mse, score.ssim, score.copy_last_mse = model[MSE_KEY], model["ssim"], copy_last[MSE_KEY]
+    score.copy_last_ssim = copy_last["ssim"]
+    if "mean_of_inputs" in report:
+        score.mean_of_inputs_mse = report["mean_of_inputs"]["mean"][MSE_KEY]
+        score.mean_of_inputs_ssim = report["mean_of_inputs"]["mean"]["ssim"]
     return score
 
 
@@ -210,6 +217,8 @@ class Point:
 
 
 def _sort_key(value: Any) -> tuple:
+    if value is None:  # not a setting of this point's family: after the points that have it
+        return (2, 0, "")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return (0, value, "")
     return (1, 0, format_value(value))
@@ -227,7 +236,10 @@ def group_points(runs: list[RunScore]) -> tuple[list[str], list[Point]]:
         groups.setdefault(key, []).append(run)
         settings[key] = trained
     keys = sorted({k for s in settings.values() for k in s})
-    varying = [k for k in keys if len({json.dumps(s.get(k), default=str) for s in settings.values()}) > 1]
+    # A setting varies when the points that have it differ in it: one of a family's section is missing
+    # from the points of another family (core.grid.trained_settings), which model.family tells apart.
+    varying = [k for k in keys
+               if len({json.dumps(s[k], default=str) for s in settings.values() if k in s}) > 1]
     for members in groups.values():
         first_of_seed: dict[str, RunScore] = {}
         for run in members:
@@ -241,7 +253,7 @@ def group_points(runs: list[RunScore]) -> tuple[list[str], list[Point]]:
 
 
 def point_label(point: Point, names: dict[str, str]) -> str:
-    return ",".join(f"{names[k]}={format_value(v)}" for k, v in point.values.items()) or "all runs"
+    return ",".join(f"{names[k]}={format_value(v)}" for k, v in point.values.items() if v is not None) or "all runs"
 
 
 # ----------------------------------------------------------------------------- output
@@ -306,7 +318,11 @@ def markdown(varying: list[str], points: list[Point], runs: list[RunScore], name
             *(format_value(point.values[k]) for k in varying), f"{len(point.scored)}/{point.seeds}",
             _pm(*point.stats("mse")), _pm(*point.stats("ssim"), digits=4), f"{params:,}" if params else "",
             _pm(*point.stats("train_minutes"), digits=3)]) + " |")
-    lines += ["", f"Copy-last baseline MSE: {_num(copy_last)}.", "", "## Runs", "",
+    baselines = {name: tuple(_mean_std([getattr(r, f"{name}_{metric}") for r in scored])[0] for metric in ("mse", "ssim"))
+                 for name in ("copy_last", "mean_of_inputs")}
+    lines += ["", f"Copy-last baseline MSE: {_num(copy_last)}, SSIM {_num(baselines['copy_last'][1], 4)}; "
+                  f"mean-of-inputs baseline MSE: {_num(baselines['mean_of_inputs'][0])}, SSIM "
+                  f"{_num(baselines['mean_of_inputs'][1], 4)} (the same videos).", "", "## Runs", "",
               "| run | status | seed | MSE | SSIM | best epoch | train time (min) | report |", "|---|---|---|---|---|---|---|---|"]
     for run in runs:
         status = " ".join(run.status.replace("|", "/").split()) + (" (report reused)" if run.reused else "")

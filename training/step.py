@@ -17,15 +17,27 @@ from data.datasets import to_model_input
 
 # Binary cross-entropy needs probabilities strictly inside (0, 1): raw outputs are clipped this close.
 BCE_EPS = 1e-4
+# The optimisers torch has a fused CUDA kernel for (one kernel launch per step for all parameters).
+FUSED_OPTIMIZERS = ("adam", "adamw", "sgd")
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """Adam or AdamW; the fused CUDA kernel on GPU, the multi-tensor (foreach) one elsewhere."""
-    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    return cls(
-        model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, **fast
-    )
+    """``train.optimizer`` with its settings; the fused CUDA kernel on GPU where torch has one (Adam,
+    AdamW, SGD), the multi-tensor (foreach) one elsewhere."""
+    params, lr, decay = model.parameters(), cfg.lr, cfg.weight_decay
+    fused = device.type == "cuda" and cfg.optimizer in FUSED_OPTIMIZERS
+    fast = {"fused": True} if fused else {"foreach": True}
+    if cfg.optimizer in ("adam", "adamw"):
+        cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        return cls(params, lr=lr, betas=tuple(cfg.betas), weight_decay=decay, **fast)
+    if cfg.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, alpha=cfg.rho, momentum=cfg.momentum, weight_decay=decay, **fast)
+    if cfg.optimizer == "adadelta":
+        return torch.optim.Adadelta(params, lr=lr, rho=cfg.rho, weight_decay=decay, **fast)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=decay,
+                               **fast)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
 
 
 def build_grad_scaler(precision: Precision) -> torch.amp.GradScaler | None:
