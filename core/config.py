@@ -461,6 +461,11 @@ class EvaluateConfig:
     # Grey data (model.in_channels 1) is also scored by the F1 of the binarised frame (pixel >
     # threshold, in [0, 1]) per lead time, as Moving MNIST forecasters report it.
     f1_threshold: float = 0.5
+    # Which SSIM (core/scores.py defines each): gaussian = 11x11 Gaussian window, Wang et al.'s;
+    # skimage = scikit-image's defaults (7x7 uniform window, sample covariance) with data range 1;
+    # openstl = the same with data range 2, as OpenSTL's published tables computed it. Training's
+    # validation scores (TensorBoard, W&B) and compare use it too, so figures set side by side agree.
+    ssim: Literal["gaussian", "skimage", "openstl"] = "gaussian"
 
     def check(self, where: str) -> None:
         _check_at_least(where, 0, max_videos=self.max_videos, samples=self.samples)

@@ -446,7 +446,7 @@ class Trainer:
             sums, scores, shown = scored_validation(
                 self.forward_model, self.val_loader, t_in=self.t_in, t_out=self.t_out,
                 in_channels=self.in_channels, precision=self.precision, loss=self.tc.loss,
-                max_batches=self.tc.max_val_batches, samples=len(self._sample_names),
+                max_batches=self.tc.max_val_batches, samples=len(self._sample_names), ssim=self.cfg.evaluate.ssim,
             )
         else:
             sums = validation_sums(

@@ -195,12 +195,12 @@ class MetricsLog:
 
 def scored_validation(model: Any, batches: Any, *, t_in: int, t_out: int, in_channels: int,
                       precision: Precision, loss: str, max_batches: int = 0, samples: int = 0,
-                      ) -> tuple[torch.Tensor, LeadTimeMetrics, list[torch.Tensor]]:
+                      ssim: str = "gaussian") -> tuple[torch.Tensor, LeadTimeMetrics, list[torch.Tensor]]:
     """``training.step.validation_sums`` and, from the same predictions, per-lead-time scores.
 
     Returns (the loss sums exactly as ``validation_sums`` computes them: tensor (2,) float64 on the
     device; ``core.scores.LeadTimeMetrics`` of the predictions clipped to [0, 1], as the evaluate stage
-    scores them; the first ``samples`` videos as [inputs (S, t_in, C, H, W), truth (S, t_out, C, H, W),
+    scores them, SSIM as ``ssim`` (evaluate.ssim) defines it; the first ``samples`` videos as [inputs (S, t_in, C, H, W), truth (S, t_out, C, H, W),
     prediction (S, t_out, C, H, W)], float on the CPU, empty when ``samples`` is 0).
     """
     import torch
@@ -208,7 +208,7 @@ def scored_validation(model: Any, batches: Any, *, t_in: int, t_out: int, in_cha
     from core.scores import LeadTimeMetrics
     from training.step import validation_sums
 
-    scores = LeadTimeMetrics(t_out)
+    scores = LeadTimeMetrics(t_out, ssim=ssim)
     kept: list[list[torch.Tensor]] = []
 
     def observe(inputs: torch.Tensor, targets: torch.Tensor, prediction: torch.Tensor) -> None:
