@@ -483,6 +483,13 @@ class LRFindConfig:
     steps: int = 100
     smoothing: float = 0.98  # of the loss's exponential moving average (fastai's beta)
     diverge_factor: float = 4.0  # stop once the smoothed loss exceeds this times its minimum
+    # Fraction of the steps whose losses the suggestion ignores (fastai skips num_it // 10): the first
+    # losses of a fresh model on a few batches move for reasons no lr explains, and their steepest
+    # "descent" would suggest the sweep's first lr.
+    skip_start: float = 0.1
+    # The smoothed loss must fall by at least this fraction (from the first step kept to its minimum)
+    # for a suggestion; a flatter curve is noise, and lr-find says so instead of suggesting.
+    min_drop: float = 0.05
     out: str = ""  # empty means <run.out_dir>/lr-find/<run.name> (never the run folder itself)
 
     def check(self, where: str) -> None:
@@ -494,6 +501,10 @@ class LRFindConfig:
             raise FramecastError(f"{where}.smoothing must be in [0, 1), got {self.smoothing}")
         if not self.diverge_factor > 1:
             raise FramecastError(f"{where}.diverge_factor must be > 1, got {self.diverge_factor}")
+        if not 0 <= self.skip_start < 1:
+            raise FramecastError(f"{where}.skip_start must be in [0, 1), got {self.skip_start}")
+        if not 0 <= self.min_drop < 1:
+            raise FramecastError(f"{where}.min_drop must be in [0, 1), got {self.min_drop}")
 
 
 @dataclass
