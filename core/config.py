@@ -570,6 +570,10 @@ class RunConfig:
     # per-lead-time val MSE and SSIM, a sample strip per validation); metrics.jsonl stays the record.
     # Needs the tensorboard package (requirements.txt).
     tensorboard: bool = False
+    # CPU threads torch computes with in every stage: 0 = OMP_NUM_THREADS when set, else
+    # SLURM_CPUS_PER_TASK, else the CPUs this process may use (core/threads.py). torch's own default
+    # (every core of the machine) oversubscribes a shared or loaded machine.
+    threads: int = 0
 
     def check(self, where: str) -> None:
         # The name is a folder under out_dir: one plain component, never a path that leads elsewhere.
@@ -581,6 +585,7 @@ class RunConfig:
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise FramecastError(f"{where}.device={self.device!r}: expected auto, cpu, cuda or cuda:<n>")
         _check_positive(where, lock_stale_s=self.lock_stale_s)
+        _check_at_least(where, 0, threads=self.threads)
 
 
 @dataclass

@@ -35,6 +35,7 @@ from core.errors import FramecastError
 from core.precision import Precision, compile_cache_dir, use_compile_cache
 from core.runlock import RunLock
 from core.seeding import capture_rng_state, restore_rng_state, seed_everything
+from core.threads import describe_threads
 from data.datasets import build_datasets, check_channels, make_loader
 from models import TrainingForward, build_model, count_parameters
 from training.metrics import SAMPLES_TAG, MetricsLog, lead_time_record, scored_validation
@@ -331,9 +332,10 @@ class Trainer:
                      self.resumed_from["epoch"], self.step)
         log.info(
             "training %s: %s, %s parameters, %d train / %d val videos, %d steps per epoch, "
-            "%d process(es) on %s, %s",
+            "%d process(es) on %s, %s, %s",
             self.run_dir, self.model.title, f"{self.num_parameters:,}", self.train_videos, self.val_videos,
             self.progress.steps_per_epoch, self.ctx.world_size, self.device, self.precision.describe(),
+            describe_threads(),
         )
         self.train_model.train()
         for epoch in range(self.start_epoch, tc.epochs):
