@@ -570,6 +570,17 @@ class RunConfig:
     # per-lead-time val MSE and SSIM, a sample strip per validation); metrics.jsonl stays the record.
     # Needs the tensorboard package (requirements.txt).
     tensorboard: bool = False
+    # Also log the same records to Weights & Biases (training/metrics.py): the run's config, train and
+    # val scores, the sample strip. Files go to <run_dir>/wandb/; WANDB_MODE=offline writes them
+    # there without a network (compute nodes), `wandb sync` sends them later from a login node.
+    # Needs the wandb package: pip install 'framecast[wandb]'.
+    wandb: bool = False
+    wandb_project: str = "framecast"  # the W&B project the runs go to (WANDB_ENTITY picks the team)
+    # Dotted settings (train.lr, model.family, ...) that are this run's hyperparameters: with
+    # run.tensorboard they are written as TensorBoard hparams beside the val scores (the HParams tab
+    # compares runs), with run.wandb the runs are grouped by their parent folder. A sweep sets it to
+    # its grid's settings and train.seed.
+    hparams: list[str] = field(default_factory=list)
     # CPU threads torch computes with in every stage: 0 = OMP_NUM_THREADS when set, else
     # SLURM_CPUS_PER_TASK, else the CPUs this process may use (core/threads.py). torch's own default
     # (every core of the machine) oversubscribes a shared or loaded machine.
@@ -586,6 +597,11 @@ class RunConfig:
             raise FramecastError(f"{where}.device={self.device!r}: expected auto, cpu, cuda or cuda:<n>")
         _check_positive(where, lock_stale_s=self.lock_stale_s)
         _check_at_least(where, 0, threads=self.threads)
+        if self.wandb and not self.wandb_project:
+            raise FramecastError(f"{where}.wandb_project is empty: name the W&B project the runs go to")
+        for key in self.hparams:
+            if not re.fullmatch(r"[a-z_]+(\.[a-z0-9_]+)+", key):
+                raise FramecastError(f"{where}.hparams: {key!r} is not a dotted setting such as train.lr")
 
 
 @dataclass
