@@ -203,9 +203,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
     def report(end: JobEnd) -> None:
         print(end.describe(), flush=True)
 
-    ends = wait_jobs(jobs, timeout_s=args.timeout, report=report)
+    ends = wait_jobs(jobs, timeout_s=args.timeout, report=report, progress=lambda line: print(line, flush=True))
     ok = complete and all(end.ok for end in ends)
     print("all jobs completed" if ok else "some jobs did not complete", flush=True)
+    if ok and args.stage == "pipeline":
+        from core.paths import expand_config
+        from jobs.summary import print_outputs
+
+        print_outputs(expand_config(cfg))  # the paths as this machine sees them
     return 0 if ok else 1
 
 
@@ -237,7 +242,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     def report(end: JobEnd) -> None:
         print(end.describe(), flush=True)
 
-    ends = wait_jobs([*jobs, compare_job], timeout_s=args.timeout, report=report)
+    ends = wait_jobs([*jobs, compare_job], timeout_s=args.timeout, report=report,
+                     progress=lambda line: print(line, flush=True))
     ok = all(end.ok for end in ends)
     if ends[-1].ok:
         print(f"comparison: {ends[-1].result}", flush=True)
@@ -268,6 +274,12 @@ def cmd_runs(args: argparse.Namespace) -> None:
     from jobs.runs import run as report_runs
 
     print(report_runs(args.dir, as_json=args.json))
+
+
+def cmd_inspect(args: argparse.Namespace) -> None:
+    from models.loading import inspect_checkpoint
+
+    print(inspect_checkpoint(args.checkpoint, args.device))
 
 
 def cmd_config(args: argparse.Namespace) -> None:
@@ -345,6 +357,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("dir", nargs="?", default="runs", help="folder of run folders, or one run folder (default: runs)")
     p.add_argument("--json", action="store_true", help="print JSON, one object per run")
     p.set_defaults(func=cmd_runs)
+
+    p = commands.add_parser("inspect", help="load a checkpoint and print what it holds: family, size, epoch, "
+                                            "losses (as load_model.py)")
+    p.add_argument("checkpoint", help="a checkpoint file, e.g. runs/<name>/best.pt")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:<n> or auto (default cpu)")
+    p.set_defaults(func=cmd_inspect)
 
     p = commands.add_parser("config", help="print the resolved config (file + overrides) as YAML")
     _add_config_arguments(p, required=False)

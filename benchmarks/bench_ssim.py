@@ -1,7 +1,7 @@
 """SSIM speed and agreement: core.scores against the dense float64 convolution it replaced, and
 against scikit-image.
 
-    python benchmarks/bench_ssim.py --videos 6 --frames 11 --height 64 --width 96 --repeats 5
+    python -m benchmarks.bench_ssim --videos 6 --frames 11 --height 64 --width 96 --repeats 5
 
 Scores ``videos x frames`` generated shapes frames (data/synthetic.py) against the frames one step
 later (each frame a "copy-last" forecast of the next), as the evaluate stage does: (B, T, C, H, W)
@@ -21,18 +21,14 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
+import torch.nn.functional as F
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from core.scores import SSIM_KINDS, ssim_per_frame  # noqa: E402
-from data.synthetic import render_shapes_video  # noqa: E402
+from core.scores import SSIM_KINDS, ssim_per_frame
+from data.synthetic import render_shapes_video
 
 
 def dense_float64_ssim(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Video-prediction scores per lead time, accumulated batch by batch so memory stays flat.
 
-Conventions (the Moving MNIST literature's, see shared/README.md section 3):
+Conventions (the Moving MNIST literature's, as OpenSTL's benchmark tables report them):
 - frames are float in [0, 1];
 - ``mse_per_frame_sum`` / ``mae_per_frame_sum``: squared / absolute error SUMMED over every value of
   one frame (all pixels and all channels), then averaged over the frames of that lead time across
@@ -25,8 +25,9 @@ Conventions (the Moving MNIST literature's, see shared/README.md section 3):
   ``skimage``'s.
   The windows are separable, so each is two 1-D passes of shifted sums in float32, after
   subtracting each frame and channel's mean (SSIM's variances do not change under a shift, and the
-  float32 cancellation in E[x^2] - E[x]^2 shrinks with the magnitude): within ~1e-8 of float64 on
-  natural frames, and tens of times faster than a dense 2-D convolution in float64.
+  float32 cancellation in E[x^2] - E[x]^2 shrinks with the magnitude): the same values as float64
+  to well under 1e-6, much faster than a dense 2-D convolution in float64 (benchmarks/RESULTS.md,
+  "SSIM"; tests/test_scores.py holds the agreement).
 
 The numbers of each SSIM definition are the metric's, not tunables, so they are fixed here.
 """
@@ -75,7 +76,7 @@ SSIM_KINDS = {
 }
 DEFAULT_SSIM = "gaussian"
 # Values (images x 5 maps x H x W) filtered at once on the CPU: ~2 MB of float32 stays in cache over
-# the window's 2 x size shifted passes; all at once was 3x slower at 64x96 (benchmarks/bench_ssim.py).
+# the window's 2 x size shifted passes; all images at once was several times slower (benchmarks/RESULTS.md, "SSIM").
 SSIM_CPU_CHUNK_VALUES = 2**19
 
 METRIC_KEYS = ("mse_per_frame_sum", "mae_per_frame_sum", "mse_per_pixel", "mae_per_pixel", "psnr", "ssim")

@@ -14,8 +14,8 @@ Several checkpoints (``--checkpoint`` given more than once, a glob, or a list in
 member and the ``.npy`` holds the mean of their outputs clipped to [0, 1] (rounded to uint8 as one
 model's are); with ``predict.spread`` a second array ``<stem>.std.npy`` holds their per-pixel
 standard deviation, float16 (N, T_out, H, W, 3). The index lists the members and names the spread
-file. An ensemble's default output is ``<run_dir>/preds/<split>.ensemble.npy`` (``<run_dir>`` is the
-first member's run, whose own predictions it must not replace).
+file. An ensemble's default output is ``<run.out_dir>/ensembles/<name>/preds/<split>.npy``, beside the
+run folders (core.outputs.output_dir): never inside a member's run, whose own predictions it must not replace.
 
 ``run(cfg, shard=(i, n))`` predicts only the i-th of n contiguous slices of the split (one Slurm
 array task each) into ``<stem>.shard<i>of<n>.npy`` (and ``.std.npy``); ``data.predictions.merge_shards``
@@ -41,8 +41,6 @@ from core.outputs import predictions_path
 from training.inference import Ensemble, Predictor, to_spread_frames, to_uint8_frames
 
 log = logging.getLogger(__name__)
-
-# The default output name of an ensemble's predictions (and PNGs and report): <split>.ensemble.npy.
 
 
 def write_predictions(predictor: Predictor | Ensemble, dataset: VideoWindowDataset | Subset, out: Path,

@@ -2,6 +2,7 @@
 are told apart; a run trained with ``run.out_dir: ${VAR}/runs`` keeps that text in its files."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -115,3 +116,25 @@ def test_a_run_without_a_checkpoint_and_no_holder_is_failed(tmp_path):
     status = run_status(run)
     assert (status.state, status.family, status.epochs_done, status.epochs_total) == ("failed", "simvp", 0, 7)
     assert "before its first checkpoint" in status.detail
+
+
+def test_runs_nested_one_level_down_are_listed_with_their_folder(tmp_path):
+    """A folder of run folders inside the runs folder (a sweep's members, a group of runs) is listed as
+    ``<folder>/<run>``; a sweep folder (sweep.json) lists the members it submitted, started or not."""
+    runs = tmp_path / "runs"
+    for relative, family in (("top", "unet"), ("group/a", "simvp"), ("group/b", "predrnn"),
+                             ("lrsweep/lr=1e-3,seed=0", "convlstm")):
+        (runs / relative).mkdir(parents=True)
+        (runs / relative / "config.yaml").write_text(yaml.safe_dump({"model": {"family": family},
+                                                                     "train": {"epochs": 3}}))
+    (runs / "lrsweep" / "compare").mkdir()  # not a run
+    (runs / "lrsweep" / "sweep.json").write_text(json.dumps({"runs": [
+        {"name": "lr=1e-3,seed=0", "job_id": ""}, {"name": "lr=1e-3,seed=1", "job_id": ""}]}))
+    (runs / "lr-find" / "top").mkdir(parents=True)  # lr-find's folder holds no run
+    statuses = {s.name: s for s in list_runs(runs)}
+    assert sorted(statuses) == ["group/a", "group/b", "lrsweep/lr=1e-3,seed=0", "lrsweep/lr=1e-3,seed=1", "top"]
+    assert statuses["group/b"].family == "predrnn" and statuses["top"].family == "unet"
+    assert statuses["lrsweep/lr=1e-3,seed=0"].family == "convlstm"
+    unstarted = statuses["lrsweep/lr=1e-3,seed=1"]
+    assert unstarted.state == "failed" and "before it made the run folder" in unstarted.detail
+    assert [s.name for s in list_runs(runs / "lrsweep")] == ["lr=1e-3,seed=0", "lr=1e-3,seed=1"]
