@@ -184,7 +184,8 @@ def print_summary(report: dict[str, Any]) -> None:
         print(f"{key:22s}" + "".join(f"{_fmt(report[c]['mean'][key]):>16s}" for c in columns))
     model, copy = report["model"]["mean"], report["copy_last_frame"]["mean"]
     change = model["mse_per_frame_sum"] / copy["mse_per_frame_sum"] - 1 if copy["mse_per_frame_sum"] else math.nan
-    print(f"vs copy-last: MSE {change:+.1%}, SSIM ({report['ssim']}) {_fmt(model['ssim'])} vs {_fmt(copy['ssim'])}")
+    # A report written before evaluate.ssim existed holds the Gaussian SSIM.
+    print(f"vs copy-last: MSE {change:+.1%}, SSIM ({report.get('ssim', 'gaussian')}) {_fmt(model['ssim'])} vs {_fmt(copy['ssim'])}")
     members = report.get("members", [])
     if len(members) > 1:
         print(f"ensemble of {len(members)} members (model = their mean); each member alone:")
