@@ -375,12 +375,16 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = build_parser(prog).parse_args(argv)
+    if hasattr(sys.stdout, "reconfigure"):
+        # A path whose bytes are not in the locale's encoding (os.fsdecode keeps them as surrogates)
+        # prints as those same bytes, as ls shows it, instead of raising UnicodeEncodeError.
+        sys.stdout.reconfigure(errors="surrogateescape")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         code = args.func(args)
     except FramecastError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_status", 2)  # a stop by signal: 128 + its number, as the shell's
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

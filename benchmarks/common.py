@@ -23,16 +23,16 @@ platform.uname().processor  # noqa: B018
 
 REPO = Path(__file__).resolve().parents[1]
 
-import torch  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode, conv_flop_count  # noqa: E402
+import torch
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
-from core.config import Config, load_config  # noqa: E402
-from core.families import families, family_names  # noqa: E402
-from core.errors import FramecastError  # noqa: E402
-from core.precision import Precision  # noqa: E402
-from models import TrainingForward, build_model  # noqa: E402
-from models.base import FamilyModel  # noqa: E402
-from training.step import build_grad_scaler, build_optimizer, frame_loss, train_step  # noqa: E402
+from core.config import Config, load_config
+from core.families import families, family_names
+from core.errors import FramecastError
+from core.precision import Precision
+from models import TrainingForward, build_model
+from models.base import FamilyModel
+from training.step import build_grad_scaler, build_optimizer, frame_loss, train_step
 
 
 @dataclass(frozen=True)

@@ -96,12 +96,26 @@ def is_run_folder(path: Path) -> bool:
     return any((path / name).exists() for name in RUN_FILES) or bool(_train_job_dirs(path))
 
 
-def _read_yaml(path: Path) -> dict:
+def _read_yaml(path: Path) -> tuple[dict, str]:
+    """(the file's mapping, or {}; why it could not be read, or "" when it could or is absent)."""
     try:
-        values = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
-        return {}
-    return values if isinstance(values, dict) else {}
+        values = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        return {}, ""
+    except OSError as exc:
+        return {}, f"{path.name} unreadable ({exc.strerror or exc})"
+    except UnicodeDecodeError:
+        return {}, f"{path.name} unreadable (not UTF-8 text)"
+    except yaml.YAMLError as exc:
+        return {}, f"{path.name} unreadable (not valid YAML: {str(exc).splitlines()[0]})"
+    if values is not None and not isinstance(values, dict):
+        return {}, f"{path.name} unreadable (not a mapping of sections)"
+    return values or {}, ""
+
+
+def _section(config: dict, name: str) -> dict:
+    section = config.get(name)
+    return section if isinstance(section, dict) else {}
 
 
 def _read_checkpoint(path: Path) -> tuple[dict | None, str]:
@@ -282,10 +296,11 @@ def run_status(run_dir: str | os.PathLike, name: str | None = None, job_ids: lis
     job_dirs = _train_job_dirs(run_dir) + [d for d in (run_dir.parent / JOBS_DIR / i for i in job_ids or [])
                                            if d.is_dir()]
     job_dirs.sort(key=lambda f: f.stat().st_mtime, reverse=True)
-    config = _read_yaml(run_dir / CONFIG_NAME) or _submitted_config(job_dirs)
+    config, config_problem = _read_yaml(run_dir / CONFIG_NAME)
+    config = config or _submitted_config(job_dirs)
     checkpoint = next((run_dir / n for n in (LAST_NAME, BEST_NAME) if (run_dir / n).is_file()), None)
     progress: dict[str, Any] = {}
-    notes: list[str] = []
+    notes: list[str] = [config_problem] if config_problem else []
     if checkpoint is not None:
         state, why = _read_checkpoint(checkpoint)
         status.checkpoint = checkpoint.name
@@ -295,10 +310,11 @@ def run_status(run_dir: str | os.PathLike, name: str | None = None, job_ids: lis
             config = config or state["config"]
             progress = state["progress"]
             status.parameters = state["parameters"]
-    status.family = str((config.get("model") or {}).get("family", "?"))
-    total = (config.get("train") or {}).get("epochs")
+    status.family = str(_section(config, "model").get("family", "?"))
+    total = _section(config, "train").get("epochs")
     status.epochs_total = int(total) if isinstance(total, int) else None
-    stale_s = float((config.get("run") or {}).get("lock_stale_s") or DEFAULT_STALE_S)
+    stale_s = _section(config, "run").get("lock_stale_s")
+    stale_s = float(stale_s) if isinstance(stale_s, (int, float)) and stale_s > 0 else DEFAULT_STALE_S
 
     if progress:
         epoch, batches, per_epoch = (int(progress.get(k) or 0) for k in ("epoch", "batches_done", "steps_per_epoch"))
@@ -318,7 +334,9 @@ def run_status(run_dir: str | os.PathLike, name: str | None = None, job_ids: lis
 
     holder = lock_holder(run_dir)
     holder_note = ""
-    if holder is not None:
+    if holder is not None and holder.problem:
+        notes.append(holder.problem)  # nobody can be told to hold it: not shown as running
+    elif holder is not None:
         alive, holder_note = _holder_alive(holder, run_dir / LOCK_NAME, stale_s)
         if alive:
             status.state = "running"

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from core.config import Config, config_to_dict
 from core.errors import FramecastError
+from core.processes import signals_stop
 from data.datasets import VideoWindowDataset, check_channels, to_model_input
 from data.predictions import (SPREAD_DTYPE, merge_shards, npy_rows, shard_path, shard_rows, spread_entry,
                               spread_path_for, write_index)
@@ -115,7 +116,8 @@ def run(cfg: Config, shard: tuple[int, int] = (0, 1)) -> Path:
         "total_videos": len(dataset),
         "config": config_to_dict(ensemble.cfg),
     }
-    return write_predictions(ensemble, Subset(dataset, rows), out, index, spread=cfg.predict.spread)
+    with signals_stop(f"predict {out}"):
+        return write_predictions(ensemble, Subset(dataset, rows), out, index, spread=cfg.predict.spread)
 
 
 def merge(cfg: Config) -> Path:

@@ -118,6 +118,40 @@ def test_a_run_without_a_checkpoint_and_no_holder_is_failed(tmp_path):
     assert "before its first checkpoint" in status.detail
 
 
+def test_runs_lists_every_readable_run_and_names_the_unreadable_ones(tmp_path):
+    runs = tmp_path / "runs"
+    for name, content in {"good": yaml.safe_dump({"model": {"family": "simvp"}, "train": {"epochs": 7}}).encode(),
+                          "latin1": "model:\n  family: caf\xe9\n".encode("latin-1"),
+                          "binary": bytes(range(256)), "broken": b"model: [\n", "scalar": b"model: 5\n"}.items():
+        (runs / name).mkdir(parents=True)
+        (runs / name / "config.yaml").write_bytes(content)
+    by_name = {s.name: s for s in list_runs(runs)}
+    assert sorted(by_name) == ["binary", "broken", "good", "latin1", "scalar"]
+    assert by_name["good"].family == "simvp" and "unreadable" not in by_name["good"].detail
+    assert "config.yaml unreadable (not UTF-8 text)" in by_name["latin1"].detail
+    assert "config.yaml unreadable (not UTF-8 text)" in by_name["binary"].detail
+    assert "config.yaml unreadable (not valid YAML" in by_name["broken"].detail
+    assert by_name["scalar"].family == "?"
+    cli = subprocess.run([sys.executable, str(REPO / "main.py"), "runs", str(runs)], capture_output=True, text=True)
+    assert cli.returncode == 0 and "binary" in cli.stdout and "good" in cli.stdout
+
+
+def test_an_unreadable_lock_is_named_and_not_shown_as_running(tmp_path):
+    from core.errors import FramecastError
+
+    run = tmp_path / "runs" / "locked"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": {"family": "simvp"}, "train": {"epochs": 7}}))
+    (run / "run.lock").write_bytes(b'{"host": "a", "pi')  # torn, and fresh
+    status = run_status(run)
+    assert status.state == "failed" and "run.lock is unreadable (JSONDecodeError)" in status.detail
+    with pytest.raises(FramecastError) as caught:
+        RunLock(run, stale_s=600).acquire()
+    message = str(caught.value)
+    assert message.startswith(f"{run / 'run.lock'}: run.lock is unreadable (JSONDecodeError)")
+    assert "run.lock_stale_s=600 s" in message and "1970" not in message and "pid -1" not in message
+
+
 def test_runs_nested_one_level_down_are_listed_with_their_folder(tmp_path):
     """A folder of run folders inside the runs folder (a sweep's members, a group of runs) is listed as
     ``<folder>/<run>``; a sweep folder (sweep.json) lists the members it submitted, started or not."""
