@@ -301,6 +301,11 @@ class EvaluateConfig:
     large_error_fraction: float = 0.1
     # Random pixels per video and lead time kept for the ranking scores (AUROC, Spearman).
     rank_pixels_per_video: int = 2048
+    # Which SSIM (core/scores.py defines each): gaussian = 11x11 Gaussian window, Wang et al.'s;
+    # skimage = scikit-image's defaults (7x7 uniform window, sample covariance) with data range 1;
+    # openstl = the same with data range 2, as OpenSTL's published tables computed it. Training's
+    # validation scores (TensorBoard, W&B) and compare use it too, so figures set side by side agree.
+    ssim: Literal["gaussian", "skimage", "openstl"] = "gaussian"
 
     def check(self, where: str) -> None:
         check_at_least(where, 0, max_videos=self.max_videos, samples=self.samples, skip_videos=self.skip_videos)
@@ -368,6 +373,13 @@ class LRFindConfig:
     steps: int = 100
     smoothing: float = 0.98  # of the loss's exponential moving average (fastai's beta)
     diverge_factor: float = 4.0  # stop once the smoothed loss exceeds this times its minimum
+    # Fraction of the steps whose losses the suggestion ignores (fastai skips num_it // 10): the first
+    # losses of a fresh model on a few batches move for reasons no lr explains, and their steepest
+    # "descent" would suggest the sweep's first lr.
+    skip_start: float = 0.1
+    # The smoothed loss must fall by at least this fraction (from the first step kept to its minimum)
+    # for a suggestion; a flatter curve is noise, and lr-find says so instead of suggesting.
+    min_drop: float = 0.05
     out: str = ""  # empty means <run.out_dir>/lr-find/<run.name> (never the run folder itself)
 
     def check(self, where: str) -> None:
@@ -379,6 +391,10 @@ class LRFindConfig:
             raise FramecastError(f"{where}.smoothing must be in [0, 1), got {self.smoothing}")
         if not self.diverge_factor > 1:
             raise FramecastError(f"{where}.diverge_factor must be > 1, got {self.diverge_factor}")
+        if not 0 <= self.skip_start < 1:
+            raise FramecastError(f"{where}.skip_start must be in [0, 1), got {self.skip_start}")
+        if not 0 <= self.min_drop < 1:
+            raise FramecastError(f"{where}.min_drop must be in [0, 1), got {self.min_drop}")
 
 
 @dataclass
@@ -444,6 +460,21 @@ class RunConfig:
     # per-lead-time val MSE and SSIM, a sample strip per validation); metrics.jsonl stays the record.
     # Needs the tensorboard package (requirements.txt).
     tensorboard: bool = False
+    # Also log the same records to Weights & Biases (training/metrics.py): the run's config, train and
+    # val scores, the sample strip. Files go to <run_dir>/wandb/; WANDB_MODE=offline writes them
+    # there without a network (compute nodes), `wandb sync` sends them later from a login node.
+    # Needs the wandb package: pip install 'framecast[wandb]'.
+    wandb: bool = False
+    wandb_project: str = "framecast"  # the W&B project the runs go to (WANDB_ENTITY picks the team)
+    # Dotted settings (train.lr, model.family, ...) that are this run's hyperparameters: with
+    # run.tensorboard they are written as TensorBoard hparams beside the val scores (the HParams tab
+    # compares runs), with run.wandb the runs are grouped by their parent folder. A sweep sets it to
+    # its grid's settings and train.seed.
+    hparams: list[str] = field(default_factory=list)
+    # CPU threads torch computes with in every stage: 0 = OMP_NUM_THREADS when set, else
+    # SLURM_CPUS_PER_TASK, else the CPUs this process may use (core/threads.py). torch's own default
+    # (every core of the machine) oversubscribes a shared or loaded machine.
+    threads: int = 0
 
     def check(self, where: str) -> None:
         # The name is a folder under out_dir: one plain component, never a path that leads elsewhere.
@@ -455,6 +486,12 @@ class RunConfig:
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise FramecastError(f"{where}.device={self.device!r}: expected auto, cpu, cuda or cuda:<n>")
         check_positive(where, lock_stale_s=self.lock_stale_s)
+        check_at_least(where, 0, threads=self.threads)
+        if self.wandb and not self.wandb_project:
+            raise FramecastError(f"{where}.wandb_project is empty: name the W&B project the runs go to")
+        for key in self.hparams:
+            if not re.fullmatch(r"[a-z_]+(\.[a-z0-9_]+)+", key):
+                raise FramecastError(f"{where}.hparams: {key!r} is not a dotted setting such as train.lr")
 
 
 @dataclass

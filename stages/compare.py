@@ -46,6 +46,7 @@ from core.config import CONFIG_NAME, Config, config_from_dict, config_to_dict, l
 from core.errors import FramecastError
 from core.grid import SEED_KEY, format_value, short_names, trained_settings
 from core.outputs import COMPARE_PLOT_NAME, REPORT_NAME, RUNS_CSV, TABLE_CSV, TABLE_MD, eval_dir
+from core.scores import SSIM_KINDS
 from stages import registry
 from training.metrics import METRICS_NAME, read_metrics
 
@@ -122,7 +123,7 @@ def _evaluation_config(saved: dict, run_dir: Path, best: Path, cfg: Config) -> C
     values.setdefault("run", {}).update(out_dir=str(run_dir.parent), name=run_dir.name, device=cfg.run.device)
     values.setdefault("predict", {})["checkpoint"] = str(best)
     values.setdefault("evaluate", {}).update(split=cfg.evaluate.split, max_videos=cfg.evaluate.max_videos,
-                                             samples=cfg.evaluate.samples, out="")
+                                             samples=cfg.evaluate.samples, ssim=cfg.evaluate.ssim, out="")
     return config_from_dict(values)
 
 
@@ -135,7 +136,8 @@ def _videos_to_score(run_cfg: Config) -> int:
 
 
 def _reusable_report(run_cfg: Config, best: Path) -> dict | None:
-    """The report already in ``<run>/eval/<split>/`` when it scored this best.pt on as many videos."""
+    """The report already in ``<run>/eval/<split>/`` when it scored this best.pt on as many videos, with
+    the same SSIM (a report from before ``evaluate.ssim`` existed used the Gaussian one)."""
     path = eval_dir(run_cfg) / REPORT_NAME
     try:
         report = json.loads(path.read_text())
@@ -144,7 +146,8 @@ def _reusable_report(run_cfg: Config, best: Path) -> dict | None:
         return None
     split = run_cfg.evaluate.split or run_cfg.data.val_split
     same = (fresh and report.get("split") == split and Path(str(report.get("checkpoint"))).resolve() == best.resolve()
-            and report.get("videos") == _videos_to_score(run_cfg))
+            and report.get("videos") == _videos_to_score(run_cfg)
+            and report.get("ssim", "gaussian") == run_cfg.evaluate.ssim)
     return report if same else None
 
 
@@ -298,14 +301,14 @@ def point_rows(varying: list[str], points: list[Point], names: dict[str, str]) -
 
 
 def markdown(varying: list[str], points: list[Point], runs: list[RunScore], names: dict[str, str],
-             split: str) -> str:
+             split: str, ssim: str = "gaussian") -> str:
     scored = [r for r in runs if r.ok]
     copy_last = _mean_std([r.copy_last_mse for r in scored])[0]
     lines = [
         f"# {len(runs)} runs, {len(points)} settings, scored on {split}",
         "",
-        ("MSE: squared error summed over a frame in [0, 1], mean over lead times (lower is better); SSIM: "
-         "higher is better. Each cell: mean ± sample standard deviation over seeds. Train time: minutes "
+        ("MSE: squared error summed over a frame in [0, 1], mean over lead times (lower is better); SSIM "
+         f"(evaluate.ssim={ssim}: {SSIM_KINDS[ssim].describe()}): higher is better. Each cell: mean ± sample standard deviation over seeds. Train time: minutes "
          "from the first to the last line of metrics.jsonl."),
         "",
         "| " + " | ".join([*(names[k] for k in varying), "seeds", "MSE", "SSIM", "parameters",
@@ -396,8 +399,9 @@ def run(cfg: Config) -> Path:
                  _num(r.ssim, 8), _num(r.copy_last_mse, 8), r.best_epoch or "", r.parameters or "",
                  _num(r.train_minutes, 4), r.report, r.reused] for r in scores]
     write_text_atomic(out / RUNS_CSV, _csv_text(run_header, run_rows))
-    table = markdown(varying, points, scores, names, split)
+    table = markdown(varying, points, scores, names, split, cfg.evaluate.ssim)
     write_text_atomic(out / TABLE_MD, table)
-    plot_points(points, names, out / COMPARE_PLOT_NAME, f"{len(scores)} runs on {split}, mean ± std over seeds")
+    plot_points(points, names, out / COMPARE_PLOT_NAME,
+                f"{len(scores)} runs on {split}, mean ± std over seeds, SSIM {cfg.evaluate.ssim}")
     print(table, end="")
     return out / TABLE_MD

@@ -47,7 +47,7 @@ from tqdm import tqdm
 
 from core.atomic import atomic_path, write_json_atomic
 from core.outputs import GIF_NAME, PLOT_NAME, REPORT_NAME, STRIP_NAME, eval_dir
-from core.scores import DEFINITIONS, LeadTimeMetrics
+from core.scores import LeadTimeMetrics, definitions
 from data.datasets import to_model_input
 from training.calibration import Calibration, IntervalScores, ScaleFunction, likelihood_factor
 from training.inference import Ensemble, to_uint8_frames
@@ -92,9 +92,9 @@ def run(cfg, split: str | None = None, out_dir: str | Path | None = None, max_vi
 
     grey = ensemble.in_channels == 1
     f1_threshold = ec.f1_threshold if grey else None
-    scores = {name: LeadTimeMetrics(t_out, f1_threshold) for name in ("model", *BASELINES)}
+    scores = {name: LeadTimeMetrics(t_out, f1_threshold, ec.ssim) for name in ("model", *BASELINES)}
     # Each member's own scores (one member's are the model's); the spread's per-lead-time sums.
-    member_scores = [LeadTimeMetrics(t_out, f1_threshold) for _ in ensemble.members] if several else []
+    member_scores = [LeadTimeMetrics(t_out, f1_threshold, ec.ssim) for _ in ensemble.members] if several else []
     spread_sum = torch.zeros(t_out, dtype=torch.float64)
     kept: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # uint8 sample videos
     kept_count = 0
@@ -148,7 +148,8 @@ def run(cfg, split: str | None = None, out_dir: str | Path | None = None, max_vi
         "autocast": ensemble.precision.describe(),
         "scored": ("mean of the members' outputs clipped to [0, 1]" if several else "model output clipped to [0, 1]")
                   + ", float (not quantized to 8 bits)" + ("; grey data: one channel" if grey else ""),
-        "definitions": {k: v for k, v in DEFINITIONS.items() if grey or k != "f1"},
+        "ssim": ec.ssim,  # which SSIM (evaluate.ssim; "definitions" says what it is)
+        "definitions": {k: v for k, v in definitions(ec.ssim).items() if grey or k != "f1"},
         **({"f1_threshold": f1_threshold} if grey else {}),
         **results,
         "members": members,
@@ -231,7 +232,8 @@ def print_summary(report: dict[str, Any]) -> None:
         print(f"{key:22s}" + "".join(f"{_fmt(report[c]['mean'][key]):>16s}" for c in columns))
     model, copy = report["model"]["mean"], report["copy_last_frame"]["mean"]
     change = model["mse_per_frame_sum"] / copy["mse_per_frame_sum"] - 1 if copy["mse_per_frame_sum"] else math.nan
-    print(f"vs copy-last: MSE {change:+.1%}, SSIM {_fmt(model['ssim'])} vs {_fmt(copy['ssim'])}")
+    # A report written before evaluate.ssim existed holds the Gaussian SSIM.
+    print(f"vs copy-last: MSE {change:+.1%}, SSIM ({report.get('ssim', 'gaussian')}) {_fmt(model['ssim'])} vs {_fmt(copy['ssim'])}")
     members = report.get("members", [])
     if len(members) > 1:
         print(f"ensemble of {len(members)} members (model = their mean); each member alone:")

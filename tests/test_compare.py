@@ -136,6 +136,20 @@ def test_points_of_different_families_are_named_by_what_varies_within_each():
     assert all(len(p.runs) == 2 for p in points)
 
 
+def test_compare_scores_with_the_ssim_it_is_given_and_says_which(sweep):
+    report = sweep / "lr=3e-3,seed=1" / "eval" / "val" / "report.json"
+    if not report.exists():
+        compare.run(compare_config(sweep))
+    gaussian = json.loads(report.read_text())["model"]["mean"]["ssim"]
+    table = compare.run(compare_config(sweep, "evaluate.ssim=openstl", f"compare.out={sweep / 'openstl'}"))
+    assert "(report reused)" not in table.read_text()  # a Gaussian-SSIM report is not an OpenSTL one
+    assert "SSIM (evaluate.ssim=openstl: 7x7 uniform window" in table.read_text()
+    scored = json.loads(report.read_text())
+    assert scored["ssim"] == "openstl" and scored["model"]["mean"]["ssim"] != pytest.approx(gaussian, abs=1e-4)
+    run_row = {r["run"]: r for r in rows(sweep / "openstl" / outputs.RUNS_CSV)}["lr=3e-3,seed=1"]
+    assert float(run_row["ssim"]) == pytest.approx(scored["model"]["mean"]["ssim"], rel=1e-6)
+
+
 def test_runs_of_the_same_settings_and_seed_count_once(tmp_path):
     """Two spellings of one learning rate trained the same thing twice: one sample, not two seeds."""
     settings = {"train.lr": 0.003, "train.seed": 1, "model.family": "encoder_forecaster"}
