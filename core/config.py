@@ -19,6 +19,10 @@ import yaml
 from core.errors import FramecastError
 
 
+# Masks are stored as uint8 class ids.
+MAX_CLASSES = 256
+
+
 @dataclass
 class DataConfig:
     # Folder holding the split folders train/, val/, unlabeled/, hidden/ of video_<n>/image_<k>.png.
@@ -42,10 +46,20 @@ class DataConfig:
     # size and checksum, reused by later jobs while valid; data/staging.py), e.g. ${SLURM_TMPDIR};
     # empty = read the packs where they are.
     stage_to: str = ""
+    # Classes of the labeled videos' mask.npy, background (0) included: every class id is below it.
+    # 49 as the reference layout (background + shape x material x colour); stored as uint8, so <= 256.
+    num_classes: int = 49
 
     def check(self, where: str) -> None:
         _check_positive(where, t_in=self.t_in, t_out=self.t_out, prefetch_factor=self.prefetch_factor)
         _check_at_least(where, 0, num_workers=self.num_workers)
+        self.check_num_classes(f"{where}.num_classes", self.num_classes)
+
+    @staticmethod
+    def check_num_classes(name: str, value: int) -> None:
+        """2..256: a background and at least one class, and ids that fit the uint8 masks."""
+        if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= MAX_CLASSES:
+            raise FramecastError(f"{name} must be a whole number from 2 to {MAX_CLASSES}, got {value!r}")
 
 
 # ----------------------------------------------------------------------------- model families

@@ -32,10 +32,16 @@ class VideoWindowDataset(Dataset):
     """
 
     def __init__(self, sources: VideoSource | Sequence[VideoSource], t_in: int, t_out: int,
-                 all_windows: bool = False, from_end: bool = False):
+                 all_windows: bool = False, from_end: bool = False, masks: bool = False):
         self.sources = [sources] if isinstance(sources, VideoSource) else list(sources)
         if not self.sources:
             raise FramecastError("no video sources given to the dataset (check data.train_splits)")
+        # ``masks``: a sample is (frames, class masks uint8 (t_in + t_out, H, W)) of the same window.
+        self.masks = masks
+        for source in self.sources if masks else ():
+            if not source.has_masks:
+                raise FramecastError(f"{source.describe()}: holds no masks (mask.npy per video), but they are "
+                                     "needed here; use labeled splits only")
         if t_in < 1 or t_out < 0:
             raise FramecastError(f"t_in must be >= 1 and t_out >= 0 (got {t_in}, {t_out})")
         self.t_in, self.t_out = t_in, t_out
@@ -76,9 +82,12 @@ class VideoWindowDataset(Dataset):
         video, start = divmod(index - self.offsets[k], self.windows_per_video[k])
         return k, video, start + self.first_start[k]
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, index: int) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         k, video, start = self.locate(index)
         window = self.sources[k].read(video, start, start + self.length)  # (t_in + t_out, H, W, C) uint8
+        if self.masks:
+            mask = self.sources[k].read_masks(video, start, start + self.length)  # (t_in + t_out, H, W) uint8
+            return torch.from_numpy(window), torch.from_numpy(np.ascontiguousarray(mask))
         return torch.from_numpy(window)
 
     def video_name(self, index: int) -> str:
@@ -246,9 +255,9 @@ def to_model_input(batch_uint8: torch.Tensor, device: torch.device | str, channe
     return x.float().div_(255)  # .float() keeps the strides of a dense view
 
 
-def build_split_dataset(data_cfg: DataConfig, split: str) -> VideoWindowDataset:
-    """The first window of every video of ``split``: t_in inputs and t_out targets."""
-    return VideoWindowDataset(open_split(data_cfg, split), data_cfg.t_in, data_cfg.t_out)
+def build_split_dataset(data_cfg: DataConfig, split: str, masks: bool = False) -> VideoWindowDataset:
+    """The first window of every video of ``split``: t_in inputs and t_out targets (and their masks)."""
+    return VideoWindowDataset(open_split(data_cfg, split), data_cfg.t_in, data_cfg.t_out, masks=masks)
 
 
 def check_channels(dataset: VideoWindowDataset, channels: int) -> None:
