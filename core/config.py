@@ -374,7 +374,36 @@ class ModelConfig:
 
 
 @dataclass
+class SegmentConfig:
+    """The segmenter: a UNet from one frame to per-pixel class logits (``data.num_classes``), trained
+    with cross-entropy on the labeled videos' masks when ``train.task`` is ``segment``. Not a
+    forecasting family: it maps a frame to its mask, and the routes to a future mask use it."""
+
+    base_channels: int = 32  # channels at full resolution; each level down doubles them
+    levels: int = 3  # downsamplings (frame sides must be divisible by 2 ** levels)
+    norm_groups: int = 8  # GroupNorm groups in every conv block; 0 disables it
+    # Splits it trains on: labeled ones (their videos carry mask.npy), unlike the forecaster's.
+    train_splits: list[str] = field(default_factory=lambda: ["train"])
+    # Frames of each training window segmented per step (chosen evenly, rotating with the step, so
+    # every frame is seen and resume stays exact); fewer than the window's frames keeps steps cheap.
+    frames_per_video: int = 4
+
+    def check(self, where: str) -> None:
+        _check_positive(where, base_channels=self.base_channels, levels=self.levels,
+                        frames_per_video=self.frames_per_video)
+        _check_at_least(where, 0, norm_groups=self.norm_groups)
+        if self.norm_groups and self.base_channels % self.norm_groups:
+            raise FramecastError(f"{where}.norm_groups={self.norm_groups} must divide "
+                                 f"{where}.base_channels={self.base_channels}")
+        if not self.train_splits:
+            raise FramecastError(f"{where}.train_splits is empty: name at least one labeled split")
+
+
+@dataclass
 class TrainConfig:
+    # What the run trains: "forecast" a model.family forecaster (frames -> future frames), or
+    # "segment" the segmenter of the segment section (a frame -> its class mask).
+    task: Literal["forecast", "segment"] = "forecast"
     epochs: int = 50
     batch_size: int = 4  # per process
     optimizer: Literal["adam", "adamw"] = "adamw"
@@ -586,6 +615,7 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    segment: SegmentConfig = field(default_factory=SegmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
     convert: ConvertConfig = field(default_factory=ConvertConfig)

@@ -273,6 +273,15 @@ def check_channels(dataset: VideoWindowDataset, channels: int) -> None:
             )
 
 
+def build_segment_datasets(cfg: Config) -> tuple[VideoWindowDataset, VideoWindowDataset]:
+    """(train, val) with masks, for the segmenter: train windows from ``segment.train_splits``
+    (labeled splits), val from ``data.val_split``."""
+    data = cfg.data
+    train = VideoWindowDataset([open_split(data, s) for s in cfg.segment.train_splits], data.t_in, data.t_out,
+                               data.all_windows, masks=True)
+    return train, build_split_dataset(data, data.val_split, masks=True)
+
+
 def build_datasets(cfg: Config) -> tuple[VideoWindowDataset, VideoWindowDataset]:
     """(train, val): train windows from every split of ``data.train_splits``, val from ``data.val_split``.
 

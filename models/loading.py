@@ -16,6 +16,7 @@ from core.distributed import pick_device
 from core.errors import FramecastError
 from models.base import FamilyModel, count_parameters
 from models.registry import build_model
+from models.segmenter import Segmenter, build_segmenter
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[FamilyModel, Config, dict[str, Any]]:
@@ -30,6 +31,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Fa
         cfg = config_from_dict(state["config"])
     except FramecastError as exc:
         raise FramecastError(f"{file}: its saved config does not fit this framecast ({exc})") from None
+    if cfg.train.task == "segment":
+        raise FramecastError(f"{file}: holds a segmenter (train.task=segment), not a forecaster; "
+                             "give it where a segmenter is asked for (segment.checkpoint)")
     model = build_model(cfg.model, cfg.data.t_in, cfg.data.t_out)
     try:
         model.load_state_dict(state["model"], strict=True)
@@ -66,3 +70,24 @@ def describe(path: str | Path, model: FamilyModel, cfg: Config, state: dict[str,
     ]
     width = max(len(label) for label, _ in rows) + 2
     return "\n".join(f"{label + ':':{width}s}{value}" for label, value in rows)
+
+
+def load_segmenter(path: str | Path, device: str | torch.device = "cpu") -> tuple[Segmenter, Config, dict[str, Any]]:
+    """(segmenter in eval mode on ``device``, its Config, the checkpoint dict), from its file alone."""
+    file = Path(path)
+    state = load_checkpoint(file)
+    try:
+        cfg = config_from_dict(state["config"])
+    except FramecastError as exc:
+        raise FramecastError(f"{file}: its saved config does not fit this framecast ({exc})") from None
+    if cfg.train.task != "segment":
+        raise FramecastError(f"{file}: holds a {cfg.model.family} forecaster, not a segmenter (train.task=segment)")
+    model = build_segmenter(cfg.segment, cfg.model.in_channels, cfg.data.num_classes)
+    try:
+        model.load_state_dict(state["model"], strict=True)
+    except RuntimeError as exc:
+        detail = " ".join(line.strip() for line in str(exc).strip().splitlines()[:2])
+        raise FramecastError(f"{file}: weights do not fit the segmenter its config describes ({detail})") from None
+    if isinstance(device, str):
+        device = pick_device(device)
+    return model.to(device).eval(), cfg, state
