@@ -133,7 +133,10 @@ def model_settings(config: dict[str, Any]) -> dict[str, Any]:
                 **{f"segment.{k}": v for k, v in config["segment"].items() if k in SEGMENTER_ARCHITECTURE},
                 "data.num_classes": config["data"]["num_classes"]}
     family = model["family"]
-    return {"train.task": "forecast", "model.family": family, "model.in_channels": model["in_channels"],
+    # A joint run's model is a frame forecaster like any other; a masks run's reads class maps.
+    task = "masks" if config.get("train", {}).get("task") == "masks" else "forecast"
+    classes = {"data.num_classes": config["data"]["num_classes"]} if task == "masks" else {}
+    return {"train.task": task, **classes, "model.family": family, "model.in_channels": model["in_channels"],
             **{f"model.{family}.{k}": v for k, v in model[family].items()},
             "data.t_in": config["data"]["t_in"], "data.t_out": config["data"]["t_out"]}
 

@@ -356,8 +356,9 @@ class ModelConfig:
         return getattr(self, self.family)
 
     def check(self, where: str) -> None:
-        if self.in_channels not in (1, 3):
-            raise FramecastError(f"{where}.in_channels must be 1 (grey) or 3 (RGB), got {self.in_channels}")
+        if isinstance(self.in_channels, bool) or self.in_channels < 1:
+            raise FramecastError(f"{where}.in_channels must be >= 1 (1 grey, 3 RGB, any count of maps), "
+                                 f"got {self.in_channels}")
         for name in FAMILY_NAMES:
             getattr(self, name).check(f"{where}.{name}")
 
@@ -387,6 +388,27 @@ class SegmentConfig:
     # Frames of each training window segmented per step (chosen evenly, rotating with the step, so
     # every frame is seen and resume stays exact); fewer than the window's frames keeps steps cheap.
     frames_per_video: int = 4
+    # The segmenter's checkpoint the routes use; empty = <run.out_dir>/<run.name>/segmenter/best.pt.
+    checkpoint: str = ""
+    # How `main.py segment` gets the future mask: "frames" segments the frames a forecaster predicted,
+    # "masks" forecasts the segmented input frames' class maps (a forecaster trained with
+    # train.task=masks), "joint" segments the frames of a forecaster fine-tuned with the segmenter's
+    # loss (train.task=joint), "copy_last" segments the last input frame (the baseline).
+    route: Literal["frames", "masks", "joint", "copy_last"] = "frames"
+    # The route's forecaster checkpoint; empty = that route's run: frames <run>/best.pt, masks
+    # <run>/masks/best.pt, joint <run>/joint/best.pt.
+    forecaster: str = ""
+    # Which future frame the hand-off holds: 0 = the last (frame 22 of the reference layout), k = the
+    # k-th after the inputs; all_frames writes every future frame, (N, T, H, W) instead of (N, H, W).
+    lead_time: int = 0
+    all_frames: bool = False
+    # The hand-off .npy; empty = <run_dir>/seg/<predict.split>.<route>.npy (its index beside it).
+    out: str = ""
+    # train.task=joint: weight of the frozen segmenter's cross-entropy on the predicted frames (against
+    # the true future masks), added to the frame loss, so the forecaster keeps what the mask needs.
+    joint_weight: float = 0.1
+    # train.task=joint starts from this forecaster's weights; empty = <run_dir>/best.pt.
+    joint_from: str = ""
 
     def check(self, where: str) -> None:
         _check_positive(where, base_channels=self.base_channels, levels=self.levels,
@@ -397,13 +419,16 @@ class SegmentConfig:
                                  f"{where}.base_channels={self.base_channels}")
         if not self.train_splits:
             raise FramecastError(f"{where}.train_splits is empty: name at least one labeled split")
+        _check_at_least(where, 0, lead_time=self.lead_time, joint_weight=self.joint_weight)
 
 
 @dataclass
 class TrainConfig:
-    # What the run trains: "forecast" a model.family forecaster (frames -> future frames), or
-    # "segment" the segmenter of the segment section (a frame -> its class mask).
-    task: Literal["forecast", "segment"] = "forecast"
+    # What the run trains: "forecast" a model.family forecaster (frames -> future frames); "segment"
+    # the segment section's segmenter (a frame -> its class mask), in <run_dir>/segmenter/; "masks" a
+    # model.family forecaster of one-hot class maps (data.num_classes channels), in <run_dir>/masks/;
+    # "joint" a forecaster fine-tuned with the segmenter's loss on its frames, in <run_dir>/joint/.
+    task: Literal["forecast", "segment", "masks", "joint"] = "forecast"
     epochs: int = 50
     batch_size: int = 4  # per process
     optimizer: Literal["adam", "adamw"] = "adamw"
@@ -610,6 +635,10 @@ class RunConfig:
         _check_positive(where, lock_stale_s=self.lock_stale_s)
 
 
+# The folder inside <run.out_dir>/<run.name> each train.task trains into (one config, several runs).
+TASK_DIRS = {"forecast": "", "segment": "segmenter", "masks": "masks", "joint": "joint"}
+
+
 @dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
@@ -627,6 +656,14 @@ class Config:
     @property
     def run_dir(self) -> Path:
         """``<run.out_dir>/<run.name>``, ``${VAR}`` in run.out_dir expanded here (core/paths.py)."""
+        from core.paths import expand
+
+        base = Path(expand("run.out_dir", self.run.out_dir)) / self.run.name
+        return base / TASK_DIRS[self.train.task] if TASK_DIRS[self.train.task] else base
+
+    @property
+    def base_run_dir(self) -> Path:
+        """``<run.out_dir>/<run.name>``: the forecaster's folder, holding the other tasks' runs."""
         from core.paths import expand
 
         return Path(expand("run.out_dir", self.run.out_dir)) / self.run.name

@@ -15,7 +15,7 @@ from core.config import Config, config_from_dict
 from core.distributed import pick_device
 from core.errors import FramecastError
 from models.base import FamilyModel, count_parameters
-from models.registry import build_model
+from models.registry import build_forecaster
 from models.segmenter import Segmenter, build_segmenter
 
 
@@ -34,7 +34,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Fa
     if cfg.train.task == "segment":
         raise FramecastError(f"{file}: holds a segmenter (train.task=segment), not a forecaster; "
                              "give it where a segmenter is asked for (segment.checkpoint)")
-    model = build_model(cfg.model, cfg.data.t_in, cfg.data.t_out)
+    model = build_forecaster(cfg)
     try:
         model.load_state_dict(state["model"], strict=True)
     except RuntimeError as exc:

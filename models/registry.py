@@ -1,7 +1,9 @@
 """``model.family`` -> the class that builds it: adding a family is its module and one line here."""
 from __future__ import annotations
 
-from core.config import FAMILY_NAMES, ModelConfig
+import dataclasses
+
+from core.config import FAMILY_NAMES, Config, ModelConfig
 from core.errors import FramecastError
 from models.attention_gru import AttentionGRU
 from models.base import FamilyModel
@@ -32,3 +34,16 @@ def build_model(model_cfg: ModelConfig, t_in: int, t_out: int) -> FamilyModel:
             + (" (known to the config but not built by this framecast)" if model_cfg.family in FAMILY_NAMES else "")
         )
     return family(model_cfg, t_in, t_out)
+
+
+def task_model_config(cfg: Config) -> ModelConfig:
+    """The model section a run's forecaster is built from: as written, except that a masks run
+    (train.task=masks) reads data.num_classes channels, one-hot class maps, whatever model.in_channels says."""
+    if cfg.train.task == "masks":
+        return dataclasses.replace(cfg.model, in_channels=cfg.data.num_classes)
+    return cfg.model
+
+
+def build_forecaster(cfg: Config) -> FamilyModel:
+    """The forecaster of ``cfg``'s run (frames, or for train.task=masks class maps)."""
+    return build_model(task_model_config(cfg), cfg.data.t_in, cfg.data.t_out)

@@ -30,6 +30,7 @@ def segmenter_run(data_root, tmp_path_factory):
 def test_segmenter_learns_and_keeps_the_best_val_jaccard(segmenter_run):
     cfg, summary = segmenter_run
     assert summary["family"] == "segmenter" and summary["epochs_run"] == 3
+    assert cfg.run_dir == cfg.base_run_dir / "segmenter"  # beside the forecaster of the same config
     vals = [r for r in read_metrics(cfg.run_dir / "metrics.jsonl") if r["kind"] == "val"]
     jaccards = [r["val_jaccard"] for r in vals]
     assert all(r["val_loss"] == pytest.approx(1 - r["val_jaccard"]) for r in vals)
@@ -68,6 +69,6 @@ def test_segmenter_refuses_unlabeled_splits_and_a_changed_architecture(segmenter
     with pytest.raises(FramecastError, match="unlabeled: holds no masks"):
         run(cfg)
     reference, _ = segmenter_run
-    changed = tiny_config(data_root, reference.run_dir.parent, "segmenter", *SEGMENT, "segment.base_channels=4")
+    changed = tiny_config(data_root, reference.base_run_dir.parent, "segmenter", *SEGMENT, "segment.base_channels=4")
     with pytest.raises(FramecastError, match="segment.base_channels=8 but the config asks for segment.base_channels=4"):
         run(changed)

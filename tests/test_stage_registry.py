@@ -44,7 +44,7 @@ def run_main(*args: str, toy: bool = False, cwd: Path = REPO, timeout: float = J
 
 def test_each_builtin_stage_is_declared_once_with_its_flags_and_resources():
     names = [stage.name for stage in registry.BUILTIN]
-    assert names == ["train", "predict", "merge", "convert", "evaluate"]
+    assert names == ["train", "predict", "merge", "convert", "segment", "evaluate"]
     assert registry.get("predict").flag_keys() == {
         "checkpoint": "predict.checkpoint", "split": "predict.split", "out": "predict.out"}
     assert registry.get("evaluate").flag_keys() == {
@@ -58,6 +58,7 @@ def test_each_builtin_stage_is_declared_once_with_its_flags_and_resources():
         "evaluate": {"nodes": 1, "tasks_per_node": 1, "gpus_per_node": 1},
         "merge": {"nodes": 1, "tasks_per_node": 1, "gpus_per_node": 0},
         "convert": {"nodes": 1, "tasks_per_node": 1, "gpus_per_node": 0},
+        "segment": {"nodes": 1, "tasks_per_node": 1, "gpus_per_node": 1},
     }
     assert {name: registry.get(name).resources.request(slurm) for name in names} == wanted
     no_gpus = config_from_dict({"slurm": {"gpus_per_node": 0}}).slurm

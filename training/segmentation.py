@@ -16,6 +16,7 @@ from torchmetrics.classification import MulticlassJaccardIndex
 
 from core.precision import Precision
 from data.datasets import to_model_input
+from training.step import apply_gradients
 
 
 class MaskScore:
@@ -72,19 +73,7 @@ def segment_train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch
     with precision.autocast():
         logits = model(frames.flatten(0, 1))  # (B*t, K, H, W)
     loss = F.cross_entropy(logits.float(), target)
-    optimizer.zero_grad(set_to_none=True)
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-    else:
-        loss.backward()
-    if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip, foreach=True)
-    if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
+    apply_gradients(loss, model, optimizer, grad_clip, scaler)
     return torch.stack([loss.detach(), torch.zeros((), device=loss.device)])
 
 
