@@ -19,6 +19,8 @@ import yaml
 from core.errors import FramecastError
 
 
+# The routes to a future mask that use a forecaster (segment.route adds copy_last, the baseline).
+MASK_ROUTES = ("frames", "masks", "joint")
 # Masks are stored as uint8 class ids.
 MAX_CLASSES = 256
 
@@ -529,9 +531,16 @@ class EvaluateConfig:
     # Grey data (model.in_channels 1) is also scored by the F1 of the binarised frame (pixel >
     # threshold, in [0, 1]) per lead time, as Moving MNIST forecasters report it.
     f1_threshold: float = 0.5
+    # Mask routes (frames, masks, joint) whose future masks are scored too, by Jaccard per lead time
+    # and of segment.lead_time's frame, against copy-last and the oracle (masks_report.json); their
+    # checkpoints are the segment section's. Empty: frames only.
+    routes: list[str] = field(default_factory=list)
 
     def check(self, where: str) -> None:
         _check_at_least(where, 0, max_videos=self.max_videos, samples=self.samples)
+        for route in self.routes:
+            if route not in MASK_ROUTES:
+                raise FramecastError(f"{where}.routes: {route!r} is not one of {', '.join(MASK_ROUTES)}")
         if not 0 < self.f1_threshold < 1:
             raise FramecastError(f"{where}.f1_threshold must be in (0, 1), got {self.f1_threshold}")
 

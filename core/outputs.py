@@ -21,6 +21,9 @@ REPORT_NAME = "report.json"
 PLOT_NAME = "metrics_vs_lead_time.png"
 STRIP_NAME = "samples.png"
 GIF_NAME = "samples.gif"
+MASKS_REPORT_NAME = "masks_report.json"  # evaluate.routes: Jaccard of each route vs copy-last and oracle
+MASKS_PLOT_NAME = "masks_vs_lead_time.png"
+MASKS_STRIP_NAME = "masks_samples.png"
 
 # compare: <compare dir>/...
 TABLE_CSV = "compare.csv"

@@ -2,6 +2,8 @@
 and hand off masks with the prediction index contract."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -86,3 +88,23 @@ def test_a_missing_route_model_is_one_line(trained, tmp_path):
     _, cfg = trained
     with pytest.raises(FramecastError, match=r"nowhere/best.pt: masks route's forecaster checkpoint not found"):
         segment_stage.run(cfg("segment.route=masks", f"segment.forecaster={tmp_path}/nowhere/best.pt"))
+
+
+def test_evaluate_scores_every_route_against_copy_last_and_the_oracle(trained):
+    from stages import evaluate
+
+    _, cfg = trained
+    config = cfg("evaluate.routes=[frames, masks, joint]", "evaluate.samples=2")
+    report = evaluate.run(config)["masks"]
+    assert report["routes"] == ["frames", "masks", "joint", "copy_last", "oracle"]
+    assert report["target_frame"] == T_IN + T_OUT - 1 and report["frames"] == list(range(T_IN, T_IN + T_OUT))
+    for name in report["routes"]:
+        scores = report["scores"][name]
+        assert len(scores["per_lead_time"]) == T_OUT and scores["target"] == scores["per_lead_time"][-1]
+        assert 0 <= scores["target"] <= 1 and len(scores["per_class_iou_target"]) == 25
+    copy = report["scores"]["copy_last"]["per_lead_time"]
+    assert set(report["vs_copy_last"]) == set(report["routes"])
+    for path in report["files"].values():
+        assert Path(path).is_file()
+    assert (Path(report["files"]["report"]).parent / "report.json").is_file()  # beside the frames' report
+    assert len(copy) == T_OUT

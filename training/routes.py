@@ -21,6 +21,7 @@ from core.distributed import pick_device
 from core.errors import FramecastError
 from core.outputs import route_forecaster_path, segmenter_path
 from core.precision import Precision
+from data.datasets import to_model_input
 from models.loading import load_model, load_segmenter
 from training.segmentation import segment
 
@@ -90,3 +91,79 @@ def _existing(path: Path, what: str, task: str) -> Path:
         raise FramecastError(f"{path}: {what} checkpoint not found (train it with train.task={task}, or name it "
                              f"in the segment section)")
     return path
+
+
+# What the mask report calls each scored thing, in its order: the routes asked for, then the two baselines.
+COPY_LAST, ORACLE = "copy_last", "oracle"
+
+
+@torch.no_grad()
+def score_routes(cfg: Config, routes: list[str], dataset, loader, samples: int = 0) -> dict:
+    """Jaccard (torchmetrics, pooled over every video's masks) per lead time and of the target frame
+    (``segment.lead_time``, default the last), with per-class IoU of the target frame, for each of
+    ``routes``, copy-last (the segmented last input frame) and the oracle (the segmented true future
+    frames). ``dataset`` yields (frames, masks) windows of t_in + t_out frames.
+
+    Returns the report, plus under ``"_samples"`` the first ``samples`` videos' last input frames and
+    target-frame masks (true and each scored one) for the strip.
+    """
+    from training.segmentation import MaskScore
+
+    scored = {name: MaskRoute(cfg, name) for name in dict.fromkeys([*routes, COPY_LAST])}
+    baseline = scored[COPY_LAST]
+    t_in, t_out = baseline.t_in, baseline.t_out
+    for name, route in scored.items():
+        if (route.t_in, route.t_out) != (t_in, t_out):
+            raise FramecastError(f"{route.forecaster_path}: takes {route.t_in} frames to {route.t_out}, the "
+                                 f"config says data.t_in={t_in}, data.t_out={t_out}")
+    lead = cfg.segment.lead_time or t_out
+    if lead > t_out:
+        raise FramecastError(f"segment.lead_time={lead}: the forecast holds {t_out} future frames (data.t_out)")
+    num_classes = baseline.num_classes
+    device = baseline.precision.device
+    names = [*scored, ORACLE]
+    per_lead = {name: [MaskScore(num_classes, device) for _ in range(t_out)] for name in names}
+    kept: dict[str, list] = {name: [] for name in ["_inputs", "_truth", *names]}
+    held = 0
+    for video, masks in loader:
+        frames = to_model_input(video, device, False, baseline.in_channels)  # (B, T, C, H, W)
+        inputs, truth_frames = frames[:, :t_in], frames[:, t_in:]
+        truth = masks[:, t_in:t_in + t_out].to(device).long()  # (B, t_out, H, W)
+        outputs = {name: route(inputs) for name, route in scored.items()}
+        outputs[ORACLE] = baseline.oracle(truth_frames)
+        for name, predicted in outputs.items():
+            for k in range(t_out):
+                per_lead[name][k].update(predicted[:, k], truth[:, k])
+        if held < samples:
+            take = samples - held
+            kept["_inputs"].append((inputs[:take, -1].clamp(0, 1) * 255).round().byte().cpu())
+            kept["_truth"].append(truth[:take, lead - 1].byte().cpu())
+            for name, predicted in outputs.items():
+                kept[name].append(predicted[:take, lead - 1].byte().cpu())
+            held += len(kept["_inputs"][-1])
+    results = {}
+    for name in names:
+        lead_scores = [score.compute() for score in per_lead[name]]
+        results[name] = {"per_lead_time": [s["jaccard"] for s in lead_scores],
+                         "target": lead_scores[lead - 1]["jaccard"],
+                         "per_class_iou_target": lead_scores[lead - 1]["per_class_iou"]}
+    copy = results[COPY_LAST]["target"]
+    report = {
+        "routes": names,
+        "target_frame": t_in + lead - 1,
+        "frames": list(range(t_in, t_in + t_out)),
+        "num_classes": num_classes,
+        "definition": "torchmetrics JaccardIndex(task='multiclass', num_classes=data.num_classes) over every "
+                      "video's mask of the frame at once (classes absent from both prediction and truth "
+                      "left out of the mean); per_class_iou_target null where a class is absent from both",
+        "checkpoints": {name: route.describe() for name, route in scored.items()},
+        "scores": results,
+        "vs_copy_last": {name: (results[name]["target"] / copy - 1 if copy else None) for name in names},
+    }
+    if held:
+        channels = kept["_inputs"][0].shape[1]
+        last = torch.cat(kept["_inputs"])  # (S, C, H, W)
+        last = (last if channels == 3 else last.expand(-1, 3, -1, -1)).permute(0, 2, 3, 1).numpy()
+        report["_samples"] = {"last_inputs": last, "truth": torch.cat(kept["_truth"]).numpy(),
+                              "routes": {name: torch.cat(kept[name]).numpy() for name in names}}
+    return report
