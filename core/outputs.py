@@ -101,3 +101,8 @@ def masks_path(cfg: Config) -> Path:
     if cfg.segment.out:
         return Path(cfg.segment.out)
     return cfg.base_run_dir / MASKS_DIR / f"{Path(cfg.predict.split).stem}.{cfg.segment.route}.npy"
+
+
+def index_path_for_masks(npy: Path) -> Path:
+    """The index beside a mask hand-off (as beside a prediction: the .npy path with .json)."""
+    return Path(npy).with_suffix(".json")

@@ -108,3 +108,19 @@ def test_evaluate_scores_every_route_against_copy_last_and_the_oracle(trained):
         assert Path(path).is_file()
     assert (Path(report["files"]["report"]).parent / "report.json").is_file()  # beside the frames' report
     assert len(copy) == T_OUT
+
+
+def test_mask_hand_off_round_trips_through_palette_pngs(trained, tmp_path):
+    from PIL import Image
+
+    import np_to_png
+
+    _, cfg = trained
+    out = segment_stage.run(cfg("segment.all_frames=true", f"segment.out={tmp_path / 'all.npy'}"))
+    masks, index = load_masks(out)
+    assert np_to_png.main([str(out), "--out", str(tmp_path / "png")]) == 0
+    for row, video in enumerate(index["videos"]):
+        for column, number in enumerate(index["frames"]):
+            image = Image.open(tmp_path / "png" / video / f"mask_{number}.png")
+            assert image.mode == "P"  # coloured by its palette, the pixel values are the class ids
+            np.testing.assert_array_equal(np.array(image), masks[row, column])
