@@ -411,6 +411,9 @@ class SegmentConfig:
     joint_weight: float = 0.1
     # train.task=joint starts from this forecaster's weights; empty = <run_dir>/best.pt.
     joint_from: str = ""
+    # `submit pipeline` (and the demo) also train the segmenter and the routes' models (segment.route
+    # and evaluate.routes), hand off the masks (segment stage) and write them as PNGs.
+    pipeline: bool = False
 
     def check(self, where: str) -> None:
         _check_positive(where, base_channels=self.base_channels, levels=self.levels,

@@ -40,9 +40,10 @@ def _prepare_data(cfg: Config, args: argparse.Namespace) -> None:
 
 
 def _print_outputs(cfg: Config, minutes: float) -> None:
-    from core.outputs import GIF_NAME, PLOT_NAME, REPORT_NAME, STRIP_NAME, eval_dir, png_dir
+    from core.outputs import (GIF_NAME, MASKS_REPORT_NAME, MASKS_STRIP_NAME, PLOT_NAME, REPORT_NAME, STRIP_NAME,
+                              eval_dir, masks_path, png_dir)
     from core.outputs import predictions_path as npy_path
-    from stages.evaluate import print_summary
+    from stages.evaluate import print_masks_summary, print_summary
 
     eval_dir = eval_dir(cfg)
     outputs = (
@@ -54,6 +55,8 @@ def _print_outputs(cfg: Config, minutes: float) -> None:
         ("metrics plot", eval_dir / PLOT_NAME),
         ("sample strip", eval_dir / STRIP_NAME),
         ("sample GIF", eval_dir / GIF_NAME),
+        *((("masks", masks_path(cfg)), ("mask report", eval_dir / MASKS_REPORT_NAME),
+           ("mask strip", eval_dir / MASKS_STRIP_NAME)) if cfg.segment.pipeline else ()),
     )
     width = max(len(label) for label, _ in outputs) + 1
     print(f"[demo] done in {minutes:.1f} min", flush=True)
@@ -67,6 +70,10 @@ def _print_outputs(cfg: Config, minutes: float) -> None:
         return
     print(f"[demo] evaluation of {report.get('checkpoint')}:", flush=True)
     print_summary(report)
+    masks_file = eval_dir / MASKS_REPORT_NAME
+    if cfg.evaluate.routes and masks_file.is_file():
+        print("[demo] the future mask by each route, against copy-last and the oracle:", flush=True)
+        print_masks_summary(json.loads(masks_file.read_text()))
 
 
 def run_demo(args: argparse.Namespace) -> int:

@@ -187,13 +187,18 @@ def evaluate_masks(cfg, ensemble: Ensemble, source, count: int, out: Path, sampl
                          "files": {key: str(path) for key, path in files.items()}})
     write_json_atomic(files["report"], report)
     plot_jaccard(report, files["plot"])
-    print(f"Jaccard of frame {report['target_frame']}'s mask ({count} videos):")
+    print_masks_summary(report)
+    return report
+
+
+def print_masks_summary(report: dict[str, Any]) -> None:
+    """The target frame's Jaccard of each route, copy-last and the oracle, and each against copy-last."""
+    print(f"Jaccard of frame {report['target_frame']}'s mask ({report['videos']} videos of {report['split']}):")
     for name in report["routes"]:
         change = report["vs_copy_last"][name]
         note = "" if name == "copy_last" or change is None else f"  ({change:+.1%} vs copy-last)"
         print(f"  {name:10s} {report['scores'][name]['target']:.4f}{note}")
-    print(f"masks report: {files['report']}")
-    return report
+    print(f"masks report: {report['files']['report']}")
 
 
 def plot_jaccard(report: dict[str, Any], path: Path) -> None:
