@@ -17,10 +17,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("checkpoint", help="path to a checkpoint, e.g. runs/<name>/best.pt")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:<n> or auto (default cpu)")
     args = parser.parse_args(argv)
-    from models.loading import describe, load_model
+    from models.loading import describe, load_any
 
     try:
-        model, cfg, state = load_model(args.checkpoint, args.device)
+        model, cfg, state = load_any(args.checkpoint, args.device)
     except FramecastError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -56,16 +56,26 @@ def describe(path: str | Path, model: FamilyModel, cfg: Config, state: dict[str,
     def loss(value: Any) -> str:
         return "n/a" if value is None else f"{float(value):.6g}"
 
+    if cfg.train.task == "segment":
+        best = progress.get("best_val_loss")
+        rows = [("checkpoint", str(path)), *model.summary(), ("parameters", f"{count_parameters(model):,}"),
+                ("epoch", f"{progress.get('epoch')} (step {progress.get('step')})"),
+                ("best val Jaccard", f"{'n/a' if best is None else f'{1 - float(best):.4f}'} "
+                                     f"(epoch {progress.get('best_epoch')})"),
+                ("run", cfg.run.name)]
+        width = max(len(label) for label, _ in rows) + 2
+        return "\n".join(f"{label + ':':{width}s}{value}" for label, value in rows)
+    channels = {1: "grey", 3: "RGB"}.get(model.in_channels, "class maps" if cfg.train.task == "masks" else "channels")
     rows = [
         ("checkpoint", str(path)),
         *model.summary(),
         ("parameters", f"{count_parameters(model):,}"),
-        ("channels", f"{model.in_channels} ({'grey' if model.in_channels == 1 else 'RGB'})"),
+        ("channels", f"{model.in_channels} ({channels})"),
         ("frames", f"{model.t_in} in -> {model.t_out} out"),
         ("epoch", f"{progress.get('epoch')} (step {progress.get('step')})"),
         ("validation loss", loss(progress.get("val_loss"))),
         ("best val loss", f"{loss(progress.get('best_val_loss'))} (epoch {progress.get('best_epoch')})"),
-        ("trained with", f"train.loss={cfg.train.loss}, train.amp={cfg.train.amp}"),
+        ("trained with", f"train.task={cfg.train.task}, train.loss={cfg.train.loss}, train.amp={cfg.train.amp}"),
         ("run", cfg.run.name),
     ]
     width = max(len(label) for label, _ in rows) + 2
@@ -91,3 +101,11 @@ def load_segmenter(path: str | Path, device: str | torch.device = "cpu") -> tupl
     if isinstance(device, str):
         device = pick_device(device)
     return model.to(device).eval(), cfg, state
+
+
+def load_any(path: str | Path, device: str | torch.device = "cpu") -> tuple[Any, Config, dict[str, Any]]:
+    """A forecaster or a segmenter, whichever the checkpoint holds (for ``load_model.py``)."""
+    state = load_checkpoint(Path(path))
+    if state.get("config", {}).get("train", {}).get("task") == "segment":
+        return load_segmenter(path, device)
+    return load_model(path, device)

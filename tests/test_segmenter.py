@@ -72,3 +72,13 @@ def test_segmenter_refuses_unlabeled_splits_and_a_changed_architecture(segmenter
     changed = tiny_config(data_root, reference.base_run_dir.parent, "segmenter", *SEGMENT, "segment.base_channels=4")
     with pytest.raises(FramecastError, match="segment.base_channels=8 but the config asks for segment.base_channels=4"):
         run(changed)
+
+
+def test_load_model_py_describes_a_segmenter(segmenter_run, capsys):
+    import load_model
+
+    cfg, _ = segmenter_run
+    assert load_model.main([str(cfg.run_dir / "best.pt")]) == 0
+    shown = capsys.readouterr().out
+    best = load_checkpoint(cfg.run_dir / "best.pt")["progress"]["best_val_loss"]
+    assert "UNet segmenter" in shown and "classes" in shown and f"{1 - best:.4f}" in shown
