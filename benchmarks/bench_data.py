@@ -9,8 +9,8 @@
 - rss: peak resident memory while streaming every video of a pack of ``--rss-videos`` sizes
   (default 200 and 2000) through the DataLoader, each in a fresh subprocess; it must stay flat.
 
-    python benchmarks/bench_data.py                          # small frames, a few minutes on 2 cores
-    python benchmarks/bench_data.py --height 160 --width 240 # the reference frame size
+    python -m benchmarks.bench_data                          # small frames, a few minutes on 2 cores
+    python -m benchmarks.bench_data --height 160 --width 240 # the reference frame size
 """
 from __future__ import annotations
 
@@ -26,7 +26,6 @@ import time
 from multiprocessing import Pool
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere
 
 from data.generate import video_rng  # noqa: E402
 from data.layout import list_videos, read_video  # noqa: E402

@@ -1,9 +1,9 @@
 """framecast against a peer implementation of the same architecture: both trained on the same input
 in one process, interleaved, printed as ONE JSON object.
 
-    python benchmarks/bench_peers.py --convlstm-pytorch /tmp/peers/ConvLSTM-PyTorch --compare ef-gru ef-lstm
-    python benchmarks/bench_peers.py --openstl /tmp/peers/OpenSTL --compare convlstm predrnn-v2
-    python benchmarks/bench_peers.py --openstl /tmp/peers/OpenSTL --peer-packages /tmp/peers/site \
+    python -m benchmarks.bench_peers --convlstm-pytorch /tmp/peers/ConvLSTM-PyTorch --compare ef-gru ef-lstm
+    python -m benchmarks.bench_peers --openstl /tmp/peers/OpenSTL --compare convlstm predrnn-v2
+    python -m benchmarks.bench_peers --openstl /tmp/peers/OpenSTL --peer-packages /tmp/peers/site \
         --compare simvp-gsta tau --batch 4 --rounds 5 --profile
 
 Peers are NOT part of framecast and nothing here fetches or builds them: give the path of a checkout
@@ -81,7 +81,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # First, before torch: see its note on platform.uname and the children's peak RSS.
 from benchmarks.common import (  # noqa: E402

@@ -1,8 +1,8 @@
 """Prediction throughput and memory: videos/s, and peak RSS as the number of videos grows.
 
-    python benchmarks/bench_predict.py --preset tiny --videos 32 128 512
-    python benchmarks/bench_predict.py --preset default --videos 4 --height 160 --width 240
-    python benchmarks/bench_predict.py --family simvp --preset mmnist --videos 600 2000 --batch-size 16
+    python -m benchmarks.bench_predict --preset tiny --videos 32 128 512
+    python -m benchmarks.bench_predict --preset default --videos 4 --height 160 --width 240
+    python -m benchmarks.bench_predict --family simvp --preset mmnist --videos 600 2000 --batch-size 16
 
 Each N runs in a fresh process (so its peak RSS is its own) through the real predict path
 (``training.inference.Predictor.load`` from a format-2 checkpoint, its loader,
@@ -22,7 +22,6 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # First, before torch: see its note on platform.uname and the children's peak RSS.
 from benchmarks.common import (  # noqa: E402

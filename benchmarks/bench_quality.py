@@ -1,9 +1,9 @@
 """Forecast quality for a fixed training budget: train a family with the real train stage, score it
 with the real evaluate stage against the copy-last and mean-of-inputs baselines, print ONE JSON object.
 
-    python benchmarks/bench_quality.py --family convlstm --steps 300
-    python benchmarks/bench_quality.py --family simvp --data mnist --minutes 20 --reuse-data datasets/bq-mnist
-    python benchmarks/bench_quality.py --family predrnn --preset tiny train.lr=5e-4 --out runs/bq-predrnn
+    python -m benchmarks.bench_quality --family convlstm --steps 300
+    python -m benchmarks.bench_quality --family simvp --data mnist --minutes 20 --reuse-data datasets/bq-mnist
+    python -m benchmarks.bench_quality --family predrnn --preset tiny train.lr=5e-4 --out runs/bq-predrnn
 
 Data: ``--data shapes`` (``data.synthetic.make_shapes_dataset``: bouncing, occluding shapes on a
 textured background, RGB) or ``--data mnist`` (``data.moving_mnist.make_moving_mnist_dataset``:
@@ -49,7 +49,6 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # First, before torch: see its note on platform.uname and the children's peak RSS.
 from benchmarks.common import PRESETS, Preset, build_config, model_description, setting  # noqa: E402
@@ -57,7 +56,7 @@ from benchmarks.common import PRESETS, Preset, build_config, model_description, 
 import torch  # noqa: E402
 
 from core.atomic import write_json_atomic  # noqa: E402
-from core.config import FAMILY_NAMES  # noqa: E402
+from core.families import family_names  # noqa: E402
 from core.errors import FramecastError  # noqa: E402
 from data.pack import pack_dataset  # noqa: E402
 from data.sources import open_split  # noqa: E402
@@ -74,7 +73,7 @@ UNBOUNDED_EPOCHS = 1_000_000
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--family", choices=FAMILY_NAMES, default="encoder_forecaster",
+    parser.add_argument("--family", choices=family_names(), default=family_names()[0],
                         help="model.family (default: %(default)s)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
                         help="model sizes of this preset (default: the family's config defaults)")

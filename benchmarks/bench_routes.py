@@ -1,7 +1,7 @@
 """The three routes to a future mask on the demo's data: frame-22 Jaccard of each against copy-last
 and the oracle, for a fixed step budget per model; prints ONE JSON object (also written to --json).
 
-    python benchmarks/bench_routes.py --out /tmp/bench-routes --json benchmarks/results/<date>/routes/shapes.json
+    python -m benchmarks.bench_routes --out /tmp/bench-routes --json benchmarks/results/<date>/routes/shapes.json
 
 Data: the demo's (``main.py demo``): shapes at 48x64, 11 + 11 frames, ``--videos`` in train and in
 unlabeled, ``--eval-videos`` in val (scored) and hidden; generated and packed into ``OUT/data``
@@ -24,12 +24,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from core.atomic import write_json_atomic  # noqa: E402
-from core.config import load_config  # noqa: E402
-from data.pack import pack_dataset  # noqa: E402
-from data.synthetic import make_shapes_dataset  # noqa: E402
+from core.atomic import write_json_atomic
+from core.config import load_config
+from data.pack import pack_dataset
+from data.synthetic import make_shapes_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 

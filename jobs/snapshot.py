@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import shutil
 import subprocess
 import time
@@ -181,3 +182,13 @@ def take_snapshot(run_dir: str | Path, skip: Iterable[str | Path] = (), source: 
     write_json_atomic(run_dir / VERSION_NAME, version)
     return CodeSnapshot(str(final), version)
 
+
+
+def code_pythonpath(code_root: str | Path, shell: bool = False) -> str:
+    """PYTHONPATH that makes a job import framecast from ``code_root`` (its snapshot) whatever its
+    environment says: the root first, then what PYTHONPATH held. ``shell``: as the ``export`` line of
+    a Slurm job's set-up, expanded on the compute node; else the value for this process's children."""
+    root = str(code_root)
+    if shell:
+        return f"export PYTHONPATH={shlex.quote(root)}${{PYTHONPATH:+:$PYTHONPATH}}"
+    return os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)

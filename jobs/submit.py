@@ -28,7 +28,6 @@ import contextlib
 import functools
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -43,7 +42,7 @@ from submitit.helpers import environment_variables
 from core.config import Config, SlurmConfig, config_to_dict, load_config
 from core.errors import FramecastError
 from core.paths import expand, expand_if_set, host_name
-from jobs.snapshot import REPO_ROOT, CodeSnapshot, take_snapshot
+from jobs.snapshot import REPO_ROOT, CodeSnapshot, code_pythonpath, take_snapshot
 from jobs.stage_job import StageJob
 from jobs.wait import JobEnd, job_label, wait_jobs
 from stages import registry
@@ -174,10 +173,8 @@ def make_executor(cfg: Config, stage: Stage | str, executor: str | None = None,
         **resources,
     )
     if kind == "slurm":
-        # The job imports jobs/ and stages/ from the code root, whatever its environment says.
-        pythonpath = f"export PYTHONPATH={shlex.quote(str(code_root))}${{PYTHONPATH:+:$PYTHONPATH}}"
         params.update(
-            slurm_setup=[*s.setup, pythonpath],
+            slurm_setup=[*s.setup, code_pythonpath(code_root, shell=True)],
             slurm_signal_delay_s=s.signal_delay_s,
             slurm_array_parallelism=s.array_parallelism,
         )
@@ -197,8 +194,7 @@ def _starting_in(code_root: str | Path):
     (sbatch's working directory; a local job is a child process), and ``python -m`` puts that
     directory first on sys.path, before PYTHONPATH; started in the checkout, it would import the
     checkout's code."""
-    pythonpath = os.pathsep.join(p for p in (str(code_root), os.environ.get("PYTHONPATH", "")) if p)
-    with contextlib.chdir(code_root), environment_variables(PYTHONPATH=pythonpath):
+    with contextlib.chdir(code_root), environment_variables(PYTHONPATH=code_pythonpath(code_root)):
         yield
 
 

@@ -26,8 +26,9 @@ FAMILIES = {
 
 
 def run_script(name: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(BENCHMARKS / name), *args], capture_output=True, text=True,
-                          timeout=300)
+    """``python -m benchmarks.<name>`` from the repository root, as the README runs them."""
+    return subprocess.run([sys.executable, "-m", f"benchmarks.{Path(name).stem}", *args], cwd=BENCHMARKS.parent,
+                          capture_output=True, text=True, timeout=300)
 
 
 def family_args(name: str) -> list[str]:

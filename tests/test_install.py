@@ -6,8 +6,8 @@ from a temporary folder with nothing of the checkout on sys.path); ``configs/dem
 the install; the top-level names (``core``, ``data``, ...) are importable only inside framecast; and a
 job submitted by the installed command runs a snapshot of the installed code. It installs with
 ``--no-deps`` into a fresh virtualenv that borrows this environment's packages (torch, h5py, ...)
-through a ``.pth`` line, which keeps it to about half a minute: a full ``pip install .`` (every
-dependency from the local wheels, torch included) took 66 s on 2 busy cores and is the opt-in
+through a ``.pth`` line, which keeps it short: a full ``pip install .`` (every dependency from the
+local wheels, torch included) takes minutes and is the opt-in
 ``FRAMECAST_FULL_INSTALL_TEST=1`` test below, which also proves pip resolves the pinned torch.
 """
 from __future__ import annotations
