@@ -124,3 +124,22 @@ def test_mask_hand_off_round_trips_through_palette_pngs(trained, tmp_path):
             image = Image.open(tmp_path / "png" / video / f"mask_{number}.png")
             assert image.mode == "P"  # coloured by its palette, the pixel values are the class ids
             np.testing.assert_array_equal(np.array(image), masks[row, column])
+
+
+def test_main_py_segment_writes_the_hand_off(trained, tmp_path):
+    import subprocess
+    import sys
+
+    from core.config import save_config
+
+    _, cfg = trained
+    config_file = tmp_path / "routes.yaml"
+    save_config(cfg(), config_file)
+    out = tmp_path / "copy.npy"
+    done = subprocess.run([sys.executable, "main.py", "segment", "--config", str(config_file), "--route", "copy_last",
+                           "--split", "hidden", "--out", str(out)],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"wrote {out}" in done.stdout
+    masks, index = load_masks(out)
+    assert masks.shape == (3, 32, 48) and index["route"] == "copy_last"
