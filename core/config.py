@@ -203,6 +203,11 @@ class SegmentConfig:
     # train.task=masks), "joint" segments the frames of a forecaster fine-tuned with the segmenter's
     # loss (train.task=joint), "copy_last" segments the last input frame (the baseline).
     route: Literal["frames", "masks", "joint", "copy_last"] = "frames"
+    # How the masks route turns forecast class maps into a mask: "foreground" keeps a pixel background
+    # only where the background map outweighs all objects' together, else the likeliest object (a
+    # forecast that spreads an object over the pixels it may reach still marks it: better far ahead,
+    # benchmarks/RESULTS.md "Routes"); "argmax" the likeliest class (background wins any doubt).
+    decode: Literal["foreground", "argmax"] = "foreground"
     # The route's forecaster checkpoint; empty = that route's run: frames <run>/best.pt, masks
     # <run>/masks/best.pt, joint <run>/joint/best.pt.
     forecaster: str = ""

@@ -143,3 +143,14 @@ def test_main_py_segment_writes_the_hand_off(trained, tmp_path):
     assert f"wrote {out}" in done.stdout
     masks, index = load_masks(out)
     assert masks.shape == (3, 32, 48) and index["route"] == "copy_last"
+
+
+def test_foreground_decoding_marks_an_object_whose_mass_is_spread():
+    from training.routes import decode_maps
+
+    # One pixel: background 0.4, two object classes 0.35 and 0.25. argmax says background; together
+    # the objects outweigh it, so foreground decoding says the likelier object.
+    maps = torch.tensor([0.4, 0.35, 0.25]).view(1, 1, 3, 1, 1)
+    assert decode_maps(maps, "argmax").item() == 0 and decode_maps(maps, "foreground").item() == 1
+    clear = torch.tensor([0.7, 0.2, 0.1]).view(1, 1, 3, 1, 1)
+    assert decode_maps(clear, "foreground").item() == 0

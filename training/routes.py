@@ -44,6 +44,7 @@ class MaskRoute:
         self.forecaster = None
         self.forecaster_path: Path | None = None
         self.t_in, self.t_out = cfg.data.t_in, cfg.data.t_out
+        self.decode = cfg.segment.decode
         if route != "copy_last":
             self.forecaster_path = route_forecaster_path(cfg, route)
             task = {"frames": "forecast", "joint": "joint", "masks": "masks"}[route]
@@ -74,8 +75,8 @@ class MaskRoute:
             seen = segment(self.segmenter, inputs, self.precision)  # (B, t_in, H, W)
             maps = F.one_hot(seen, self.num_classes).permute(0, 1, 4, 2, 3).float()  # (B, t_in, K, H, W)
             with self.precision.autocast():
-                future = self.forecaster(maps)  # (B, t_out, K, H, W)
-            return future.argmax(2)
+                future = self.forecaster(maps).float()  # (B, t_out, K, H, W)
+            return decode_maps(future, self.decode)
         with self.precision.autocast():
             frames = self.forecaster(inputs).float()  # (B, t_out, C, H, W)
         return segment(self.segmenter, frames, self.precision)
@@ -84,6 +85,20 @@ class MaskRoute:
     def oracle(self, targets: torch.Tensor) -> torch.Tensor:
         """The true future frames segmented: float (B, t_out, C, H, W) -> class ids (B, t_out, H, W)."""
         return segment(self.segmenter, targets, self.precision)
+
+
+def decode_maps(maps: torch.Tensor, how: str) -> torch.Tensor:
+    """Forecast class maps float (B, T, K, H, W) -> class ids (B, T, H, W) (``segment.decode``).
+
+    ``argmax``: the likeliest class. ``foreground``: background (class 0) only where its map is at
+    least the objects' maps together (clipped to [0, 1]), else the likeliest object class.
+    """
+    if how == "argmax":
+        return maps.argmax(2)
+    maps = maps.clamp(0, 1)
+    objects = maps[:, :, 1:]
+    likeliest = objects.argmax(2) + 1  # (B, T, H, W)
+    return torch.where(objects.sum(2) > maps[:, :, 0], likeliest, torch.zeros_like(likeliest))
 
 
 def _existing(path: Path, what: str, task: str) -> Path:
