@@ -26,7 +26,7 @@ from pathlib import Path
 
 
 # First, before torch: see its note on platform.uname and the children's peak RSS.
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     add_model_arguments,
     arithmetic,
     build_config,
@@ -44,12 +44,12 @@ from benchmarks.common import (  # noqa: E402
     throughput,
 )
 
-import torch  # noqa: E402
+import torch
 
-from core.distributed import pick_device  # noqa: E402
-from core.errors import FramecastError  # noqa: E402
-from core.precision import Precision  # noqa: E402
-from models import build_model, count_parameters  # noqa: E402
+from core.distributed import pick_device
+from core.errors import FramecastError
+from core.precision import Precision
+from models import build_model, count_parameters
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -83,7 +83,7 @@ from typing import Callable
 
 
 # First, before torch: see its note on platform.uname and the children's peak RSS.
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     PRESETS,
     SavedActivations,
     arithmetic,
@@ -96,16 +96,16 @@ from benchmarks.common import (  # noqa: E402
     setting,
 )
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
-from core.distributed import pick_device  # noqa: E402
-from core.errors import FramecastError  # noqa: E402
-from data.datasets import to_model_input  # noqa: E402
-from models import count_parameters  # noqa: E402
-from training.step import build_optimizer, split_video  # noqa: E402
+from core.distributed import pick_device
+from core.errors import FramecastError
+from data.datasets import to_model_input
+from models import count_parameters
+from training.step import build_optimizer, split_video
 
 GEOMETRY = PRESETS["mmnist"]  # 64x64 grey, 10 -> 10: every peer's Moving-MNIST configuration
 FRAMES = GEOMETRY.t_in + GEOMETRY.t_out

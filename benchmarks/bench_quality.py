@@ -51,16 +51,16 @@ from pathlib import Path
 
 
 # First, before torch: see its note on platform.uname and the children's peak RSS.
-from benchmarks.common import PRESETS, Preset, build_config, model_description, setting  # noqa: E402
+from benchmarks.common import PRESETS, Preset, build_config, model_description, setting
 
-import torch  # noqa: E402
+import torch
 
-from core.atomic import write_json_atomic  # noqa: E402
-from core.families import family_names  # noqa: E402
-from core.errors import FramecastError  # noqa: E402
-from data.pack import pack_dataset  # noqa: E402
-from data.sources import open_split  # noqa: E402
-from training.metrics import METRICS_NAME, read_metrics  # noqa: E402
+from core.atomic import write_json_atomic
+from core.families import family_names
+from core.errors import FramecastError
+from data.pack import pack_dataset
+from data.sources import open_split
+from training.metrics import METRICS_NAME, read_metrics
 
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"  # dpkg -L dataset-fashion-mnist
 STAMP_NAME = "bench_quality.json"  # what generated a data folder, so a reuse can check it fits

@@ -35,7 +35,7 @@ from pathlib import Path
 
 
 # First, before torch: see its note on platform.uname and the children's peak RSS.
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     SavedActivations,
     add_model_arguments,
     arithmetic,
@@ -53,12 +53,12 @@ from benchmarks.common import (  # noqa: E402
     throughput,
 )
 
-import torch  # noqa: E402
+import torch
 
-from core.config import DataConfig  # noqa: E402
-from core.distributed import pick_device  # noqa: E402
-from core.errors import FramecastError  # noqa: E402
-from models import count_parameters  # noqa: E402
+from core.config import DataConfig
+from core.distributed import pick_device
+from core.errors import FramecastError
+from models import count_parameters
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

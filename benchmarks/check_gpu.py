@@ -27,17 +27,17 @@ import sys
 from pathlib import Path
 
 
-from benchmarks.common import PRESETS, random_videos  # noqa: E402  (first, before torch: see its note)
+from benchmarks.common import PRESETS, random_videos  (first, before torch: see its note)
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.nn.functional as F
 
-from core.config import Config, load_config  # noqa: E402
-from core.errors import FramecastError  # noqa: E402
-from core.precision import Precision  # noqa: E402
-from data.datasets import to_model_input  # noqa: E402
-from models import TrainingForward, build_model  # noqa: E402
-from training.step import split_video  # noqa: E402
+from core.config import Config, load_config
+from core.errors import FramecastError
+from core.precision import Precision
+from data.datasets import to_model_input
+from models import TrainingForward, build_model
+from training.step import split_video
 
 # Largest relative error accepted per arithmetic (output, gradient and loss alike) ...
 TOLERANCE = {"fp32": 5e-3, "bf16": 5e-2}

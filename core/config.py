@@ -31,7 +31,8 @@ class DataConfig:
     root: str = "datasets/shapes"
     # Folder of <split>.h5 packs made by `main.py pack`; empty means <root>/packed.
     pack_dir: str = ""
-    # Where frames are read from: "h5" packs, "png" folders, or "auto" (a pack when one exists).
+    # Where frames are read from: "h5" packs, "png" folders, or "auto" (a pack when one exists, refused
+    # when the split's PNG folders have changed since packing; "h5" trusts the pack unchecked).
     source: Literal["auto", "h5", "png"] = "auto"
     train_splits: list[str] = field(default_factory=lambda: ["train", "unlabeled"])
     val_split: str = "val"
@@ -55,6 +56,9 @@ class DataConfig:
     def check(self, where: str) -> None:
         check_positive(where, t_in=self.t_in, t_out=self.t_out, prefetch_factor=self.prefetch_factor)
         check_at_least(where, 0, num_workers=self.num_workers)
+        repeated = sorted({s for s in self.train_splits if self.train_splits.count(s) > 1})
+        if repeated:  # one split twice would weight its videos double without a word
+            raise FramecastError(f"{where}.train_splits lists {', '.join(repeated)} more than once: {self.train_splits}")
         self.check_num_classes(f"{where}.num_classes", self.num_classes)
 
     @staticmethod
@@ -305,10 +309,10 @@ class PredictConfig:
     # One checkpoint (empty means runs/<run.name>/best.pt), or an ensemble: a glob
     # ("runs/sweep/*/best.pt", matches in sorted order) or a list of paths and globs, whose members'
     # outputs are averaged (training/inference.py resolves it; an ensemble's outputs default to
-    # <split>.ensemble.npy, so they never replace a member's own).
+    # <run.out_dir>/ensembles/<name>/, so they never replace a member's own: core/outputs.py).
     checkpoint: str | list[str] = ""
     split: str = "hidden"
-    out: str = ""  # empty means <run.out_dir>/<run.name>/preds/<split>.npy (<split>.ensemble.npy)
+    out: str = ""  # empty means <run.out_dir>/<run.name>/preds/<split>.npy (an ensemble: core/outputs.py)
     batch_size: int = 8
     shards: int = 1  # >1 splits prediction into a Slurm job array, merged before conversion
     # Also write <out stem>.std.npy: the per-pixel standard deviation across the ensemble's members of
@@ -631,7 +635,7 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
         if not sep or not key:
             raise FramecastError(f"override {item!r}: expected key.sub=value")
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = _load_yaml(raw) if raw != "" else ""
         except yaml.YAMLError as exc:
             raise FramecastError(f"override {item!r}: value is not valid YAML ({_yaml_problem(exc)})") from None
         parts = key.split(".")
@@ -653,6 +657,30 @@ def _validate(cfg: Config) -> Config:
 
     check_path_settings(cfg)  # the ${VAR} syntax only: variables are looked up where the path is used
     return cfg
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key written twice in one mapping is an error: plain PyYAML
+    keeps the last silently (``lr: 0.1`` then ``lr: 0.2``), so an edit could be overridden unseen."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # ``<<: *base`` keys may be overridden on purpose
+            key = self.construct_object(key_node, deep=True)
+            try:
+                if key in first:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} given twice (first at line {first[key] + 1})", key_node.start_mark)
+                first[key] = key_node.start_mark.line
+            except TypeError:
+                continue  # an unhashable key: the base class reports it
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
@@ -690,7 +718,12 @@ def _read_config_file(file: Path, chain: tuple[Path, ...] = ()) -> dict:
         cycle = " -> ".join(str(p) for p in (*chain, file.resolve()))
         raise FramecastError(f"{file}: config files name each other as base in a cycle ({cycle})")
     try:
-        loaded = yaml.safe_load(file.read_text())
+        loaded = _load_yaml(file.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise FramecastError(f"{file}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                             "a config file is YAML saved as UTF-8") from None
+    except OSError as exc:
+        raise FramecastError(f"{file}: cannot read ({exc.strerror or exc})") from None
     except yaml.YAMLError as exc:
         raise FramecastError(f"{file}: not valid YAML ({_yaml_problem(exc)})") from None
     if loaded is not None and not isinstance(loaded, dict):

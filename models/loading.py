@@ -109,3 +109,10 @@ def load_any(path: str | Path, device: str | torch.device = "cpu") -> tuple[Any,
     if state.get("config", {}).get("train", {}).get("task") == "segment":
         return load_segmenter(path, device)
     return load_model(path, device)
+
+
+def inspect_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> str:
+    """What ``framecast inspect`` (and load_model.py) print: the model rebuilt from ``path`` (a
+    forecaster or a segmenter), described."""
+    model, cfg, state = load_any(path, device)
+    return describe(path, model, cfg, state)

@@ -121,8 +121,8 @@ def test_bench_train_refuses_what_a_family_does_not_have():
         bench_train.main(["--device", "cpu", "--family", "simvp", "model.simvp.hidden_channels=[8]"])
 
 
-# Published sizes of the Moving-MNIST configurations (OpenSTL, 10 -> 10 at 64x64; shared README section
-# 6): parameters, and forward "FLOPs" per video, which OpenSTL counts as multiply-accumulates.
+# Published sizes of the Moving-MNIST configurations (OpenSTL's benchmark table, 10 -> 10 at 64x64):
+# parameters, and forward "FLOPs" per video, which OpenSTL counts as multiply-accumulates.
 PUBLISHED = {"predrnn": (23.9e6, 117e9), "simvp": (46.8e6, 16.5e9), "tau": (44.7e6, 16.0e9), "convlstm": (None, 56.8e9)}
 
 

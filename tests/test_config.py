@@ -57,6 +57,8 @@ def test_override_wins_over_file(tmp_path):
         ("data.num_workers=-2", "data.num_workers"),
         ("run.name=../elsewhere", "run.name"),
         ("run.name=a/b", "run.name"),
+        ("data.train_splits=[train,val,train]", "data.train_splits lists train more than once"),
+        ("train.betas={a: 1, a: 2}", "key 'a' given twice"),
     ],
 )
 def test_bad_settings_name_the_setting(override, fragment):
@@ -127,6 +129,27 @@ def test_yaml_syntax_error_is_one_line_naming_the_file(tmp_path):
         load_config(bad)
     message = str(info.value)
     assert message.startswith(f"{bad}: not valid YAML") and "\n" not in message and "line" in message
+
+
+def test_a_key_written_twice_is_one_line_naming_the_key_and_its_lines(tmp_path):
+    file = tmp_path / "dup.yaml"
+    file.write_text("train:\n  lr: 0.1\n  epochs: 3\n  lr: 0.2\n")
+    with pytest.raises(FramecastError) as info:
+        load_config(file)
+    assert str(info.value) == f"{file}: not valid YAML (key 'lr' given twice (first at line 2) at line 4, column 3)"
+    file.write_text("shared: &b {lr: 0.1}\ntrain:\n  <<: *b\n  lr: 0.2\n")  # a merge key may be overridden
+    with pytest.raises(FramecastError, match="unknown setting shared"):
+        load_config(file)
+
+
+@pytest.mark.parametrize("content, byte", [("train:\n  lr: 0.1  # caf\xe9\n".encode("latin-1"), "0xe9"),
+                                           (bytes(range(256)) * 4, "0x80")])
+def test_a_config_that_is_not_utf8_text_is_one_line_naming_the_file(tmp_path, content, byte):
+    file = tmp_path / "c.yaml"
+    file.write_bytes(content)
+    with pytest.raises(FramecastError) as info:
+        load_config(file)
+    assert str(info.value).startswith(f"{file}: not UTF-8 text (byte {byte}") and "\n" not in str(info.value)
 
 
 def test_yaml_off_is_the_choice_off(tmp_path):

@@ -182,3 +182,14 @@ def test_skip_bad_leaves_out_a_video_with_a_bad_mask(split_copy, tmp_path):
     with h5py.File(out, "r") as h5:
         assert list(h5["names"].asstr()[()]) == ["video_0", "video_2", "video_3", "video_4"]
         np.testing.assert_array_equal(h5["masks"][1], np.load(split_copy / "video_2" / "mask.npy"))
+
+
+def test_a_changed_mask_makes_the_pack_stale(split_copy, tmp_path):
+    from data.pack import video_stamp
+
+    before = video_stamp(split_copy / "video_2")
+    mask_file = split_copy / "video_2" / "mask.npy"
+    mask = np.load(mask_file)
+    mask[0, 0, 0] = 1 - min(mask[0, 0, 0], 1)
+    np.save(mask_file, mask)
+    assert video_stamp(split_copy / "video_2") != before
