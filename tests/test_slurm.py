@@ -407,7 +407,7 @@ def test_training_job_past_its_time_limit_is_requeued_until_done_and_redoes_at_m
 def test_mask_pipeline_on_slurm_trains_the_segmenter_beside_and_hands_off_masks(data_root, tmp_path, cleanup):
     """segment.pipeline: the segmenter trains beside the forecaster (no dependency), segment after
     both, convert after predict and segment (mask PNGs beside the frames), evaluate scores the routes."""
-    values = tiny_config(data_root, tmp_path / "runs", "masks",
+    values = tiny_job_values(data_root, tmp_path / "runs", "masks",
                          segment={"pipeline": True, "route": "frames", "base_channels": 8, "levels": 2,
                                   "norm_groups": 4, "frames_per_video": 2},
                          evaluate={"routes": ["frames"]}, data={"num_classes": 25})
