@@ -113,6 +113,7 @@ def cmd_pack(args: argparse.Namespace) -> None:
     written = pack_dataset(
         Path(args.data), out_dir=Path(args.out) if args.out else None, splits=args.split or None,
         workers=args.workers, compression=args.compression, skip_bad=args.skip_bad,
+        **({} if args.num_classes is None else {"num_classes": args.num_classes}),
     )
     for path in written:
         print(f"wrote {path}")
@@ -340,6 +341,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
     p.add_argument("--compression", choices=["none", "gzip", "lzf"], default="none")
     p.add_argument("--skip-bad", action="store_true", help="skip and record bad videos instead of stopping")
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="mask.npy class ids must be below this (default: data.num_classes' default)")
     p.set_defaults(func=cmd_pack)
 
     for stage in registry.stages():

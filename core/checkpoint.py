@@ -125,12 +125,24 @@ def upgrade_v1(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def model_settings(config: dict[str, Any]) -> dict[str, Any]:
-    """What fixes a model's architecture, from a config dict: family, its section, channels, frames."""
+    """What fixes a model's architecture, from a config dict: family, its section, channels, frames
+    (a segmenter: its section's architecture, channels and classes)."""
     model = config["model"]
+    if config.get("train", {}).get("task") == "segment":
+        return {"train.task": "segment", "model.in_channels": model["in_channels"],
+                **{f"segment.{k}": v for k, v in config["segment"].items() if k in SEGMENTER_ARCHITECTURE},
+                "data.num_classes": config["data"]["num_classes"]}
     family = model["family"]
-    return {"model.family": family, "model.in_channels": model["in_channels"],
+    # A joint run's model is a frame forecaster like any other; a masks run's reads class maps.
+    task = "masks" if config.get("train", {}).get("task") == "masks" else "forecast"
+    classes = {"data.num_classes": config["data"]["num_classes"]} if task == "masks" else {}
+    return {"train.task": task, **classes, "model.family": family, "model.in_channels": model["in_channels"],
             **{f"model.{family}.{k}": v for k, v in model[family].items()},
             "data.t_in": config["data"]["t_in"], "data.t_out": config["data"]["t_out"]}
+
+
+# The segment settings that shape its weights (the rest say how it trains).
+SEGMENTER_ARCHITECTURE = ("base_channels", "levels", "norm_groups")
 
 
 def check_same_model(path: str | Path, saved_config: dict[str, Any], wanted_config: dict[str, Any], fix: str) -> None:

@@ -19,6 +19,12 @@ import yaml
 from core.errors import FramecastError
 
 
+# The routes to a future mask that use a forecaster (segment.route adds copy_last, the baseline).
+MASK_ROUTES = ("frames", "masks", "joint")
+# Masks are stored as uint8 class ids.
+MAX_CLASSES = 256
+
+
 @dataclass
 class DataConfig:
     # Folder holding the split folders train/, val/, unlabeled/, hidden/ of video_<n>/image_<k>.png.
@@ -43,6 +49,9 @@ class DataConfig:
     # size and checksum, reused by later jobs while valid; data/staging.py), e.g. ${SLURM_TMPDIR};
     # empty = read the packs where they are.
     stage_to: str = ""
+    # Classes of the labeled videos' mask.npy, background (0) included: every class id is below it.
+    # 49 as the reference layout (background + shape x material x colour); stored as uint8, so <= 256.
+    num_classes: int = 49
 
     def check(self, where: str) -> None:
         check_positive(where, t_in=self.t_in, t_out=self.t_out, prefetch_factor=self.prefetch_factor)
@@ -50,6 +59,13 @@ class DataConfig:
         repeated = sorted({s for s in self.train_splits if self.train_splits.count(s) > 1})
         if repeated:  # one split twice would weight its videos double without a word
             raise FramecastError(f"{where}.train_splits lists {', '.join(repeated)} more than once: {self.train_splits}")
+        self.check_num_classes(f"{where}.num_classes", self.num_classes)
+
+    @staticmethod
+    def check_num_classes(name: str, value: int) -> None:
+        """2..256: a background and at least one class, and ids that fit the uint8 masks."""
+        if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= MAX_CLASSES:
+            raise FramecastError(f"{name} must be a whole number from 2 to {MAX_CLASSES}, got {value!r}")
 
 
 # ----------------------------------------------------------------------------- checks every section uses
@@ -104,8 +120,9 @@ class _ModelSections:
                                  f" (a family declared outside framecast: name its module in {where}.plugins)")
         if self.size not in SIZES:
             raise FramecastError(f"{where}.size: {self.size!r} is not one of {', '.join(repr(s) for s in SIZES)}")
-        if self.in_channels not in (1, 3):
-            raise FramecastError(f"{where}.in_channels must be 1 (grey) or 3 (RGB), got {self.in_channels}")
+        if isinstance(self.in_channels, bool) or self.in_channels < 1:
+            raise FramecastError(f"{where}.in_channels must be >= 1 (1 grey, 3 RGB, any count of maps), "
+                                 f"got {self.in_channels}")
         for name in names:
             getattr(self, name).check(f"{where}.{name}")
 
@@ -170,7 +187,68 @@ def __getattr__(name: str) -> Any:
 
 
 @dataclass
+class SegmentConfig:
+    """The segmenter: a UNet from one frame to per-pixel class logits (``data.num_classes``), trained
+    with cross-entropy on the labeled videos' masks when ``train.task`` is ``segment``. Not a
+    forecasting family: it maps a frame to its mask, and the routes to a future mask use it."""
+
+    base_channels: int = 32  # channels at full resolution; each level down doubles them
+    levels: int = 3  # downsamplings (frame sides must be divisible by 2 ** levels)
+    norm_groups: int = 8  # GroupNorm groups in every conv block; 0 disables it
+    # Splits it trains on: labeled ones (their videos carry mask.npy), unlike the forecaster's.
+    train_splits: list[str] = field(default_factory=lambda: ["train"])
+    # Frames of each training window segmented per step (chosen evenly, rotating with the step, so
+    # every frame is seen and resume stays exact); fewer than the window's frames keeps steps cheap.
+    frames_per_video: int = 4
+    # The segmenter's checkpoint the routes use; empty = <run.out_dir>/<run.name>/segmenter/best.pt.
+    checkpoint: str = ""
+    # How `main.py segment` gets the future mask: "frames" segments the frames a forecaster predicted,
+    # "masks" forecasts the segmented input frames' class maps (a forecaster trained with
+    # train.task=masks), "joint" segments the frames of a forecaster fine-tuned with the segmenter's
+    # loss (train.task=joint), "copy_last" segments the last input frame (the baseline).
+    route: Literal["frames", "masks", "joint", "copy_last"] = "frames"
+    # How the masks route turns forecast class maps into a mask: "foreground" keeps a pixel background
+    # only where the background map outweighs all objects' together, else the likeliest object (a
+    # forecast that spreads an object over the pixels it may reach still marks it: better far ahead,
+    # benchmarks/RESULTS.md "Routes"); "argmax" the likeliest class (background wins any doubt).
+    decode: Literal["foreground", "argmax"] = "foreground"
+    # The route's forecaster checkpoint; empty = that route's run: frames <run>/best.pt, masks
+    # <run>/masks/best.pt, joint <run>/joint/best.pt.
+    forecaster: str = ""
+    # Which future frame the hand-off holds: 0 = the last (frame 22 of the reference layout), k = the
+    # k-th after the inputs; all_frames writes every future frame, (N, T, H, W) instead of (N, H, W).
+    lead_time: int = 0
+    all_frames: bool = False
+    # The hand-off .npy; empty = <run_dir>/seg/<predict.split>.<route>.npy (its index beside it).
+    out: str = ""
+    # train.task=joint: weight of the frozen segmenter's cross-entropy on the predicted frames (against
+    # the true future masks), added to the frame loss, so the forecaster keeps what the mask needs.
+    joint_weight: float = 0.1
+    # train.task=joint starts from this forecaster's weights; empty = <run_dir>/best.pt.
+    joint_from: str = ""
+    # `submit pipeline` (and the demo) also train the segmenter and the routes' models (segment.route
+    # and evaluate.routes), hand off the masks (segment stage) and write them as PNGs.
+    pipeline: bool = False
+
+    def check(self, where: str) -> None:
+        check_positive(where, base_channels=self.base_channels, levels=self.levels,
+                        frames_per_video=self.frames_per_video)
+        check_at_least(where, 0, norm_groups=self.norm_groups)
+        if self.norm_groups and self.base_channels % self.norm_groups:
+            raise FramecastError(f"{where}.norm_groups={self.norm_groups} must divide "
+                                 f"{where}.base_channels={self.base_channels}")
+        if not self.train_splits:
+            raise FramecastError(f"{where}.train_splits is empty: name at least one labeled split")
+        check_at_least(where, 0, lead_time=self.lead_time, joint_weight=self.joint_weight)
+
+
+@dataclass
 class TrainConfig:
+    # What the run trains: "forecast" a model.family forecaster (frames -> future frames); "segment"
+    # the segment section's segmenter (a frame -> its class mask), in <run_dir>/segmenter/; "masks" a
+    # model.family forecaster of one-hot class maps (data.num_classes channels), in <run_dir>/masks/;
+    # "joint" a forecaster fine-tuned with the segmenter's loss on its frames, in <run_dir>/joint/.
+    task: Literal["forecast", "segment", "masks", "joint"] = "forecast"
     epochs: int = 50
     batch_size: int = 4  # per process
     # adam / adamw (betas below), rmsprop (rho, momentum), adadelta (rho; its steps are scaled by lr,
@@ -306,12 +384,19 @@ class EvaluateConfig:
     # openstl = the same with data range 2, as OpenSTL's published tables computed it. Training's
     # validation scores (TensorBoard, W&B) and compare use it too, so figures set side by side agree.
     ssim: Literal["gaussian", "skimage", "openstl"] = "gaussian"
+    # Mask routes (frames, masks, joint) whose future masks are scored too, by Jaccard per lead time
+    # and of segment.lead_time's frame, against copy-last and the oracle (masks_report.json); their
+    # checkpoints are the segment section's. Empty: frames only.
+    routes: list[str] = field(default_factory=list)
 
     def check(self, where: str) -> None:
         check_at_least(where, 0, max_videos=self.max_videos, samples=self.samples, skip_videos=self.skip_videos)
         check_positive(where, rank_pixels_per_video=self.rank_pixels_per_video)
         if not 0 < self.large_error_fraction < 1:
             raise FramecastError(f"{where}.large_error_fraction must be in (0, 1), got {self.large_error_fraction}")
+        for route in self.routes:
+            if route not in MASK_ROUTES:
+                raise FramecastError(f"{where}.routes: {route!r} is not one of {', '.join(MASK_ROUTES)}")
         if not 0 < self.f1_threshold < 1:
             raise FramecastError(f"{where}.f1_threshold must be in (0, 1), got {self.f1_threshold}")
 
@@ -494,11 +579,16 @@ class RunConfig:
                 raise FramecastError(f"{where}.hparams: {key!r} is not a dotted setting such as train.lr")
 
 
+# The folder inside <run.out_dir>/<run.name> each train.task trains into (one config, several runs).
+TASK_DIRS = {"forecast": "", "segment": "segmenter", "masks": "masks", "joint": "joint"}
+
+
 @dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=lambda: model_config_class()())
+    segment: SegmentConfig = field(default_factory=SegmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
     convert: ConvertConfig = field(default_factory=ConvertConfig)
@@ -511,6 +601,14 @@ class Config:
     @property
     def run_dir(self) -> Path:
         """``<run.out_dir>/<run.name>``, ``${VAR}`` in run.out_dir expanded here (core/paths.py)."""
+        from core.paths import expand
+
+        base = Path(expand("run.out_dir", self.run.out_dir)) / self.run.name
+        return base / TASK_DIRS[self.train.task] if TASK_DIRS[self.train.task] else base
+
+    @property
+    def base_run_dir(self) -> Path:
+        """``<run.out_dir>/<run.name>``: the forecaster's folder, holding the other tasks' runs."""
         from core.paths import expand
 
         return Path(expand("run.out_dir", self.run.out_dir)) / self.run.name

@@ -27,6 +27,9 @@ REPORT_NAME = "report.json"
 PLOT_NAME = "metrics_vs_lead_time.png"
 STRIP_NAME = "samples.png"
 GIF_NAME = "samples.gif"
+MASKS_REPORT_NAME = "masks_report.json"  # evaluate.routes: Jaccard of each route vs copy-last and oracle
+MASKS_PLOT_NAME = "masks_vs_lead_time.png"
+MASKS_STRIP_NAME = "masks_samples.png"
 
 # calibrate: the fitted interval, by default in the run folder.
 CALIBRATION_NAME = "calibration.pt"
@@ -96,3 +99,46 @@ def eval_dir(cfg: Config, split: str | None = None) -> Path:
     if cfg.evaluate.out:
         return Path(cfg.evaluate.out)
     return output_dir(cfg) / "eval" / Path(split or cfg.evaluate.split or cfg.data.val_split).stem
+
+
+
+# The segmentation routes: each task's run folder inside <run.out_dir>/<run.name> (core.config.TASK_DIRS).
+ROUTE_TASKS = {"frames": "forecast", "masks": "masks", "joint": "joint"}
+MASKS_DIR = "seg"  # <run_dir>/seg/<split>.<route>.npy: the mask hand-off
+
+
+def segmenter_path(cfg: Config) -> Path:
+    """``segment.checkpoint``, or ``<run.out_dir>/<run.name>/segmenter/best.pt``."""
+    from core.config import TASK_DIRS
+
+    if cfg.segment.checkpoint:
+        return Path(cfg.segment.checkpoint)
+    return cfg.base_run_dir / TASK_DIRS["segment"] / "best.pt"
+
+
+def route_forecaster_path(cfg: Config, route: str) -> Path:
+    """The forecaster a route runs: ``segment.forecaster`` for the configured route, else the route's
+    own run's ``best.pt`` (frames: the forecaster's, masks: ``masks/``, joint: ``joint/``)."""
+    from core.config import TASK_DIRS
+
+    if cfg.segment.forecaster and route == cfg.segment.route:
+        return Path(cfg.segment.forecaster)
+    folder = TASK_DIRS[ROUTE_TASKS[route]]
+    return (cfg.base_run_dir / folder if folder else cfg.base_run_dir) / "best.pt"
+
+
+def joint_start_path(cfg: Config) -> Path:
+    """``segment.joint_from``, or the forecaster's ``<run.out_dir>/<run.name>/best.pt``."""
+    return Path(cfg.segment.joint_from) if cfg.segment.joint_from else cfg.base_run_dir / "best.pt"
+
+
+def masks_path(cfg: Config) -> Path:
+    """``segment.out``, or ``<run_dir>/seg/<predict.split>.<segment.route>.npy``."""
+    if cfg.segment.out:
+        return Path(cfg.segment.out)
+    return cfg.base_run_dir / MASKS_DIR / f"{Path(cfg.predict.split).stem}.{cfg.segment.route}.npy"
+
+
+def index_path_for_masks(npy: Path) -> Path:
+    """The index beside a mask hand-off (as beside a prediction: the .npy path with .json)."""
+    return Path(npy).with_suffix(".json")

@@ -32,10 +32,18 @@ class VideoWindowDataset(Dataset):
     """
 
     def __init__(self, sources: VideoSource | Sequence[VideoSource], t_in: int, t_out: int,
-                 all_windows: bool = False, from_end: bool = False):
+                 all_windows: bool = False, from_end: bool = False, masks: bool = False, one_hot: int = 0):
         self.sources = [sources] if isinstance(sources, VideoSource) else list(sources)
         if not self.sources:
             raise FramecastError("no video sources given to the dataset (check data.train_splits)")
+        # ``masks``: a sample is (frames, class masks uint8 (t_in + t_out, H, W)) of the same window.
+        # ``one_hot`` = K > 0: a sample is the masks alone as one-hot maps uint8 (T, H, W, K) of 0 / 255,
+        # "frames" of K channels to a forecaster of class maps (train.task=masks).
+        self.masks, self.one_hot = masks or one_hot > 0, one_hot
+        for source in self.sources if masks else ():
+            if not source.has_masks:
+                raise FramecastError(f"{source.describe()}: holds no masks (mask.npy per video), but they are "
+                                     "needed here; use labeled splits only")
         if t_in < 1 or t_out < 0:
             raise FramecastError(f"t_in must be >= 1 and t_out >= 0 (got {t_in}, {t_out})")
         self.t_in, self.t_out = t_in, t_out
@@ -61,6 +69,8 @@ class VideoWindowDataset(Dataset):
 
     @property
     def frame_shape(self) -> tuple[int, int, int]:
+        if self.one_hot:
+            return (*self.sources[0].frame_shape[:2], self.one_hot)
         return self.sources[0].frame_shape
 
     def __len__(self) -> int:
@@ -76,14 +86,25 @@ class VideoWindowDataset(Dataset):
         video, start = divmod(index - self.offsets[k], self.windows_per_video[k])
         return k, video, start + self.first_start[k]
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, index: int) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         k, video, start = self.locate(index)
+        if self.one_hot:
+            mask = self.sources[k].read_masks(video, start, start + self.length)  # (T, H, W) uint8
+            return torch.from_numpy(one_hot_maps(mask, self.one_hot))
         window = self.sources[k].read(video, start, start + self.length)  # (t_in + t_out, H, W, C) uint8
+        if self.masks:
+            mask = self.sources[k].read_masks(video, start, start + self.length)  # (t_in + t_out, H, W) uint8
+            return torch.from_numpy(window), torch.from_numpy(np.ascontiguousarray(mask))
         return torch.from_numpy(window)
 
     def video_name(self, index: int) -> str:
         k, video, _ = self.locate(index)
         return self.sources[k].names[video]
+
+
+def one_hot_maps(mask: np.ndarray, num_classes: int) -> np.ndarray:
+    """Class ids uint8 (..., H, W) -> one-hot uint8 (..., H, W, num_classes) of 0 / 255 (1.0 as a frame)."""
+    return (mask[..., None] == np.arange(num_classes, dtype=mask.dtype)).astype(np.uint8) * np.uint8(255)
 
 
 def _ignore_job_signals(worker_id: int) -> None:
@@ -246,9 +267,9 @@ def to_model_input(batch_uint8: torch.Tensor, device: torch.device | str, channe
     return x.float().div_(255)  # .float() keeps the strides of a dense view
 
 
-def build_split_dataset(data_cfg: DataConfig, split: str) -> VideoWindowDataset:
-    """The first window of every video of ``split``: t_in inputs and t_out targets."""
-    return VideoWindowDataset(open_split(data_cfg, split), data_cfg.t_in, data_cfg.t_out)
+def build_split_dataset(data_cfg: DataConfig, split: str, masks: bool = False) -> VideoWindowDataset:
+    """The first window of every video of ``split``: t_in inputs and t_out targets (and their masks)."""
+    return VideoWindowDataset(open_split(data_cfg, split), data_cfg.t_in, data_cfg.t_out, masks=masks)
 
 
 def check_channels(dataset: VideoWindowDataset, channels: int) -> None:
@@ -262,6 +283,25 @@ def check_channels(dataset: VideoWindowDataset, channels: int) -> None:
                 f"{source.describe()}: model.in_channels=1 reads grey frames, but {source.names[0]} is in "
                 "colour (its R, G and B differ); use model.in_channels=3"
             )
+
+
+def build_segment_datasets(cfg: Config) -> tuple[VideoWindowDataset, VideoWindowDataset]:
+    """(train, val) with masks, for the segmenter: train windows from ``segment.train_splits``
+    (labeled splits), val from ``data.val_split``."""
+    data = cfg.data
+    train = VideoWindowDataset([open_split(data, s) for s in cfg.segment.train_splits], data.t_in, data.t_out,
+                               data.all_windows, masks=True)
+    return train, build_split_dataset(data, data.val_split, masks=True)
+
+
+def build_mask_map_datasets(cfg: Config) -> tuple[VideoWindowDataset, VideoWindowDataset]:
+    """(train, val) of one-hot class maps for a forecaster of masks: ``segment.train_splits`` and
+    ``data.val_split``, data.num_classes channels."""
+    data = cfg.data
+    train = VideoWindowDataset([open_split(data, s) for s in cfg.segment.train_splits], data.t_in, data.t_out,
+                               data.all_windows, one_hot=data.num_classes)
+    val = VideoWindowDataset(open_split(data, data.val_split), data.t_in, data.t_out, one_hot=data.num_classes)
+    return train, val
 
 
 def build_datasets(cfg: Config) -> tuple[VideoWindowDataset, VideoWindowDataset]:

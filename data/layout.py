@@ -152,3 +152,32 @@ def read_video(video_dir: str | os.PathLike, expected_frames: int | None = None,
     for index, path in enumerate(frames):
         read_frame(path, expected_hw, out=video[index])
     return video
+
+
+def read_mask(path: str | os.PathLike, num_frames: int, hw: tuple[int, int], num_classes: int) -> np.ndarray:
+    """A video's ``mask.npy`` as uint8 (T, H, W), validated against its frames and the class count.
+
+    Integer class ids only, each below ``num_classes`` (``data.num_classes``); anything else is one
+    line naming the file, so a bad label never trains a segmenter silently.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise FramecastError(f"{file}: mask missing (other videos of this split are labeled; every one must be)")
+    try:
+        mask = np.load(file, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise FramecastError(f"{file}: not a .npy array ({str(exc).splitlines()[0]})") from None
+    expected = (num_frames, *hw)
+    if mask.shape != expected:
+        raise FramecastError(f"{file}: mask is {mask.shape}, expected (T, H, W) = {expected} matching the frames")
+    if not (np.issubdtype(mask.dtype, np.integer) or mask.dtype == np.bool_):
+        raise FramecastError(f"{file}: mask holds {mask.dtype}, expected integer class ids")
+    if mask.size and (mask.min() < 0 or mask.max() >= num_classes):
+        bad = int(mask.max()) if mask.max() >= num_classes else int(mask.min())
+        raise FramecastError(f"{file}: class id {bad} outside 0..{num_classes - 1} (data.num_classes={num_classes})")
+    return mask.astype(np.uint8, copy=False)
+
+
+def is_labeled(videos: list[Path]) -> bool:
+    """A split is labeled when any of its videos carries ``mask.npy`` (then every one must)."""
+    return any((video / MASK_NAME).is_file() for video in videos)

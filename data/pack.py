@@ -1,4 +1,5 @@
-"""Pack a split's PNG folders into one HDF5 file: uint8 ``frames`` (N, T, H, W, 3), one video per chunk.
+"""Pack a split's PNG folders into one HDF5 file: uint8 ``frames`` (N, T, H, W, 3), one video per chunk,
+and for a labeled split (its videos carry ``mask.npy``) uint8 ``masks`` (N, T, H, W) of class ids.
 
 Worker processes decode and validate whole videos (and gzip them, when asked, so compression runs in
 parallel too); the parent only writes finished chunks, in numeric video order. At most a few videos
@@ -27,7 +28,9 @@ from tqdm import tqdm
 from core.atomic import WritebackAhead, atomic_path
 from core.errors import FramecastError
 from core.processes import die_with_parent
-from data.layout import CHANNELS, FRAME_PATTERN, SPLITS, frame_size, list_frames, list_videos, read_video
+from core.config import DataConfig
+from data.layout import (CHANNELS, FRAME_PATTERN, MASK_NAME, SPLITS, frame_size, is_labeled, list_frames,
+                         list_videos, read_mask, read_video)
 
 # 2: the pack records what it was made from (SOURCE_NAMES, SOURCE_STAMPS), so readers can tell it is stale.
 FORMAT_VERSION = 2
@@ -56,7 +59,8 @@ def pack_path(pack_dir: str | os.PathLike, split: str) -> Path:
 
 
 def video_stamp(video_dir: str | os.PathLike) -> int:
-    """A video folder's frame files as one number: a hash of each frame's name, size and mtime.
+    """A video folder's frame files (and its mask.npy) as one number: a hash of each one's name, size
+    and mtime.
 
     From directory entries only (no file is read), so checking a whole split costs one stat per frame.
     Adding, removing, rewriting or replacing a frame changes it; copying the folder without keeping
@@ -66,7 +70,7 @@ def video_stamp(video_dir: str | os.PathLike) -> int:
     entries = []
     with os.scandir(video_dir) as found:
         for entry in found:
-            if FRAME_PATTERN.fullmatch(entry.name):
+            if FRAME_PATTERN.fullmatch(entry.name) or entry.name == MASK_NAME:  # a relabeled video is stale too
                 stat = entry.stat()
                 entries.append(f"{entry.name}\0{stat.st_size}\0{stat.st_mtime_ns}")
     for entry in sorted(entries):
@@ -181,7 +185,8 @@ def _decoded_videos(videos: Sequence[Path], geometry: tuple[int, int, int], comp
 class PackWriter:
     """Appends videos to a new pack file (already open under its temporary name) and finalises it."""
 
-    def __init__(self, h5: h5py.File, capacity: int, num_frames: int, height: int, width: int, compression: str):
+    def __init__(self, h5: h5py.File, capacity: int, num_frames: int, height: int, width: int, compression: str,
+                 labeled: bool = False):
         self.h5 = h5
         self.compression = compression
         chunk = (1, num_frames, height, width, CHANNELS)
@@ -190,15 +195,28 @@ class PackWriter:
             "frames", shape=(capacity, *chunk[1:]), maxshape=(None, *chunk[1:]), chunks=chunk, dtype=np.uint8,
             **options.get(compression, {}),
         )  # (N, T, H, W, 3)
+        self.masks = None
+        if labeled:  # one video's mask per chunk, read with its frames
+            self.masks = h5.create_dataset(
+                "masks", shape=(capacity, *chunk[1:4]), maxshape=(None, *chunk[1:4]), chunks=chunk[:4],
+                dtype=np.uint8, **options.get(compression, {}),
+            )  # (N, T, H, W)
+        self.max_class = 0
         self.video_shape, self.capacity = chunk[1:], capacity
         self.count = 0
         self.names: list[str] = []
 
-    def append(self, name: str, video: np.ndarray | bytes) -> None:
-        """Write one video: uint8 (T, H, W, 3), or its zlib-compressed bytes when the pack is gzip."""
+    def append(self, name: str, video: np.ndarray | bytes, mask: np.ndarray | None = None) -> None:
+        """Write one video: uint8 (T, H, W, 3), or its zlib-compressed bytes when the pack is gzip;
+        and its uint8 (T, H, W) mask when the pack is labeled."""
         if self.count == self.capacity:
             self.capacity += 1
             self.frames.resize(self.capacity, axis=0)
+            if self.masks is not None:
+                self.masks.resize(self.capacity, axis=0)
+        if self.masks is not None:
+            self.masks[self.count] = mask
+            self.max_class = max(self.max_class, int(mask.max(initial=0)))
         if isinstance(video, bytes) or self.compression == "none":
             # The chunk is the video's bytes as they are (gzip: already deflated by the worker): writing
             # it directly skips HDF5's selection and copy path, about 6x faster than item assignment.
@@ -216,6 +234,10 @@ class PackWriter:
         """``stamps``: {video folder name: ``video_stamp``} of every folder packed or skipped; without
         them (a pack not made from folders) readers cannot check the pack against any folder."""
         self.frames.resize(self.count, axis=0)
+        if self.masks is not None:
+            self.masks.resize(self.count, axis=0)
+            # The highest class id present: a reader with fewer classes (data.num_classes) refuses it.
+            self.h5.attrs["max_class"] = self.max_class
         self.h5.create_dataset("names", data=np.array(self.names, dtype=object), dtype=h5py.string_dtype())
         if stamps is not None:
             self.h5.create_dataset(SOURCE_NAMES, data=np.array(list(stamps), dtype=object), dtype=h5py.string_dtype())
@@ -236,26 +258,31 @@ def open_pack_for_writing(tmp: Path) -> h5py.File:
 
 
 def pack_split(split_dir: str | os.PathLike, out_file: str | os.PathLike, workers: int | None = None,
-               compression: str = "none", skip_bad: bool = False) -> Path:
+               compression: str = "none", skip_bad: bool = False,
+               num_classes: int = DataConfig.num_classes) -> Path:
     """Pack one split folder into ``out_file`` (HDF5); returns its path.
 
     Every video must have frames 0..T-1 of one size and RGB mode, T and size being those most of the
-    split's first videos have. A bad video stops the pack with a one-line error naming the file;
-    with ``skip_bad`` it is left out and listed in the file's ``skipped`` attribute instead.
+    split's first videos have. When any video carries ``mask.npy`` the split is labeled: every video
+    must, (T, H, W) like its frames, integer class ids below ``num_classes``. A bad video stops the
+    pack with a one-line error naming the file; with ``skip_bad`` it is left out and listed in the
+    file's ``skipped`` attribute instead.
     """
     split = Path(split_dir)
     if compression not in COMPRESSIONS:
         raise FramecastError(f"compression {compression!r}: expected one of {', '.join(COMPRESSIONS)}")
+    DataConfig.check_num_classes("num_classes", num_classes)
     workers = (os.cpu_count() or 1) if workers is None else workers
     videos = list_videos(split)
     if not videos:
         raise FramecastError(f"{split}: no video_<n> folders to pack")
     num_frames, height, width = _reference_geometry(videos)
+    labeled = is_labeled(videos)
     skipped: list[dict] = []
     stamps: dict[str, int] = {}
     with atomic_path(out_file) as tmp:
         with open_pack_for_writing(tmp) as h5:
-            writer = PackWriter(h5, len(videos), num_frames, height, width, compression)
+            writer = PackWriter(h5, len(videos), num_frames, height, width, compression, labeled)
             bar = tqdm(total=len(videos), desc=f"pack {split.name}", unit="video", disable=None)
             # closing(): the worker pool stops as soon as a bad video ends the pack.
             results = _decoded_videos(videos, (num_frames, height, width), compression, min(workers, len(videos)))
@@ -263,8 +290,14 @@ def pack_split(split_dir: str | os.PathLike, out_file: str | os.PathLike, worker
                 for video, (result, error, stamp) in zip(videos, results):
                     bar.update()
                     stamps[video.name] = stamp
+                    mask = None
+                    if error is None and labeled:
+                        try:
+                            mask = read_mask(video / MASK_NAME, num_frames, (height, width), num_classes)
+                        except FramecastError as exc:
+                            error = str(exc)
                     if error is None:
-                        writer.append(video.name, result)
+                        writer.append(video.name, result, mask)
                         writeback.wrote(len(result) if isinstance(result, bytes) else result.nbytes)
                     elif skip_bad:
                         skipped.append({"video": video.name, "error": error})
@@ -308,7 +341,7 @@ def stale_videos(recorded: dict[str, int], split_dir: Path) -> dict[str, list[st
 
 def pack_dataset(root: str | os.PathLike, out_dir: str | os.PathLike | None = None,
                  splits: Sequence[str] | None = None, workers: int | None = None, compression: str = "none",
-                 skip_bad: bool = False) -> list[Path]:
+                 skip_bad: bool = False, num_classes: int = DataConfig.num_classes) -> list[Path]:
     """Pack each split of a data set into ``<out_dir>/<split>.h5`` (default ``<root>/packed``).
 
     ``splits`` defaults to those of train, val, unlabeled, hidden that exist under ``root``.
@@ -323,6 +356,6 @@ def pack_dataset(root: str | os.PathLike, out_dir: str | os.PathLike | None = No
     target = Path(out_dir) if out_dir is not None else base / PACKED_DIR
     return [
         pack_split(base / split, pack_path(target, split), workers=workers, compression=compression,
-                   skip_bad=skip_bad)
+                   skip_bad=skip_bad, num_classes=num_classes)
         for split in splits
     ]

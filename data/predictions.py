@@ -281,3 +281,31 @@ def merge_if_newer(out: str | os.PathLike, shards: int) -> None:
     present = [p for p in (shard_path(npy, i, shards) for i in range(shards)) if p.is_file()]
     if present and (not npy.is_file() or max(p.stat().st_mtime for p in present) > npy.stat().st_mtime):
         merge_shards(npy, shards)  # names any missing shard
+
+
+# ----------------------------------------------------------------------------- masks
+
+MASKS_KIND = "masks"  # the index's "kind" of a mask hand-off (a frame prediction has none)
+
+
+def load_masks(npy_path: str | os.PathLike, index_path: str | os.PathLike | None = None
+               ) -> tuple[np.ndarray, dict[str, Any]]:
+    """(memory-mapped uint8 class masks (N, H, W) of one frame or (N, T, H, W), their index), checked
+    to agree as ``load_predictions`` checks frames: a row per video of ``videos``, ``frames`` the
+    frame numbers the masks are of."""
+    npy = Path(npy_path)
+    index_file = Path(index_path) if index_path is not None else index_path_for(npy)
+    array = map_npy(npy, "mask array")
+    index = read_index(index_file)
+    if index.get("kind") != MASKS_KIND:
+        raise FramecastError(f"{index_file}: not the index of masks (kind {index.get('kind')!r}); "
+                             "`main.py segment` writes those")
+    if array.ndim not in (3, 4) or array.dtype != np.uint8:
+        raise FramecastError(f"{npy}: {array.dtype} {list(array.shape)}, expected uint8 (videos, [frames,] height, width)")
+    if array.shape[0] != len(index["videos"]):
+        raise FramecastError(f"{npy}: {array.shape[0]} rows, but its index {index_file} names {len(index['videos'])} videos")
+    frames = array.shape[1] if array.ndim == 4 else 1
+    if frames != len(index["frames"]):
+        raise FramecastError(f"{npy}: masks of {frames} frame(s) per video, but its index {index_file} lists "
+                             f"{len(index['frames'])} frame numbers")
+    return array, index

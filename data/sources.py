@@ -16,7 +16,8 @@ import numpy as np
 from core.config import DataConfig
 from core.errors import FramecastError
 from core.paths import expand
-from data.layout import CHANNELS, check_video_name, frame_name, frame_size, list_frames, list_videos, read_frame, video_name
+from data.layout import (CHANNELS, MASK_NAME, check_video_name, frame_name, frame_size, is_labeled, list_frames,
+                         list_videos, read_frame, read_mask, video_name)
 from data.moving_mnist import read_toronto
 from data.pack import PACKED_DIR, pack_path, source_record, stale_videos
 
@@ -30,6 +31,7 @@ class VideoSource:
     names: list[str]
     num_frames: int
     frame_shape: tuple[int, int, int]  # (H, W, C)
+    has_masks: bool = False  # its videos carry class masks (a labeled split)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -45,6 +47,10 @@ class VideoSource:
     def read(self, index: int, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Frames ``start:stop`` of video ``index`` as uint8 (stop - start, H, W, C)."""
         raise NotImplementedError
+
+    def read_masks(self, index: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Class masks of frames ``start:stop`` of video ``index`` as uint8 (stop - start, H, W)."""
+        raise FramecastError(f"{self.describe()}: holds no masks (a labeled split carries mask.npy per video)")
 
     def describe(self) -> str:
         raise NotImplementedError
@@ -74,6 +80,8 @@ class H5VideoSource(VideoSource):
                     raise FramecastError(f"{self.path}: 'frames' is {frames.dtype} {frames.shape}, expected uint8 (N, T, H, W, 3)")
                 shape = frames.shape  # (N, T, H, W, C)
                 self.names = [str(name) for name in h5["names"].asstr()[()]]
+                self.has_masks = "masks" in h5
+                self.max_class = int(h5.attrs.get("max_class", 0))
         except (OSError, KeyError) as exc:
             raise FramecastError(f"{self.path}: not a framecast pack ({exc})") from None
         if len(self.names) != shape[0]:
@@ -84,12 +92,24 @@ class H5VideoSource(VideoSource):
         self.frame_shape = tuple(shape[2:])
         self._file = self._frames = self._pid = None  # opened lazily, per process
 
-    def _dataset(self) -> h5py.Dataset:
+    def _dataset(self, name: str = "frames") -> h5py.Dataset:
         if self._pid != os.getpid():
             self._file = open_pack(self.path)
             self._frames = self._file["frames"]  # (N, T, H, W, C)
             self._pid = os.getpid()
-        return self._frames
+        return self._frames if name == "frames" else self._file[name]
+
+    def read_masks(self, index: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+        if not self.has_masks:
+            return super().read_masks(index, start, stop)
+        start, stop = self._range(index, start, stop)
+        return self._dataset("masks")[index, start:stop]  # (stop - start, H, W)
+
+    def check_classes(self, num_classes: int) -> None:
+        """The pack's class ids fit ``data.num_classes`` (it was packed against its own count)."""
+        if self.has_masks and self.max_class >= num_classes:
+            raise FramecastError(f"{self.path}: masks hold class id {self.max_class}, but data.num_classes is "
+                                 f"{num_classes}; raise it")
 
     def read(self, index: int, start: int = 0, stop: int | None = None) -> np.ndarray:
         start, stop = self._range(index, start, stop)
@@ -111,14 +131,24 @@ class PngVideoSource(VideoSource):
     message naming its file.
     """
 
-    def __init__(self, split_dir: str | os.PathLike):
+    def __init__(self, split_dir: str | os.PathLike, num_classes: int = DataConfig.num_classes):
         self.split_dir = Path(split_dir)
-        self.names = [video.name for video in list_videos(self.split_dir)]
+        videos = list_videos(self.split_dir)
+        self.names = [video.name for video in videos]
         if not self.names:
             raise FramecastError(f"{self.split_dir}: no video_<n> folders")
         frames = list_frames(self.split_dir / self.names[0])
         self.num_frames = len(frames)
         self.frame_shape = (*frame_size(frames[0]), CHANNELS)
+        self.has_masks = is_labeled(videos)
+        self.num_classes = num_classes
+
+    def read_masks(self, index: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+        if not self.has_masks:
+            return super().read_masks(index, start, stop)
+        start, stop = self._range(index, start, stop)
+        path = self.split_dir / self.names[index] / MASK_NAME
+        return read_mask(path, self.num_frames, self.frame_shape[:2], self.num_classes)[start:stop]
 
     def read(self, index: int, start: int = 0, stop: int | None = None) -> np.ndarray:
         start, stop = self._range(index, start, stop)
@@ -230,9 +260,11 @@ def open_split(data_cfg: DataConfig, split: str) -> VideoSource:
             raise FramecastError(f"{pack}: pack not found (data.source=h5; run `main.py pack --data {data_cfg.root}`)")
         if data_cfg.source == "auto":
             check_pack_fresh(data_cfg, split, pack)
-        return H5VideoSource(_staged(data_cfg, pack))
+        source = H5VideoSource(_staged(data_cfg, pack))
+        source.check_classes(data_cfg.num_classes)
+        return source
     if expand("data.stage_to", data_cfg.stage_to):
         logging.getLogger(__name__).warning(
             "%s: read from its PNG folders, which data.stage_to does not stage (only packs are: run "
             "`main.py pack --data %s`)", split, data_cfg.root)
-    return PngVideoSource(Path(expand("data.root", data_cfg.root)) / split)
+    return PngVideoSource(Path(expand("data.root", data_cfg.root)) / split, data_cfg.num_classes)

@@ -53,30 +53,71 @@ EXECUTORS = ("auto", "slurm", "local")
 OnSubmit = Callable[[submitit.Job], None]
 
 
+def mask_routes(cfg: Config) -> set[str]:
+    """The routes to a future mask whose models a pipeline trains (segment.pipeline): segment.route's
+    and evaluate.routes'; copy_last needs only the segmenter, frames only the forecaster."""
+    return {cfg.segment.route, *cfg.evaluate.routes} - {"copy_last"} if cfg.segment.pipeline else set()
+
+
 @dataclass(frozen=True)
 class Step:
-    """One stage of the pipeline and the stages whose jobs it waits for (afterok)."""
+    """One stage of the pipeline and the steps whose jobs it waits for (afterok)."""
 
     stage: str
     after: tuple[str, ...] = ()
     # Submit the stage's join job after its array (predict -> merge).  False where a later stage
     # joins the shards itself (convert merges them first: one job fewer in the queue).
     join: bool = True
+    # The step's name where a stage runs more than once (the trainings of a mask pipeline), and the
+    # config settings it runs with.
+    name: str = ""
+    overrides: tuple[str, ...] = ()
+    # Whether the config asks for this step (None: always): the mask steps run with segment.pipeline.
+    when: Callable[[Config], bool] | None = None
+
+    @property
+    def key(self) -> str:
+        return self.name or self.stage
 
 
 # train -> predict (array of predict.shards) -> convert; evaluate (best.pt on evaluate.split, val by
 # default) after train, in parallel with predict, so every pipeline ends with its scores and figures.
+# With segment.pipeline: the segmenter (and the routes' own forecasters) train beside the forecaster,
+# segment hands off the masks once its models are trained, convert writes them beside the frames, and
+# evaluate scores evaluate.routes too. A step waits only for the steps of the same submission.
+TRAININGS = ("train", "train-segmenter", "train-masks", "train-joint")
 PIPELINE = (
     Step("train"),
+    Step("train", name="train-segmenter", overrides=("train.task=segment",), when=lambda cfg: cfg.segment.pipeline),
+    Step("train", name="train-masks", overrides=("train.task=masks",), when=lambda cfg: "masks" in mask_routes(cfg)),
+    Step("train", name="train-joint", after=("train", "train-segmenter"), overrides=("train.task=joint",),
+         when=lambda cfg: "joint" in mask_routes(cfg)),
     Step("predict", after=("train",), join=False),
-    Step("evaluate", after=("train",)),
-    Step("convert", after=("predict",)),
+    Step("segment", after=TRAININGS, when=lambda cfg: cfg.segment.pipeline),
+    Step("evaluate", after=TRAININGS),
+    Step("convert", after=("predict", "segment")),
 )
+
+
+def pipeline_steps(cfg: Config) -> list[Step]:
+    """The steps of ``PIPELINE`` that ``cfg`` asks for."""
+    return [step for step in PIPELINE if step.when is None or step.when(cfg)]
+
+
+def step_config(cfg: Config, step: Step) -> Config:
+    """``cfg`` with the step's own settings (train.task=segment for the segmenter's training)."""
+    if not step.overrides:
+        return cfg
+    from core.config import apply_overrides, config_from_dict
+
+    return config_from_dict(apply_overrides(config_to_dict(cfg), list(step.overrides)))
 
 
 def describe_pipeline() -> str:
     """``train; predict after train; ...``: the pipeline in words, for help texts and the demo."""
-    return "; ".join(f"{s.stage} after {' and '.join(s.after)}" if s.after else s.stage for s in PIPELINE)
+    steps = [step for step in PIPELINE if step.when is None]
+    return "; ".join(f"{s.key} after {' and '.join(s.after)}" if s.after else s.key for s in steps) + (
+        " (with segment.pipeline: the segmenter and the routes' models train beside train, segment after them)")
 
 
 # ----------------------------------------------------------------------------- executors
@@ -310,7 +351,7 @@ def job_count(stage: Stage | str, cfg: Config, join: bool = True) -> int:
 
 def pipeline_job_count(cfg: Config) -> int:
     """Jobs in a complete pipeline submission (fewer: the local executor stopped at a failure)."""
-    return sum(job_count(step.stage, cfg, step.join) for step in PIPELINE)
+    return sum(job_count(step.stage, cfg, step.join) for step in pipeline_steps(cfg))
 
 
 def submit_stage(stage: Stage | str, cfg: Config, executor: str | None = None, *,
@@ -377,10 +418,10 @@ def submit_pipeline(cfg: Config, executor: str | None = None, *, on_submit: OnSu
             on_submit(job)
 
     try:
-        for step in PIPELINE:
-            after = [job for name in step.after for job in submitted[name]]
-            submitted[step.stage] = submit_jobs(step.stage, cfg, executor, after=after, join=step.join,
-                                                timeout_s=timeout_s, code=code, on_submit=add)
+        for step in pipeline_steps(cfg):
+            after = [job for name in step.after for job in submitted.get(name, [])]
+            submitted[step.key] = submit_jobs(step.stage, step_config(cfg, step), executor, after=after,
+                                              join=step.join, timeout_s=timeout_s, code=code, on_submit=add)
     except UpstreamFailed as exc:
         print(f"pipeline stopped: {exc}", file=sys.stderr)
     return jobs

@@ -10,8 +10,9 @@ from core.config import Config
 def print_outputs(cfg: Config, prefix: str = "") -> None:
     """The pipeline's outputs of ``cfg`` (its paths expanded on this machine: core.paths.expand_config),
     then the scores of ``evaluate``'s report, or why there are none."""
-    from core.outputs import GIF_NAME, PLOT_NAME, REPORT_NAME, STRIP_NAME, eval_dir, png_dir, predictions_path
-    from stages.evaluate import print_summary
+    from core.outputs import (GIF_NAME, MASKS_REPORT_NAME, MASKS_STRIP_NAME, PLOT_NAME, REPORT_NAME, STRIP_NAME,
+                              eval_dir, masks_path, png_dir, predictions_path)
+    from stages.evaluate import print_masks_summary, print_summary
 
     evaluation = eval_dir(cfg)
     best = cfg.run_dir / "best.pt"
@@ -24,6 +25,8 @@ def print_outputs(cfg: Config, prefix: str = "") -> None:
         ("metrics plot", evaluation / PLOT_NAME),
         ("sample strip", evaluation / STRIP_NAME),
         ("sample GIF", evaluation / GIF_NAME),
+        *((("masks", masks_path(cfg)), ("mask report", evaluation / MASKS_REPORT_NAME),
+           ("mask strip", evaluation / MASKS_STRIP_NAME)) if cfg.segment.pipeline else ()),
     )
     width = max(len(label) for label, _ in outputs) + 1
     for label, value in outputs:
@@ -36,3 +39,7 @@ def print_outputs(cfg: Config, prefix: str = "") -> None:
         return
     print(f"{prefix}evaluation of {report.get('checkpoint')}:", flush=True)
     print_summary(report)
+    masks_file = evaluation / MASKS_REPORT_NAME
+    if cfg.evaluate.routes and masks_file.is_file():
+        print(f"{prefix}the future mask by each route, against copy-last and the oracle:", flush=True)
+        print_masks_summary(json.loads(masks_file.read_text()))

@@ -16,6 +16,11 @@ std 0 (the members agree) is the colormap's darkest colour, ``SPREAD_VMAX`` = 0.
 the intensity range) or more its brightest (``SPREAD_COLORMAP``, matplotlib's "inferno"), linear in
 between. Predicted with ``predict.calibration``, the spread file holds each pixel's calibrated interval
 half-width instead (its index says so), drawn on the same scale.
+
+A mask hand-off (``main.py segment``: uint8 (N, H, W) or (N, T, H, W) class ids, index ``kind:
+masks``) is written as ``video_<n>/mask_<k>.png``: palette PNGs whose pixel values are the class ids
+(``numpy.array(Image.open(f))`` gives them back) and whose palette colours them (``data.palette``).
+The convert stage writes the run's mask hand-off (``segment.out``) beside the frames when there is one.
 """
 from __future__ import annotations
 
@@ -32,8 +37,9 @@ from core.config import Config, ConvertConfig
 from core.errors import FramecastError
 from core.processes import die_with_parent
 from data.layout import frame_name
-from data.predictions import load_predictions, load_spread, merge_if_newer
-from core.outputs import png_dir, predictions_path
+from data.palette import class_palette
+from data.predictions import MASKS_KIND, load_masks, load_predictions, load_spread, merge_if_newer, read_index
+from core.outputs import index_path_for_masks, masks_path, png_dir, predictions_path
 
 # Rows per task handed to a worker: a few tasks per worker keep the bar moving and the pool busy.
 TASKS_PER_WORKER = 8
@@ -69,7 +75,34 @@ def run(cfg: Config) -> Path:
     merge_if_newer(npy, cfg.predict.shards)
     out = png_dir(cfg)
     write_pngs(npy, out, frames=cfg.convert.frames or None, workers=cfg.convert.workers, spread=cfg.convert.spread)
+    masks = masks_path(cfg)
+    if masks.is_file() and index_path_for_masks(masks).is_file():
+        write_pngs(masks, out)
     return out
+
+
+def mask_name(number: int) -> str:
+    """The mask of frame ``number``: ``mask_<k>.png`` beside ``image_<k>.png``."""
+    return f"mask_{number}.png"
+
+
+def write_mask_pngs(npy_path: str | os.PathLike, out_dir: str | os.PathLike,
+                    index_path: str | os.PathLike | None = None) -> int:
+    """Write a mask hand-off as ``out_dir/video_<n>/mask_<k>.png`` palette PNGs; returns how many."""
+    masks, index = load_masks(npy_path, index_path)  # (N, H, W) or (N, T, H, W) uint8
+    palette = class_palette(max(int(index.get("num_classes") or 0), int(masks.max(initial=0)) + 1, 2))
+    flat = np.zeros((256, 3), dtype=np.uint8)
+    flat[:len(palette)] = palette[:256]
+    written = 0
+    for row, video in enumerate(tqdm(index["videos"], desc="mask png", unit="video", disable=None)):
+        frames = masks[row] if masks.ndim == 4 else masks[row][None]  # (T, H, W)
+        for number, mask in zip(index["frames"], frames):
+            image = Image.frombytes("P", (mask.shape[1], mask.shape[0]), np.ascontiguousarray(mask).tobytes())
+            image.putpalette(flat.ravel().tolist())
+            with atomic_path(Path(out_dir) / video / mask_name(number)) as tmp:
+                image.save(tmp, format="PNG")
+            written += 1
+    return written
 
 
 def _write_rows(npy_path: str, rows: range, columns: list[int], frame_numbers: list[int],
@@ -104,6 +137,11 @@ def write_pngs(npy_path: str | os.PathLike, out_dir: str | os.PathLike, frames: 
     ``frames`` are frame numbers as in the index (e.g. ``[21]`` for only the last one); ``workers``
     processes write in parallel (1 writes in this process). Returns the number of PNGs written.
     """
+    index_file = Path(index_path) if index_path is not None else Path(npy_path).with_suffix(".json")
+    if index_file.is_file() and read_index(index_file).get("kind") == MASKS_KIND:
+        if spread or frames:
+            raise FramecastError(f"{npy_path}: masks have no spread, and are written whole (no --frames)")
+        return write_mask_pngs(npy_path, out_dir, index_path)
     array, index = load_predictions(npy_path, index_path)
     spread_path = colours = None
     if spread:

@@ -46,12 +46,15 @@ from torch.utils.data import Subset
 from tqdm import tqdm
 
 from core.atomic import atomic_path, write_json_atomic
-from core.outputs import GIF_NAME, PLOT_NAME, REPORT_NAME, STRIP_NAME, eval_dir
+from core.errors import FramecastError
+from core.outputs import (GIF_NAME, MASKS_PLOT_NAME, MASKS_REPORT_NAME, MASKS_STRIP_NAME, PLOT_NAME, REPORT_NAME,
+                          STRIP_NAME, eval_dir)
 from core.scores import LeadTimeMetrics, definitions
-from data.datasets import to_model_input
+from data.datasets import VideoWindowDataset, to_model_input
 from training.calibration import Calibration, IntervalScores, ScaleFunction, likelihood_factor
 from training.inference import Ensemble, to_uint8_frames
-from training.figures import sample_strip, write_gif
+from training.figures import mask_strip, sample_strip, write_gif
+from training.routes import score_routes
 from training.step import split_video
 
 log = logging.getLogger(__name__)
@@ -166,6 +169,8 @@ def run(cfg, split: str | None = None, out_dir: str | Path | None = None, max_vi
         sample_strip(inputs_u8, truth_u8, pred_u8, names, t_in).save_to(files["strip"])
         write_gif(inputs_u8, truth_u8, pred_u8, names, t_in, files["gif"], gif_frame_ms)
     print_summary(report)
+    if ec.routes:
+        report["masks"] = evaluate_masks(cfg, ensemble, dataset.sources[0], rows, out, samples)
     return report
 
 
@@ -210,6 +215,56 @@ def uncertainty_scores(cfg, ensemble: Ensemble, split: str
                       f"{ec.rank_pixels_per_video} random pixels per video and lead time"}
     scores = IntervalScores(ensemble.t_out, levels, factors, ec.rank_pixels_per_video, ec.large_error_fraction)
     return scores, scale, description
+
+
+def evaluate_masks(cfg, ensemble: Ensemble, source, rows: list[int], out: Path, samples: int) -> dict[str, Any]:
+    """``evaluate.routes``' future masks scored against copy-last and the oracle: the report (also in
+    ``masks_report.json``), a Jaccard-vs-lead-time plot and a strip of masks of the target frame."""
+    if not source.has_masks:
+        raise FramecastError(f"{source.describe()}: holds no masks to score evaluate.routes against; use a "
+                             "labeled split")
+    dataset = VideoWindowDataset(source, cfg.data.t_in, cfg.data.t_out, masks=True)
+    names = [dataset.video_name(i) for i in rows[:samples]]
+    report = score_routes(cfg, list(cfg.evaluate.routes), dataset,
+                          ensemble.loader(Subset(dataset, rows)), samples=len(names))
+    shown = report.pop("_samples", None)
+    files = {"report": out / MASKS_REPORT_NAME, "plot": out / MASKS_PLOT_NAME}
+    if shown is not None:
+        files["strip"] = out / MASKS_STRIP_NAME
+        mask_strip(shown["last_inputs"], shown["truth"], shown["routes"], names, report["num_classes"],
+                   report["target_frame"]).save_to(files["strip"])
+    report = _json_safe({**report, "split": source.describe(), "videos": len(rows),
+                         "files": {key: str(path) for key, path in files.items()}})
+    write_json_atomic(files["report"], report)
+    plot_jaccard(report, files["plot"])
+    print_masks_summary(report)
+    return report
+
+
+def print_masks_summary(report: dict[str, Any]) -> None:
+    """The target frame's Jaccard of each route, copy-last and the oracle, and each against copy-last."""
+    print(f"Jaccard of frame {report['target_frame']}'s mask ({report['videos']} videos of {report['split']}):")
+    for name in report["routes"]:
+        change = report["vs_copy_last"][name]
+        note = "" if name == "copy_last" or change is None else f"  ({change:+.1%} vs copy-last)"
+        print(f"  {name:10s} {report['scores'][name]['target']:.4f}{note}")
+    print(f"masks report: {report['files']['report']}")
+
+
+def plot_jaccard(report: dict[str, Any], path: Path) -> None:
+    """Jaccard per lead time, one line per route and baseline."""
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.subplots()
+    for name in report["routes"]:
+        style = dict(linestyle="--") if name in ("copy_last", "oracle") else dict(marker="o")
+        ax.plot(report["frames"], report["scores"][name]["per_lead_time"], label=name, **style)
+    ax.set_xlabel("predicted frame")
+    ax.set_ylabel("Jaccard")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
 
 
 def _json_safe(value: Any) -> Any:

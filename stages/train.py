@@ -35,13 +35,19 @@ from core.errors import FramecastError
 from core.precision import Precision, compile_cache_dir, use_compile_cache
 from core.runlock import RunLock
 from core.seeding import capture_rng_state, restore_rng_state, seed_everything
+from core.outputs import joint_start_path, segmenter_path
 from core.threads import describe_threads
-from data.datasets import build_datasets, check_channels, make_loader
-from models import TrainingForward, build_model, count_parameters
+from data.datasets import (build_datasets, build_mask_map_datasets, build_segment_datasets, build_split_dataset,
+                           check_channels, make_loader)
+from models import TrainingForward, count_parameters
+from models.loading import load_segmenter
+from models.registry import build_forecaster
+from models.segmenter import build_segmenter
 from training.metrics import SAMPLES_TAG, MetricsLog, lead_time_record, scored_validation
 from training.progress import Progress, epoch_number
 from training.sampler import EpochSampler
 from training.schedule import LRSchedule
+from training.segmentation import segment_train_step, segment_validation
 from training.step import build_grad_scaler, build_optimizer, train_step, validation_sums
 
 log = logging.getLogger(__name__)
@@ -123,14 +129,28 @@ class Trainer:
         self.last_path = self.run_dir / LAST_NAME
         self.best_path = self.run_dir / BEST_NAME
         self.t_in, self.t_out = cfg.data.t_in, cfg.data.t_out
-        self.in_channels = cfg.model.in_channels
         self.precision = Precision.for_run(tc, self.device)
+        # train.task=segment: the segmenter (frame -> class logits, cross-entropy, best by val Jaccard)
+        # goes through the same loop, checkpoints, resume, signals and lock as a forecaster; masks: a
+        # forecaster of one-hot class maps (data.num_classes channels); joint: a forecaster whose loss
+        # adds the frozen segmenter's cross-entropy on its predicted frames.
+        self.segmenting = tc.task == "segment"
+        self.in_channels = cfg.data.num_classes if tc.task == "masks" else cfg.model.in_channels
+        self.frames_out = tc.task in ("forecast", "joint")  # the model's outputs are frames (sample strips)
 
         resume_path, resume = self._read_resume_checkpoint()
 
         # ---- data: each rank's share, in an order fixed by (seed, epoch)
-        train_set, val_set = build_datasets(cfg)
-        check_channels(train_set, self.in_channels)
+        if tc.task == "segment":
+            train_set, val_set = build_segment_datasets(cfg)
+        elif tc.task == "masks":
+            train_set, val_set = build_mask_map_datasets(cfg)
+        elif tc.task == "joint":  # frames and masks to train on; frames to validate on, as a forecaster
+            train_set, val_set = build_segment_datasets(cfg)[0], build_split_dataset(cfg.data, cfg.data.val_split)
+        else:
+            train_set, val_set = build_datasets(cfg)
+        if tc.task != "masks":
+            check_channels(train_set, self.in_channels)
         self.frame_size = list(train_set.frame_shape[:2])  # (H, W) the model was trained on
         self.train_videos, self.val_videos = len(train_set), len(val_set)
         if self.val_videos == 0:
@@ -162,13 +182,22 @@ class Trainer:
         )
         self.val_loader = make_loader(val_set, tc.batch_size, shuffle=False, sampler=val_sampler, **loader_args)
         # run.tensorboard / run.wandb: the validation videos of its sample strip (this process's first ones).
-        self._scored = cfg.run.tensorboard or cfg.run.wandb
+        self._scored = bool(cfg.run.tensorboard or cfg.run.wandb) and self.frames_out
         self._sample_names = ([val_set.video_name(i) for i in list(val_sampler)[:cfg.evaluate.samples]]
                               if self._scored else [])
 
         # ---- model, optimizer, schedule (seeded: every run of this config starts from the same weights)
         seed_everything(tc.seed)
-        self.model = build_model(cfg.model, self.t_in, self.t_out).to(self.device)
+        if self.segmenting:
+            self.model = build_segmenter(cfg.segment, self.in_channels, cfg.data.num_classes).to(self.device)
+        else:
+            self.model = build_forecaster(cfg).to(self.device)
+        self.segmenter = None
+        self.mask_weight = cfg.segment.joint_weight
+        if tc.task == "joint":
+            self.segmenter = self._frozen_segmenter()
+            if resume is None:
+                self._start_from_forecaster()
         self.model.set_activation_checkpointing(tc.activation_checkpointing)
         if self.precision.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -186,7 +215,7 @@ class Trainer:
             self._restore(resume_path, resume)
 
         # ---- execution wrappers (the checkpoint always holds the plain module's weights)
-        training_pass = TrainingForward(self.model)
+        training_pass = self.model if self.segmenting else TrainingForward(self.model)
         self.forward_model = self.model
         if tc.compile:
             use_compile_cache(compile_cache_dir(cfg))
@@ -211,6 +240,31 @@ class Trainer:
     @property
     def step(self) -> int:
         return self.progress.step
+
+    # ------------------------------------------------------------------ joint fine-tuning
+
+    def _frozen_segmenter(self) -> torch.nn.Module:
+        path = segmenter_path(self.cfg)
+        if not path.is_file():
+            raise FramecastError(f"{path}: segmenter checkpoint not found; train.task=joint needs a trained "
+                                 "segmenter (train it with train.task=segment, or set segment.checkpoint)")
+        segmenter, saved, _ = load_segmenter(path, self.device)
+        if saved.data.num_classes != self.cfg.data.num_classes:
+            raise FramecastError(f"{path}: a segmenter of {saved.data.num_classes} classes, but data.num_classes "
+                                 f"is {self.cfg.data.num_classes}")
+        return segmenter.requires_grad_(False)
+
+    def _start_from_forecaster(self) -> None:
+        """A joint run starts from a trained forecaster's weights (segment.joint_from): fine-tuning."""
+        path = joint_start_path(self.cfg)
+        if not path.is_file():
+            raise FramecastError(f"{path}: forecaster checkpoint not found; train.task=joint fine-tunes a trained "
+                                 "forecaster (train one first, or set segment.joint_from)")
+        state = load_checkpoint(path)
+        check_same_model(path, config_to_dict(config_from_dict(state["config"])), config_to_dict(self.cfg),
+                         "train.task=joint fine-tunes the model the config describes")
+        self.model.load_state_dict(state["model"])
+        log.info("joint fine-tuning starts from %s (epoch %s)", path, state.get("progress", {}).get("epoch"))
 
     # ------------------------------------------------------------------ resume
 
@@ -372,11 +426,19 @@ class Trainer:
         with bar:
             for batch in self.train_loader:  # uint8 (B, T, H, W, C)
                 lr = self.schedule.apply(self.optimizer, self.step)
-                losses = train_step(
-                    self.train_model, self.optimizer, batch, step=self.step, t_in=self.t_in,
-                    in_channels=self.in_channels, precision=self.precision, loss=tc.loss,
-                    grad_clip=tc.grad_clip, scaler=self.scaler,
-                )
+                if self.segmenting:
+                    losses = segment_train_step(
+                        self.train_model, self.optimizer, batch, step=self.step,
+                        frames_per_video=self.cfg.segment.frames_per_video, in_channels=self.in_channels,
+                        precision=self.precision, grad_clip=tc.grad_clip, scaler=self.scaler,
+                    )
+                else:
+                    losses = train_step(
+                        self.train_model, self.optimizer, batch, step=self.step, t_in=self.t_in,
+                        in_channels=self.in_channels, precision=self.precision, loss=tc.loss,
+                        grad_clip=tc.grad_clip, scaler=self.scaler, segmenter=self.segmenter,
+                        mask_weight=self.mask_weight,
+                    )
                 self._loss_sum += losses
                 self._loss_steps += 1
                 progress.step += 1
@@ -454,11 +516,19 @@ class Trainer:
         return str(self.last_path) if self.last_path.exists() else "none (no checkpoint written yet)"
 
     def _validate(self, epoch: int) -> bool:
-        """Mean per-video loss over the whole validation split (all processes together)."""
+        """Mean per-video loss over the whole validation split (all processes together); for the
+        segmenter 1 - Jaccard of its masks, so lower is better for both."""
         progress = self.progress
         self.forward_model.eval()
         scored = self._scored
-        if scored:  # the same loss, plus per-lead-time scores and sample videos from the same pass
+        extra: dict[str, Any] = {}
+        if self.segmenting:  # every process computes the same pooled Jaccard (torchmetrics syncs it)
+            score = segment_validation(self.forward_model, self.val_loader, num_classes=self.cfg.data.num_classes,
+                                       in_channels=self.in_channels, precision=self.precision,
+                                       max_batches=self.tc.max_val_batches)
+            extra = {"val_jaccard": score["jaccard"]}
+            sums = torch.tensor([1.0 - score["jaccard"], 1.0], dtype=torch.float64, device=self.device)
+        elif scored:  # the same loss, plus per-lead-time scores and sample videos from the same pass
             sums, scores, shown = scored_validation(
                 self.forward_model, self.val_loader, t_in=self.t_in, t_out=self.t_out,
                 in_channels=self.in_channels, precision=self.precision, loss=self.tc.loss,
@@ -491,7 +561,7 @@ class Trainer:
         lr = self.schedule.lr(self.step)
         self.metrics.append({
             "kind": "val", "epoch": epoch_number(epoch), "step": self.step, "val_loss": val_loss,
-            "best_val_loss": progress.best_val_loss, "lr": lr, "time": time.time(),
+            "best_val_loss": progress.best_val_loss, "lr": lr, "time": time.time(), **extra,
             **(lead_time_record(scores, self.ctx) if scored else {}),
         })
         if scored and shown and self.ctx.is_main:
@@ -503,6 +573,8 @@ class Trainer:
             progress.best_val_loss, progress.best_epoch, self._last_train[1], lr,
             STOP_NOTES.get(progress.stopped, "").format(bad=progress.bad_validations),
         )
+        if extra:
+            log.info("val Jaccard %.4f (val loss = 1 - Jaccard)", extra["val_jaccard"])
         self._mark = time.perf_counter()
         return improved
 
@@ -564,7 +636,8 @@ class Trainer:
             "run_dir": str(self.run_dir),
             "last_checkpoint": str(self.last_path),
             "best_checkpoint": str(self.best_path) if validated else None,
-            "family": self.cfg.model.family,
+            "family": "segmenter" if self.segmenting else self.cfg.model.family,
+            "task": self.tc.task,
             "parameters": self.num_parameters,
             "epochs_run": progress.epoch,
             "steps": progress.step,

@@ -223,3 +223,25 @@ def test_unreadable_pack_is_named(tmp_path):
     bad.write_bytes(b"not hdf5")
     with pytest.raises(FramecastError, match=rf"{bad}: not a framecast pack"):
         H5VideoSource(bad)
+
+
+def test_labeled_windows_yield_their_masks_from_pack_and_folder(dataset):
+    cfg = config(dataset)
+    for source in (H5VideoSource(dataset / "packed" / "val.h5"), PngVideoSource(dataset / "val")):
+        assert source.has_masks
+        windows = VideoWindowDataset(source, T_IN, T_OUT, masks=True)
+        frames, masks = windows[1]
+        expected = np.load(dataset / "val" / source.names[1] / "mask.npy")[:T_IN + T_OUT]
+        assert frames.shape == (T_IN + T_OUT, HEIGHT, WIDTH, 3) and masks.dtype == torch.uint8
+        np.testing.assert_array_equal(masks.numpy(), expected)
+    batch_frames, batch_masks = next(iter(make_loader(build_split_dataset(cfg.data, "val", masks=True), 2,
+                                                      shuffle=False, num_workers=0, prefetch_factor=2,
+                                                      pin_memory=False, drop_last=False)))
+    assert batch_frames.shape[:2] == batch_masks.shape[:2] == (2, T_IN + T_OUT)
+
+
+def test_masks_asked_of_an_unlabeled_split_or_too_few_classes_are_one_line(dataset):
+    with pytest.raises(FramecastError, match=r"unlabeled.h5: holds no masks"):
+        VideoWindowDataset(H5VideoSource(dataset / "packed" / "unlabeled.h5"), T_IN, T_OUT, masks=True)
+    with pytest.raises(FramecastError, match=r"train.h5: masks hold class id \d+, but data.num_classes is 2"):
+        open_split(config(dataset, num_classes=2).data, "train")

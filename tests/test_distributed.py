@@ -188,3 +188,43 @@ def test_plain_srun_tasks_form_one_process_group(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = sorted(line for line in proc.stdout.splitlines() if line.startswith("rank="))
     assert lines == [f"rank={r} world=2 backend=gloo source=slurm sum=3.0" for r in (0, 1)]
+
+
+def test_two_process_segmenter_pools_the_val_jaccard_over_every_video(tmp_path):
+    """train.task=segment under DDP: the ranks hold 3 and 2 val videos, the Jaccard is over all 5 at once."""
+    data_root = make_data(tmp_path / "shapes")
+    extra = ("train.task=segment", "segment.base_channels=8", "segment.levels=2", "segment.norm_groups=4",
+             "segment.frames_per_video=2", "data.num_classes=25", "train.epochs=2")
+    script = tmp_path / "ddp_segment.py"
+    script.write_text(textwrap.dedent(f"""
+        import json, os, sys
+        from pathlib import Path
+        import torch
+        sys.path[:0] = [{str(REPO)!r}, {str(REPO / 'tests')!r}]
+        torch.set_num_threads(1)
+        from stages.train import run
+        from train_helpers import tiny_config
+
+        out = Path({str(tmp_path)!r})
+        summary = run(tiny_config(Path({str(data_root)!r}), out / "runs", "seg", *{extra!r}))
+        (out / f"rank{{os.environ['RANK']}}.json").write_text(json.dumps(summary))
+    """))
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    s0, s1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert s0["val_loss"] == s1["val_loss"] and s0["world_size"] == 2
+    assert 0 < s0["val_loss"] < 1  # some classes right, some wrong: a mean of per-rank scores would differ
+    from data.datasets import build_segment_datasets
+    from models.loading import load_segmenter
+    from training.segmentation import segment_validation
+
+    cfg = tiny_config(data_root, tmp_path / "runs", "seg", *extra)
+    model, _, _ = load_segmenter(cfg.run_dir / "last.pt")
+    _, val_set = build_segment_datasets(cfg)
+    batches = [tuple(part.unsqueeze(0) for part in val_set[i]) for i in range(len(val_set))]
+    score = segment_validation(model, batches, num_classes=25, in_channels=3,
+                               precision=Precision(torch.device("cpu"), None, False))
+    assert len(val_set) == 5 and math.isclose(1 - score["jaccard"], s0["val_loss"], rel_tol=1e-5, abs_tol=1e-9)

@@ -213,3 +213,17 @@ def test_each_family_runs_the_whole_pipeline_as_jobs(tmp_path, family):
     pngs = sorted((cfg.run_dir / "png" / "hidden").rglob("image_*.png"))
     assert len(pngs) == 3 * cfg.data.t_out  # 3 hidden videos, t_out frames each
     assert json.loads((cfg.run_dir / "eval" / "val" / "report.json").read_text())["family"] == family
+
+
+@pytest.mark.parametrize("family", family_names())
+def test_every_family_takes_any_channel_count(family):
+    """A forecaster of class maps reads data.num_classes channels (train.task=masks), not only 1 or 3."""
+    from core.config import config_from_dict
+    from models.registry import build_model
+
+    cfg = config_from_dict({"model": {"family": family, "in_channels": 5, family: dict(TINY[family])},
+                            "data": {"t_in": 3, "t_out": 2}})
+    model = build_model(cfg.model, 3, 2).eval()
+    with torch.no_grad():
+        out = model(torch.rand(1, 3, 5, 32, 48))
+    assert out.shape == (1, 2, 5, 32, 48)

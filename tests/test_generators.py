@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.config import DataConfig
 from core.errors import FramecastError
 from data.layout import list_frames, list_videos, read_video, video_number
 from data.moving_mnist import (
@@ -53,6 +54,7 @@ def test_shapes_layout_numbering_masks_and_hidden(shapes):
     mask = np.load(shapes / "train" / "video_0" / "mask.npy")
     assert mask.shape == (FRAMES, HEIGHT, WIDTH) and np.issubdtype(mask.dtype, np.integer)
     assert mask.min() == 0 and 0 < mask.max() < NUM_CLASSES
+    assert NUM_CLASSES <= DataConfig().num_classes  # packs with the default data.num_classes
 
 
 def test_mask_marks_exactly_the_moving_objects(shapes):

@@ -125,3 +125,71 @@ def test_pack_rejects_bad_settings(dataset, tmp_path):
         pack_dataset(dataset, out_dir=tmp_path, compression="zip")
     with pytest.raises(FramecastError, match=r"unlabeled: split folder not found"):
         pack_dataset(dataset, out_dir=tmp_path, splits=["unlabeled"])
+
+
+# ----------------------------------------------------------------------------- masks
+
+
+def test_labeled_splits_pack_their_masks_exactly(dataset, tmp_path):
+    written = pack_dataset(dataset, out_dir=tmp_path / "packs", workers=1)
+    train, _, hidden = written
+    with h5py.File(train, "r") as h5:
+        masks = h5["masks"]
+        assert masks.dtype == np.uint8 and masks.shape == (5, FRAMES, HEIGHT, WIDTH)
+        for i, video in enumerate(list_videos(dataset / "train")):
+            np.testing.assert_array_equal(masks[i], np.load(video / "mask.npy"))
+        assert h5.attrs["max_class"] == max(np.load(v / "mask.npy").max() for v in list_videos(dataset / "train"))
+    with h5py.File(hidden, "r") as h5:
+        assert "masks" not in h5  # no mask.npy in the hidden split
+
+
+@pytest.mark.parametrize("how, problem", [
+    ("missing", "mask missing"),
+    ("shape", f"expected (T, H, W) = ({FRAMES}, {HEIGHT}, {WIDTH})"),
+    ("class", "class id 49 outside 0..48 (data.num_classes=49)"),
+    ("float", "expected integer class ids"),
+])
+def test_bad_mask_stops_the_pack_in_one_line_naming_the_file(split_copy, tmp_path, how, problem):
+    mask_file = split_copy / "video_3" / "mask.npy"
+    mask = np.load(mask_file)
+    if how == "missing":
+        mask_file.unlink()
+    elif how == "shape":
+        np.save(mask_file, mask[:, :-1])
+    elif how == "class":
+        mask[2, 0, 0] = 49
+        np.save(mask_file, mask)
+    else:
+        np.save(mask_file, mask.astype(np.float32))
+    with pytest.raises(FramecastError) as caught:
+        pack_split(split_copy, tmp_path / "packed" / "train.h5", workers=1)
+    message = str(caught.value)
+    assert message.startswith(str(mask_file)) and problem in message and "\n" not in message
+
+
+def test_num_classes_bounds_the_class_ids(split_copy, tmp_path):
+    top = max(np.load(v / "mask.npy").max() for v in list_videos(split_copy))
+    with pytest.raises(FramecastError, match=rf"class id {top} outside 0\.\.{top - 1}"):
+        pack_split(split_copy, tmp_path / "a.h5", workers=1, num_classes=int(top))
+    pack_split(split_copy, tmp_path / "b.h5", workers=1, num_classes=int(top) + 1)
+    with pytest.raises(FramecastError, match="num_classes must be a whole number from 2 to 256"):
+        pack_split(split_copy, tmp_path / "c.h5", workers=1, num_classes=300)
+
+
+def test_skip_bad_leaves_out_a_video_with_a_bad_mask(split_copy, tmp_path):
+    (split_copy / "video_1" / "mask.npy").unlink()
+    out = pack_split(split_copy, tmp_path / "train.h5", workers=2, skip_bad=True)
+    with h5py.File(out, "r") as h5:
+        assert list(h5["names"].asstr()[()]) == ["video_0", "video_2", "video_3", "video_4"]
+        np.testing.assert_array_equal(h5["masks"][1], np.load(split_copy / "video_2" / "mask.npy"))
+
+
+def test_a_changed_mask_makes_the_pack_stale(split_copy, tmp_path):
+    from data.pack import video_stamp
+
+    before = video_stamp(split_copy / "video_2")
+    mask_file = split_copy / "video_2" / "mask.npy"
+    mask = np.load(mask_file)
+    mask[0, 0, 0] = 1 - min(mask[0, 0, 0], 1)
+    np.save(mask_file, mask)
+    assert video_stamp(split_copy / "video_2") != before

@@ -402,3 +402,24 @@ def test_training_job_past_its_time_limit_is_requeued_until_done_and_redoes_at_m
     for name in ("last.pt", "best.pt"):
         ours, theirs = load_checkpoint(cfg.run_dir / name), load_checkpoint(ref_dir / name)
         assert state_digest(ours["model"]) == state_digest(theirs["model"]), name
+
+
+def test_mask_pipeline_on_slurm_trains_the_segmenter_beside_and_hands_off_masks(data_root, tmp_path, cleanup):
+    """segment.pipeline: the segmenter trains beside the forecaster (no dependency), segment after
+    both, convert after predict and segment (mask PNGs beside the frames), evaluate scores the routes."""
+    values = tiny_job_values(data_root, tmp_path / "runs", "masks",
+                         segment={"pipeline": True, "route": "frames", "base_channels": 8, "levels": 2,
+                                  "norm_groups": 4, "frames_per_video": 2},
+                         evaluate={"routes": ["frames"]}, data={"num_classes": 25})
+    cfg = config_from_dict(values)
+    jobs = submit.submit_pipeline(cfg)
+    _track(cleanup, jobs)
+    assert len(jobs) == submit.pipeline_job_count(cfg) == 6
+    ends = wait_jobs(jobs, timeout_s=PIPELINE_TIMEOUT_S, poll_s=POLL_S)
+    assert all(end.ok for end in ends), _describe(ends)
+    run_dir = tmp_path / "runs" / "masks"
+    assert (run_dir / "segmenter" / "best.pt").is_file() and (run_dir / "seg" / "hidden.frames.npy").is_file()
+    for video in (data_root / "hidden").iterdir():
+        assert len(list((run_dir / "png" / "hidden" / video.name).glob("mask_*.png"))) == 1  # the last future frame
+    report = json.loads((run_dir / "eval" / "val" / "masks_report.json").read_text())
+    assert report["routes"] == ["frames", "copy_last", "oracle"]

@@ -44,7 +44,7 @@ def run_main(*args: str, toy: bool = False, cwd: Path = REPO, timeout: float = J
 
 def test_each_builtin_stage_is_declared_once_with_its_flags_and_resources():
     names = [stage.name for stage in registry.BUILTIN]
-    assert names == ["train", "predict", "merge", "convert", "evaluate"]
+    assert names == ["train", "predict", "merge", "convert", "segment", "evaluate"]
     assert registry.get("predict").flag_keys() == {
         "checkpoint": "predict.checkpoint", "split": "predict.split", "out": "predict.out"}
     assert registry.get("evaluate").flag_keys() == {
@@ -58,6 +58,7 @@ def test_each_builtin_stage_is_declared_once_with_its_flags_and_resources():
         "evaluate": {"nodes": 1, "tasks_per_node": 1, "gpus_per_node": 1},
         "merge": {"nodes": 1, "tasks_per_node": 1, "gpus_per_node": 0},
         "convert": {"nodes": 1, "tasks_per_node": 1, "gpus_per_node": 0},
+        "segment": {"nodes": 1, "tasks_per_node": 1, "gpus_per_node": 1},
     }
     assert {name: registry.get(name).resources.request(slurm) for name in names} == wanted
     no_gpus = config_from_dict({"slurm": {"gpus_per_node": 0}}).slurm
@@ -148,5 +149,18 @@ def test_pipeline_job_count_comes_from_the_pipeline_declaration():
         # train, the predict shards (convert merges them: no merge job), evaluate, convert
         assert submit.pipeline_job_count(cfg) == 1 + shards + 1 + 1
         assert submit.job_count("predict", cfg) == (shards + 1 if shards > 1 else 1)  # `submit predict` adds merge
-    assert [step.stage for step in submit.PIPELINE] == ["train", "predict", "evaluate", "convert"]
-    assert {step.stage: step.after for step in submit.PIPELINE}["evaluate"] == ("train",)
+    plain = submit.pipeline_steps(config_from_dict({}))
+    assert [step.key for step in plain] == ["train", "predict", "evaluate", "convert"]
+    # With the mask routes: the segmenter and each route's forecaster train beside the forecaster
+    # (joint after both, as it fine-tunes one with the other), segment after every training.
+    masks = config_from_dict({"segment": {"pipeline": True, "route": "masks"}, "evaluate": {"routes": ["joint"]}})
+    steps = {step.key: step for step in submit.pipeline_steps(masks)}
+    assert list(steps) == ["train", "train-segmenter", "train-masks", "train-joint", "predict", "segment",
+                           "evaluate", "convert"]
+    assert steps["train-segmenter"].after == () and steps["train-joint"].after == ("train", "train-segmenter")
+    assert set(steps["segment"].after) == {"train", "train-segmenter", "train-masks", "train-joint"}
+    assert submit.step_config(masks, steps["train-masks"]).train.task == "masks"
+    assert submit.pipeline_job_count(masks) == 8
+    frames_only = config_from_dict({"segment": {"pipeline": True}})
+    assert [s.key for s in submit.pipeline_steps(frames_only)] == ["train", "train-segmenter", "predict", "segment",
+                                                                   "evaluate", "convert"]

@@ -73,3 +73,24 @@ def write_gif(inputs: np.ndarray, truth: np.ndarray, prediction: np.ndarray, nam
         images.append(canvas.image)
     with atomic_path(path) as tmp:
         images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=frame_ms, loop=0)
+
+
+def mask_strip(last_inputs: np.ndarray, truth: np.ndarray, routes: dict[str, np.ndarray], names: list[str],
+               num_classes: int, frame: int) -> _Canvas:
+    """Per sample video a row: the last input frame (uint8 (S, H, W, 3)), the true mask of ``frame``
+    and each route's mask of it (class ids uint8 (S, H, W)), in the same class colours."""
+    from data.palette import colour_masks
+
+    s_count, h, w, _ = last_inputs.shape
+    columns = [("last input", None), (f"true mask {frame}", truth), *routes.items()]
+    header = 28
+    canvas = _Canvas(GUTTER_PX + len(columns) * (w + GAP_PX), header + s_count * (h + GAP_PX))
+    for c, (label, _) in enumerate(columns):
+        canvas.text(GUTTER_PX + c * (w + GAP_PX) + 2, 4 + 12 * (c % 2), label)
+    for s, name in enumerate(names):
+        y = header + s * (h + GAP_PX)
+        canvas.text(4, y + 4, name)
+        for c, (_, masks) in enumerate(columns):
+            picture = last_inputs[s] if masks is None else colour_masks(masks[s], num_classes)
+            canvas.paste(np.ascontiguousarray(picture), GUTTER_PX + c * (w + GAP_PX), y)
+    return canvas

@@ -66,21 +66,37 @@ def frame_loss(kind: str, prediction: torch.Tensor, targets: torch.Tensor) -> to
     raise ValueError(f"unknown loss {kind!r}")
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: torch.Tensor, *, step: int,
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: torch.Tensor | tuple, *, step: int,
                t_in: int, in_channels: int, precision: Precision, loss: str, grad_clip: float,
-               scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
+               scaler: torch.amp.GradScaler | None = None, segmenter: nn.Module | None = None,
+               mask_weight: float = 0.0) -> torch.Tensor:
     """Forward (the family's training pass), loss, backward, clip, update.
 
-    ``model`` is a ``models.TrainingForward`` (or its DDP / compiled wrapper). Returns, detached and
-    on the device, (frame loss, the family's extra loss terms) as a float32 tensor (2,).
+    ``model`` is a ``models.TrainingForward`` (or its DDP / compiled wrapper). With a (frozen)
+    ``segmenter`` the batch is (frames, masks) and ``mask_weight`` times its cross-entropy on the
+    predicted frames against the true future masks is added to the loss (train.task=joint).
+    Returns, detached and on the device, (frame loss, the extra loss terms) as a float32 tensor (2,).
     """
+    masks = None
+    if isinstance(batch, (tuple, list)):
+        batch, masks = batch  # uint8 (B, T, H, W, C), uint8 (B, T, H, W)
     video = to_model_input(batch, precision.device, precision.channels_last, in_channels)  # (B, T, C, H, W)
     inputs, targets = split_video(video, t_in)
     with precision.autocast():
         forecast = model(inputs, targets, step)  # frames (B, t_out, C, H, W)
+        logits = segmenter(forecast.frames.clamp(0, 1).flatten(0, 1)) if segmenter is not None else None
     main = frame_loss(loss, forecast.frames, targets)
     extra = sum((term.float() for term in forecast.losses.values()), torch.zeros((), device=main.device))
-    total = main + extra
+    if logits is not None:
+        future = masks[:, t_in:].to(precision.device, non_blocking=True).long().flatten(0, 1)  # (B*t_out, H, W)
+        extra = extra + mask_weight * F.cross_entropy(logits.float(), future)
+    apply_gradients(main + extra, model, optimizer, grad_clip, scaler)
+    return torch.stack([main.detach(), extra.detach()])
+
+
+def apply_gradients(total: torch.Tensor, model: nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float,
+                    scaler: torch.amp.GradScaler | None) -> None:
+    """Backward, clip, update: the second half of every training step."""
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(total).backward()
@@ -94,7 +110,6 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: torch.
         scaler.update()
     else:
         optimizer.step()
-    return torch.stack([main.detach(), extra.detach()])
 
 
 # Called with each validation batch's (inputs, targets, prediction), all (B, T, C, H, W) on the device.
