@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 
-from benchmarks.common import PRESETS, random_videos  (first, before torch: see its note)
+from benchmarks.common import PRESETS, random_videos  # first, before torch: see its note
 
 import torch
 import torch.nn.functional as F
