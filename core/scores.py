@@ -58,15 +58,18 @@ def gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> torch
     return torch.outer(g, g)  # (size, size)
 
 
-def ssim_per_frame(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-    """SSIM of each frame: pred/truth float (B, T, C, H, W) in [0, 1] -> (B, T)."""
+def ssim_per_frame(pred: torch.Tensor, truth: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """SSIM of each frame: pred/truth float (B, T, C, H, W) in [0, 1] -> (B, T).
+
+    Scores use float64; the training loss's SSIM term uses float32 (differentiable, and a gradient
+    does not need the eighth digit)."""
     b, t, c, h, w = pred.shape
     if h < SSIM_WINDOW or w < SSIM_WINDOW:
         raise FramecastError(f"SSIM needs frames of at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels, got {h}x{w}")
     # float64: the variances are differences of near-equal means, which float32 blurs by ~1e-8,
     # a visible error next to C2 = 9e-4 on flat regions.
-    x = pred.reshape(b * t, c, h, w).double()  # (B*T, C, H, W)
-    y = truth.reshape(b * t, c, h, w).double()
+    x = pred.reshape(b * t, c, h, w).to(dtype)  # (B*T, C, H, W)
+    y = truth.reshape(b * t, c, h, w).to(dtype)
     window = gaussian_window().to(device=x.device, dtype=x.dtype)
     weight = window.expand(c, 1, SSIM_WINDOW, SSIM_WINDOW)  # (C, 1, k, k): one filter per channel
 
@@ -79,7 +82,7 @@ def ssim_per_frame(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     cov = blur(x * y) - mu_x * mu_y
     c1, c2 = SSIM_K1**2, SSIM_K2**2  # data range 1
     ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
-    return ssim_map.mean(dim=(1, 2, 3)).reshape(b, t)  # (B, T) float64
+    return ssim_map.mean(dim=(1, 2, 3)).reshape(b, t)  # (B, T) in dtype
 
 
 def f1_per_frame(pred: torch.Tensor, truth: torch.Tensor, threshold: float) -> torch.Tensor:

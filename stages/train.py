@@ -41,7 +41,7 @@ from training.metrics import SAMPLES_TAG, MetricsLog, lead_time_record, scored_v
 from training.progress import Progress, epoch_number
 from training.sampler import EpochSampler
 from training.schedule import LRSchedule
-from training.step import build_grad_scaler, build_optimizer, train_step, validation_sums
+from training.step import FrameLoss, build_grad_scaler, build_optimizer, train_step, validation_sums
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,7 @@ class Trainer:
         self.cfg, self.ctx, self.on_checkpoint = cfg, ctx, on_checkpoint
         tc = cfg.train
         self.tc = tc
+        self.loss = FrameLoss.from_config(tc)  # train.loss and its structure terms
         self.device = ctx.device
         self.run_dir = cfg.run_dir
         self.last_path = self.run_dir / LAST_NAME
@@ -362,7 +363,7 @@ class Trainer:
                 lr = self.schedule.apply(self.optimizer, self.step)
                 losses = train_step(
                     self.train_model, self.optimizer, batch, step=self.step, t_in=self.t_in,
-                    in_channels=self.in_channels, precision=self.precision, loss=tc.loss,
+                    in_channels=self.in_channels, precision=self.precision, loss=self.loss,
                     grad_clip=tc.grad_clip, scaler=self.scaler,
                 )
                 self._loss_sum += losses
@@ -445,13 +446,13 @@ class Trainer:
         if tensorboard:  # the same loss, plus per-lead-time scores and sample videos from the same pass
             sums, scores, shown = scored_validation(
                 self.forward_model, self.val_loader, t_in=self.t_in, t_out=self.t_out,
-                in_channels=self.in_channels, precision=self.precision, loss=self.tc.loss,
+                in_channels=self.in_channels, precision=self.precision, loss=self.loss,
                 max_batches=self.tc.max_val_batches, samples=len(self._sample_names),
             )
         else:
             sums = validation_sums(
                 self.forward_model, self.val_loader, t_in=self.t_in, in_channels=self.in_channels,
-                precision=self.precision, loss=self.tc.loss, max_batches=self.tc.max_val_batches,
+                precision=self.precision, loss=self.loss, max_batches=self.tc.max_val_batches,
             )
         total, count = all_reduce_sum(sums, self.ctx).tolist()
         self.train_model.train()
