@@ -261,6 +261,7 @@ def build_training(cfg: Config, device: torch.device, seed: int | None = None) -
     torch.manual_seed(tc.seed if seed is None else seed)
     model = build_model(cfg.model, cfg.data.t_in, cfg.data.t_out).to(device)
     model.set_activation_checkpointing(tc.activation_checkpointing)  # FramecastError where unsupported
+    model.set_input_supervision(tc.supervise_inputs)
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, tc, device)

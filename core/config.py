@@ -225,6 +225,9 @@ class SimVPConfig:
     # TAU's differential divergence regularisation: KL between the softmax over time of the true and
     # predicted frame-to-frame differences, this weight times it added to the loss (0 disables it).
     divergence_weight: float = 0.1
+    # Initial weights: "pytorch" (PyTorch's defaults) or "published" (as the SimVP reference code:
+    # truncated normal, std 0.02, in the encoder/decoder convs; He fan-out normal in the translator blocks).
+    init: Literal["pytorch", "published"] = "pytorch"
 
     def check(self, where: str) -> None:
         _check_positive(where, spatial_channels=self.spatial_channels, temporal_channels=self.temporal_channels,
@@ -396,6 +399,10 @@ class TrainConfig:
     # Recompute each recurrent step in the backward pass instead of storing its gates: far fewer
     # stored activations for some more conv FLOPs (benchmarks/RESULTS.md); same results.
     activation_checkpointing: bool = False
+    # Frame-by-frame families (convlstm, predrnn, phydnet): also score the next-frame predictions the
+    # model makes while reading its inputs (frames 1..t_in-1), each prediction weighted alike, as
+    # OpenSTL trains its recurrent methods; false scores only the t_out forecast frames.
+    supervise_inputs: bool = False
     # Per-pixel training loss: "mse", "l1", "mse+l1" (their sum) or "bce" (binary cross-entropy on
     # frames in [0, 1], for near-binary data such as Moving MNIST).
     loss: Literal["mse", "l1", "mse+l1", "bce"] = "mse"

@@ -27,6 +27,9 @@ from core.errors import FramecastError
 class Forecast(NamedTuple):
     frames: Tensor  # (B, t_out, C, H, W) raw predicted frames
     losses: dict[str, Tensor]  # extra training loss terms, already weighted; summed into the loss
+    # With train.supervise_inputs, a frame-by-frame family's next-frame predictions of the input
+    # phase: input frames 1..t_in-1, each predicted from the frames before it (B, t_in - 1, C, H, W).
+    inputs: Tensor | None = None
 
 
 class FamilyModel(nn.Module):
@@ -86,6 +89,15 @@ class FamilyModel(nn.Module):
         if enabled:
             raise FramecastError(f"train.activation_checkpointing is not available for model.family={self.family}")
 
+    def set_input_supervision(self, enabled: bool) -> None:
+        """Families rolled out frame by frame also return their input phase's next-frame predictions
+        (``train.supervise_inputs``); the others have none and refuse, naming the setting."""
+        if enabled:
+            raise FramecastError(
+                f"train.supervise_inputs is for the frame-by-frame families (convlstm, predrnn, phydnet); "
+                f"model.family={self.family} makes no next-frame predictions of its inputs"
+            )
+
     def summary(self) -> list[tuple[str, str]]:
         """(label, value) lines describing the architecture, for ``load_model.py``."""
         return [("family", f"{self.family} ({self.title})")]
@@ -99,9 +111,14 @@ class RolloutModel(FamilyModel):
     """
 
     checkpoint_steps: bool = False
+    # Training passes also return the input steps' predictions of the next input frame (Forecast.inputs).
+    supervise_inputs: bool = False
 
     def set_activation_checkpointing(self, enabled: bool) -> None:
         self.checkpoint_steps = enabled
+
+    def set_input_supervision(self, enabled: bool) -> None:
+        self.supervise_inputs = enabled
 
     def recomputing(self) -> bool:
         """Whether this pass recomputes its steps in backward (only when there is a backward)."""

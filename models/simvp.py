@@ -41,6 +41,8 @@ SE_MIN_HIDDEN = 4  # ... but at least 4
 # TAU's differential divergence: softmax over time of frame differences divided by this
 # temperature (TAU's 0.1: frame differences of [0, 1] frames are small, so sharpen them).
 DIVERGENCE_TEMPERATURE = 0.1
+# model.simvp.init: published: the reference code's std of its truncated-normal weights.
+PUBLISHED_STD = 0.02
 
 
 def strided_layers(spatial_layers: int) -> list[bool]:
@@ -244,6 +246,29 @@ class Translator(nn.Module):
         return self.blocks(x)
 
 
+def published_init(model: "SimVP") -> None:
+    """``model.simvp.init: published``: the initialisation of the SimVP reference code. Encoder and
+    decoder block convs: truncated normal (std ``PUBLISHED_STD``), zero bias. The translator blocks'
+    attention and MLP: convs normal with He's fan-out variance 2 / (k*k*out/groups), linears truncated
+    normal (std ``PUBLISHED_STD``), zero biases. Everything else (readout, reductions, norms) keeps
+    PyTorch's defaults, as there."""
+    for block in (*model.encoder.blocks, *model.decoder.blocks):
+        nn.init.trunc_normal_(block.conv.weight, std=PUBLISHED_STD)
+        nn.init.zeros_(block.conv.bias)
+    for meta in model.translator.blocks.children():
+        for module in (*meta.attention.modules(), *meta.mlp.modules()):
+            if isinstance(module, nn.Conv2d):
+                k_h, k_w = module.kernel_size
+                fan_out = k_h * k_w * module.out_channels // module.groups
+                nn.init.normal_(module.weight, 0.0, (2.0 / fan_out) ** 0.5)
+            elif isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=PUBLISHED_STD)
+            else:
+                continue
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+
 class SimVP(FamilyModel):
     """Maps t_in frames (B, t_in, C, H, W) in [0, 1] to t_out raw predicted frames (B, t_out, C, H, W)."""
 
@@ -257,6 +282,8 @@ class SimVP(FamilyModel):
         self.translator = Translator(t_in * cfg.spatial_channels, cfg.temporal_channels, cfg.temporal_layers,
                                      cfg.translator, cfg.mlp_ratio, cfg.drop_path)
         self.decoder = Decoder(self.in_channels, cfg.spatial_channels, cfg.spatial_layers, cfg.spatial_kernel)
+        if cfg.init == "published":
+            published_init(self)
         if cfg.residual:
             start_at_copy_last(self.decoder.readout)
 
@@ -297,6 +324,7 @@ class SimVP(FamilyModel):
             ("rollout", f"{rollout} -> {self.t_out} frames"),
             ("divergence loss", divergence),
             ("output", "change from the last input frame" if cfg.residual else "frames"),
+            ("init", cfg.init),
         ]
 
     def _one_pass(self, x: Tensor) -> Tensor:

@@ -130,6 +130,7 @@ def run(cfg: Config) -> Path:
     seed_everything(tc.seed)  # the weights a training of this config starts from
     model = build_model(cfg.model, data.t_in, data.t_out).to(device)
     model.set_activation_checkpointing(tc.activation_checkpointing)
+    model.set_input_supervision(tc.supervise_inputs)
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
     forward = TrainingForward(model).train()  # not compiled: minutes of compiling for a short sweep

@@ -169,6 +169,7 @@ class Trainer:
         seed_everything(tc.seed)
         self.model = build_model(cfg.model, self.t_in, self.t_out).to(self.device)
         self.model.set_activation_checkpointing(tc.activation_checkpointing)
+        self.model.set_input_supervision(tc.supervise_inputs)  # FramecastError where the family has none
         if self.precision.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.num_parameters = count_parameters(self.model)

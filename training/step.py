@@ -122,7 +122,11 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: torch.
     inputs, targets = split_video(video, t_in)
     with precision.autocast():
         forecast = model(inputs, targets, step)  # frames (B, t_out, C, H, W)
-    main = frame_loss(loss, forecast.frames, targets)
+    if forecast.inputs is None:
+        main = frame_loss(loss, forecast.frames, targets)
+    else:  # train.supervise_inputs: every next-frame prediction scored alike, the input phase's too
+        main = frame_loss(loss, torch.cat([forecast.inputs, forecast.frames], dim=1),
+                          torch.cat([inputs[:, 1:], targets], dim=1))
     extra = sum((term.float() for term in forecast.losses.values()), torch.zeros((), device=main.device))
     total = main + extra
     optimizer.zero_grad(set_to_none=True)
