@@ -60,7 +60,7 @@ from benchmarks.common import PRESETS, Preset, build_config, model_description, 
 import torch  # noqa: E402
 
 from core.atomic import write_json_atomic  # noqa: E402
-from core.config import FAMILY_NAMES  # noqa: E402
+from core.families import family_names  # noqa: E402
 from core.errors import FramecastError  # noqa: E402
 from data.pack import pack_dataset  # noqa: E402
 from data.sources import open_split  # noqa: E402
@@ -77,7 +77,7 @@ UNBOUNDED_EPOCHS = 1_000_000
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--family", choices=FAMILY_NAMES, default="encoder_forecaster",
+    parser.add_argument("--family", choices=family_names(), default=family_names()[0],
                         help="model.family (default: %(default)s)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
                         help="model sizes of this preset (default: the family's config defaults)")

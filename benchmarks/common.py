@@ -22,13 +22,12 @@ from typing import Callable
 platform.uname().processor  # noqa: B018
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count  # noqa: E402
 
-from core.config import FAMILY_NAMES, Config, ModelConfig, load_config  # noqa: E402
+from core.config import Config, load_config  # noqa: E402
+from core.families import families, family_names  # noqa: E402
 from core.errors import FramecastError  # noqa: E402
 from core.precision import Precision  # noqa: E402
 from models import TrainingForward, build_model  # noqa: E402
@@ -68,16 +67,12 @@ PRESETS: dict[str, Preset] = {
             "simvp": ("translator=gsta", "spatial_channels=64", "temporal_channels=512", "spatial_layers=4",
                       "temporal_layers=8"),
         }),
-    # Models of a few thousand parameters on the reference frames, for smoke tests and memory curves.
+    # Each family's tiny model (the family table's, as model.size: tiny) on the reference frames, for
+    # smoke tests and memory curves.
     "tiny": Preset(
-        "a tiny model of each family on 160x240 RGB, 11 -> 11 frames", 160, 240, 11, 11, 3, {
-            "encoder_forecaster": ("stem_channels=8", "hidden_channels=[8,8]", "strides=[1,2]", "kernel_size=3",
-                                   "norm_groups=4"),
-            "convlstm": ("hidden_channels=[8,8]", "kernel_size=3", "patch_size=2"),
-            "predrnn": ("hidden_channels=[8,8]", "kernel_size=3", "patch_size=2"),
-            "simvp": ("spatial_channels=8", "temporal_channels=16", "spatial_layers=2", "temporal_layers=2",
-                      "mlp_ratio=2"),
-        }),
+        "each family's tiny model (model.size: tiny) on 160x240 RGB, 11 -> 11 frames", 160, 240, 11, 11, 3,
+        {family.name: tuple(f"{key}={json.dumps(value)}" for key, value in family.tiny.items())
+         for family in families()}),
 }
 
 # Dense peak TFLOP/s of common accelerators (vendor data sheets, SXM parts where both exist), by the
@@ -98,14 +93,12 @@ PEAK_TFLOPS = {
 
 def cell_families() -> tuple[str, ...]:
     """Families whose section has a ``cell`` setting (``--cell`` applies to them)."""
-    defaults = ModelConfig()
-    return tuple(name for name in FAMILY_NAMES
-                 if "cell" in {f.name for f in dataclasses.fields(getattr(defaults, name))})
+    return tuple(family.name for family in families() if "cell" in family.setting_names())
 
 
 def add_model_arguments(parser, *, frames: bool = True, preset: str = "default", preset_aliases: tuple[str, ...] = ()) -> None:
     """``--family``, ``--preset``, ``--cell``, the frame geometry and free ``key=value`` settings."""
-    parser.add_argument("--family", choices=FAMILY_NAMES, default=ModelConfig().family,
+    parser.add_argument("--family", choices=family_names(), default=family_names()[0],
                         help="model.family (default: %(default)s)")
     parser.add_argument("--preset", *preset_aliases, dest="preset", choices=sorted(PRESETS), default=preset,
                         help="reference size (default: %(default)s): "

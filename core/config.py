@@ -44,300 +44,46 @@ class DataConfig:
     stage_to: str = ""
 
     def check(self, where: str) -> None:
-        _check_positive(where, t_in=self.t_in, t_out=self.t_out, prefetch_factor=self.prefetch_factor)
-        _check_at_least(where, 0, num_workers=self.num_workers)
+        check_positive(where, t_in=self.t_in, t_out=self.t_out, prefetch_factor=self.prefetch_factor)
+        check_at_least(where, 0, num_workers=self.num_workers)
 
 
-# ----------------------------------------------------------------------------- model families
-# One section per family under ``model:``; ``model.family`` picks the one that is built. The builders
-# live in models/ (models/registry.py maps each family name to its module).
-
-# GroupNorm spans of each recurrent cell's gate pre-activations, in gate blocks of ``hidden`` channels:
-# the ConvLSTM normalises its four gates together, the ConvGRU r and z together and its candidate alone.
-CELL_NORM_BLOCKS = {"lstm": (4,), "gru": (2, 1)}
+# ----------------------------------------------------------------------------- checks every section uses
 
 
-def _check_positive(where: str, **values: int | list[int]) -> None:
+def check_positive(where: str, **values: int | list[int]) -> None:
     for name, value in values.items():
         items = value if isinstance(value, list) else [value]
         if not items or any(v < 1 for v in items):
             raise FramecastError(f"{where}.{name} must be >= 1{' for every entry' if isinstance(value, list) else ''}, got {value}")
 
 
-def _check_at_least(where: str, low: float, **values: float) -> None:
+def check_at_least(where: str, low: float, **values: float) -> None:
     """Each value finite and >= ``low`` (a NaN passes every comparison, so it is tested first)."""
     for name, value in values.items():
         if not math.isfinite(value) or value < low:
             raise FramecastError(f"{where}.{name} must be a number >= {low:g}, got {value}")
 
 
-def _check_odd(where: str, name: str, value: int) -> None:
+def check_odd(where: str, name: str, value: int) -> None:
     if value % 2 == 0:
         raise FramecastError(f"{where}.{name} must be odd, got {value}")
 
 
-def _check_norm_groups(where: str, cell: str, hidden: list[int], groups: int) -> None:
-    if groups < 0:
-        raise FramecastError(f"{where}.norm_groups must be >= 0 (0 disables GroupNorm), got {groups}")
-    if groups == 0:
-        return
-    for level, width in enumerate(hidden):
-        for blocks in CELL_NORM_BLOCKS[cell]:
-            if (blocks * width) % groups:
-                raise FramecastError(
-                    f"{where}.norm_groups={groups} does not divide the {blocks * width} gate channels of the "
-                    f"{cell} cell at level {level} ({where}.hidden_channels={hidden}); pick a divisor of "
-                    "them, or 0 to disable GroupNorm"
-                )
+# ----------------------------------------------------------------------------- model: one section per family
+# ``model.family`` picks the family that is built; each family's settings are the ``model.<name>``
+# section of the same name. The families, their settings classes and their tiny sizes come from the
+# family table (core/families.py); this module names none of them.
+
+SIZES = ("full", "tiny")
 
 
-def _check_sampling(where: str, start: float, stop_step: int) -> None:
-    if not 0.0 <= start <= 1.0:
-        raise FramecastError(f"{where}.sampling_start must be in [0, 1], got {start}")
-    if stop_step < 1:
-        raise FramecastError(f"{where}.sampling_stop_step must be >= 1, got {stop_step}")
+class _ModelSections:
+    """What every ModelConfig has besides its fields (the class itself is made from the family table)."""
 
-
-@dataclass
-class EncoderForecasterConfig:
-    """The 2017 TrajGRU benchmark's encoder-forecaster (shared README section 3)."""
-
-    cell: Literal["lstm", "gru"] = "gru"
-    stem_channels: int = 16  # the first (non-recurrent) conv's output channels
-    # One entry per level, top (full resolution) first: recurrent hidden channels ...
-    hidden_channels: list[int] = field(default_factory=lambda: [64, 96, 96])
-    # ... and the stride of the conv that leads into that level (1 = same resolution).
-    strides: list[int] = field(default_factory=lambda: [1, 2, 2])
-    kernel_size: int = 5  # recurrent cells' kernel
-    norm_groups: int = 16  # GroupNorm groups in the cells' gates; 0 disables it
-    # Space-to-depth factor applied to frames before the stem (OpenSTL's "patch size").
-    patch_size: int = 1
-    # Predict the change from the last input frame; the output head starts at zero, so an untrained
-    # model is exactly copy-last and training starts from that baseline instead of grey frames.
-    residual: bool = False
-    # Keep predictions in [0, 1]: a sigmoid on absolute output, a clamp on residual output.
-    bounded: bool = False
-
-    def check(self, where: str) -> None:
-        if len(self.hidden_channels) != len(self.strides) or not self.hidden_channels:
-            raise FramecastError(
-                f"{where}.hidden_channels and {where}.strides must be non-empty lists of the same length "
-                f"(got {self.hidden_channels} and {self.strides})"
-            )
-        _check_positive(where, hidden_channels=self.hidden_channels, strides=self.strides,
-                        stem_channels=self.stem_channels, patch_size=self.patch_size, kernel_size=self.kernel_size)
-        _check_odd(where, "kernel_size", self.kernel_size)
-        _check_norm_groups(where, self.cell, self.hidden_channels, self.norm_groups)
-
-
-@dataclass
-class ConvLSTMConfig:
-    """Stacked ConvLSTM (or ConvGRU) layers on space-to-depth patches, rolled out frame by frame
-    (OpenSTL's ConvLSTM with scheduled sampling; Shi et al. 2015)."""
-
-    cell: Literal["lstm", "gru"] = "lstm"
-    hidden_channels: list[int] = field(default_factory=lambda: [128, 128, 128, 128])  # one entry per layer
-    kernel_size: int = 5
-    patch_size: int = 4  # frames are cut into patch x patch blocks stacked as channels
-    norm_groups: int = 0  # GroupNorm on the gate pre-activations; 0 = none (OpenSTL uses none)
-    # Predict each next frame as the change from the frame fed in at that step (head zero-initialised:
-    # an untrained model repeats the last input frame, copy-last, instead of starting from grey).
-    residual: bool = False
-    # Scheduled sampling while training: the chance of feeding the true frame rather than the model's
-    # own prediction falls linearly from sampling_start to 0 at sampling_stop_step ("none": always the
-    # model's own prediction, as at inference).
-    sampling: Literal["linear", "none"] = "linear"
-    sampling_start: float = 1.0
-    sampling_stop_step: int = 50000
-
-    def check(self, where: str) -> None:
-        _check_positive(where, hidden_channels=self.hidden_channels, kernel_size=self.kernel_size,
-                        patch_size=self.patch_size)
-        _check_odd(where, "kernel_size", self.kernel_size)
-        _check_norm_groups(where, self.cell, self.hidden_channels, self.norm_groups)
-        _check_sampling(where, self.sampling_start, self.sampling_stop_step)
-
-
-@dataclass
-class PredRNNConfig:
-    """PredRNN-V2 (Wang et al. 2022): stacked spatiotemporal LSTMs with the zigzag memory, the
-    memory-decoupling loss and reverse scheduled sampling."""
-
-    hidden_channels: list[int] = field(default_factory=lambda: [128, 128, 128, 128])  # one entry per layer
-    kernel_size: int = 5
-    patch_size: int = 4
-    layer_norm: bool = True  # normalise each gate convolution's output (PredRNN's layer_norm)
-    decouple_weight: float = 0.1  # beta of the memory-decoupling loss; 0 disables it
-    # Predict each next frame as the change from the frame read at that step (head zero-initialised:
-    # an untrained model repeats the last input frame instead of starting from grey).
-    residual: bool = False
-    # "reverse": reverse scheduled sampling (true-frame probability on the INPUT steps rises towards 1
-    # between reverse_start_step and reverse_stop_step, while the one on the predicted steps falls);
-    # "linear": plain scheduled sampling as in the ConvLSTM family; "none": always its own prediction.
-    sampling: Literal["reverse", "linear", "none"] = "reverse"
-    reverse_start_step: int = 25000
-    reverse_stop_step: int = 50000
-    reverse_exp_alpha: float = 5000.0
-    sampling_start: float = 1.0
-    sampling_stop_step: int = 50000
-
-    def check(self, where: str) -> None:
-        _check_positive(where, hidden_channels=self.hidden_channels, kernel_size=self.kernel_size,
-                        patch_size=self.patch_size, reverse_start_step=self.reverse_start_step)
-        if len(set(self.hidden_channels)) != 1:
-            # The memory m passes from every layer to the next (and top to bottom), and one adapter
-            # serves every layer's memory increments: all layers have its width.
-            raise FramecastError(f"{where}.hidden_channels must all be equal (the spatiotemporal memory "
-                                 f"flows through every layer), got {self.hidden_channels}")
-        _check_odd(where, "kernel_size", self.kernel_size)
-        if self.decouple_weight < 0:
-            raise FramecastError(f"{where}.decouple_weight must be >= 0, got {self.decouple_weight}")
-        if self.reverse_stop_step <= self.reverse_start_step:
-            raise FramecastError(
-                f"{where}.reverse_stop_step ({self.reverse_stop_step}) must be after "
-                f"{where}.reverse_start_step ({self.reverse_start_step})"
-            )
-        if self.reverse_exp_alpha <= 0:
-            raise FramecastError(f"{where}.reverse_exp_alpha must be > 0, got {self.reverse_exp_alpha}")
-        _check_sampling(where, self.sampling_start, self.sampling_stop_step)
-
-
-# SimVP's encoder and decoder blocks normalise with this many GroupNorm groups (as the paper).
-SIMVP_NORM_GROUPS = 2
-
-
-@dataclass
-class SimVPConfig:
-    """SimVP (Gao et al. 2022; Tan et al. 2022): a per-frame conv encoder, a translator over the
-    stacked frames' features, a per-frame conv decoder. Translators: gSTA (SimVP-v2) and TAU."""
-
-    translator: Literal["gsta", "tau"] = "gsta"
-    spatial_channels: int = 64  # hid_S: encoder/decoder channels
-    temporal_channels: int = 512  # hid_T: translator channels
-    spatial_layers: int = 4  # N_S: encoder and decoder conv layers each (every other one strided)
-    temporal_layers: int = 8  # N_T: translator blocks
-    spatial_kernel: int = 3  # encoder/decoder conv kernel
-    mlp_ratio: float = 8.0  # translator MLP width / temporal_channels
-    drop_path: float = 0.0  # stochastic depth of the translator blocks
-    # Predict the change from the last input frame (readout zero-initialised: an untrained model is
-    # exactly copy-last, and the background stays sharp while training).
-    residual: bool = False
-    # TAU's differential divergence regularisation: KL between the softmax over time of the true and
-    # predicted frame-to-frame differences, this weight times it added to the loss (0 disables it).
-    divergence_weight: float = 0.1
-    # Initial weights: "pytorch" (PyTorch's defaults) or "published" (as the SimVP reference code:
-    # truncated normal, std 0.02, in the encoder/decoder convs; He fan-out normal in the translator blocks).
-    init: Literal["pytorch", "published"] = "pytorch"
-
-    def check(self, where: str) -> None:
-        _check_positive(where, spatial_channels=self.spatial_channels, temporal_channels=self.temporal_channels,
-                        spatial_layers=self.spatial_layers, temporal_layers=self.temporal_layers,
-                        spatial_kernel=self.spatial_kernel)
-        _check_odd(where, "spatial_kernel", self.spatial_kernel)
-        if self.spatial_channels % SIMVP_NORM_GROUPS:
-            raise FramecastError(f"{where}.spatial_channels={self.spatial_channels} must be divisible by "
-                                 f"{SIMVP_NORM_GROUPS} (the encoder/decoder GroupNorm groups)")
-        if self.mlp_ratio <= 0:
-            raise FramecastError(f"{where}.mlp_ratio must be > 0, got {self.mlp_ratio}")
-        _check_at_least(where, 0, divergence_weight=self.divergence_weight)
-        if not 0.0 <= self.drop_path < 1.0:
-            raise FramecastError(f"{where}.drop_path must be in [0, 1), got {self.drop_path}")
-
-
-@dataclass
-class UNetConfig:
-    """A UNet mapping the stacked input frames to the stacked future frames in one pass (Ronneberger
-    et al. 2015, as the Moving MNIST forecasters of the systems framecast replaces used it)."""
-
-    base_channels: int = 64  # channels at full resolution; each level down doubles them
-    levels: int = 4  # downsamplings (frame sides must be divisible by 2 ** levels)
-    norm_groups: int = 8  # GroupNorm groups in every conv block; 0 disables it
-    # Predict the change from the last input frame (output head zero-initialised: starts at copy-last).
-    residual: bool = False
-
-    def check(self, where: str) -> None:
-        _check_positive(where, base_channels=self.base_channels, levels=self.levels)
-        _check_at_least(where, 0, norm_groups=self.norm_groups)
-        if self.norm_groups and self.base_channels % self.norm_groups:
-            raise FramecastError(f"{where}.norm_groups={self.norm_groups} must divide "
-                                 f"{where}.base_channels={self.base_channels}")
-
-
-@dataclass
-class PhyDNetConfig:
-    """PhyDNet (Le Guen & Thome, CVPR 2020): a PhyCell (convolutions constrained by their moment
-    matrices to act as finite-difference operators: a learned PDE) beside a ConvLSTM branch for the
-    rest, with a shared encoder and decoder."""
-
-    encoder_channels: int = 64  # the shared encoder's output channels (OpenSTL: 64)
-    phycell_channels: int = 49  # F: hidden channels of the PhyCell (7 x 7 moments)
-    phycell_layers: int = 1
-    kernel_size: int = 7  # the PhyCell's kernel; its moment matrix is kernel x kernel
-    convlstm_channels: list[int] = field(default_factory=lambda: [128, 128, 64])  # one per layer
-    convlstm_kernel: int = 3
-    # Weight of the moment-matrix constraint loss (the PhyCell's kernels vs their target moments).
-    moment_weight: float = 1.0
-    # Predict each next frame as the change from the frame read at that step (readout zero-initialised:
-    # an untrained model repeats the last input frame instead of starting from grey).
-    residual: bool = False
-    # Teacher forcing: the chance of feeding the true frame falls linearly from sampling_start to 0 at
-    # sampling_stop_step ("none": always the model's own prediction).
-    sampling: Literal["linear", "none"] = "linear"
-    sampling_start: float = 1.0
-    sampling_stop_step: int = 50000
-
-    def check(self, where: str) -> None:
-        _check_positive(where, encoder_channels=self.encoder_channels, phycell_channels=self.phycell_channels,
-                        phycell_layers=self.phycell_layers, kernel_size=self.kernel_size,
-                        convlstm_channels=self.convlstm_channels, convlstm_kernel=self.convlstm_kernel)
-        _check_odd(where, "kernel_size", self.kernel_size)
-        _check_odd(where, "convlstm_kernel", self.convlstm_kernel)
-        _check_at_least(where, 0, moment_weight=self.moment_weight)
-        if self.moment_weight > 0 and self.phycell_channels < self.kernel_size**2:
-            raise FramecastError(
-                f"{where}.phycell_channels={self.phycell_channels} must be >= kernel_size**2="
-                f"{self.kernel_size**2}: the moment constraint makes one filter per derivative "
-                f"d^(p+q)/dy^p dx^q, p, q < kernel_size (or set {where}.moment_weight=0)"
-            )
-        _check_sampling(where, self.sampling_start, self.sampling_stop_step)
-
-
-@dataclass
-class AttentionGRUConfig:
-    """A ConvGRU encoder-decoder whose decoder attends over every encoder time step, with blur
-    (anti-aliased) upsampling."""
-
-    hidden_channels: list[int] = field(default_factory=lambda: [64, 96])  # one per level, top first
-    kernel_size: int = 3
-    norm_groups: int = 8  # GroupNorm groups in the GRU gates; 0 disables it
-    patch_size: int = 2  # space-to-depth before the first level
-    residual: bool = True  # predict the change from the last input frame (starts at copy-last)
-
-    def check(self, where: str) -> None:
-        _check_positive(where, hidden_channels=self.hidden_channels, kernel_size=self.kernel_size,
-                        patch_size=self.patch_size)
-        _check_odd(where, "kernel_size", self.kernel_size)
-        _check_norm_groups(where, "gru", self.hidden_channels, self.norm_groups)
-
-
-FamilyName = Literal["encoder_forecaster", "convlstm", "predrnn", "simvp", "unet", "phydnet", "attention_gru"]
-FAMILY_NAMES: tuple[str, ...] = typing.get_args(FamilyName)
-
-
-@dataclass
-class ModelConfig:
-    # Which model is built; its settings are the section of the same name below.
-    family: FamilyName = "encoder_forecaster"
-    # Channels the model sees per frame: 3 for colour, 1 for grey data (frames stored as RGB on disk
-    # are then read as their first channel, and predictions written back as grey RGB).
-    in_channels: int = 3
-    encoder_forecaster: EncoderForecasterConfig = field(default_factory=EncoderForecasterConfig)
-    convlstm: ConvLSTMConfig = field(default_factory=ConvLSTMConfig)
-    predrnn: PredRNNConfig = field(default_factory=PredRNNConfig)
-    simvp: SimVPConfig = field(default_factory=SimVPConfig)
-    unet: UNetConfig = field(default_factory=UNetConfig)
-    phydnet: PhyDNetConfig = field(default_factory=PhyDNetConfig)
-    attention_gru: AttentionGRUConfig = field(default_factory=AttentionGRUConfig)
+    family: str
+    in_channels: int
+    size: str
 
     @property
     def section(self) -> Any:
@@ -345,21 +91,73 @@ class ModelConfig:
         return getattr(self, self.family)
 
     def check(self, where: str) -> None:
+        from core.families import family_names
+
+        names = family_names()
+        if self.family not in names:
+            raise FramecastError(f"{where}.family: {self.family!r} is not one of {', '.join(repr(n) for n in names)}")
+        if self.size not in SIZES:
+            raise FramecastError(f"{where}.size: {self.size!r} is not one of {', '.join(repr(s) for s in SIZES)}")
         if self.in_channels not in (1, 3):
             raise FramecastError(f"{where}.in_channels must be 1 (grey) or 3 (RGB), got {self.in_channels}")
-        for name in FAMILY_NAMES:
+        for name in names:
             getattr(self, name).check(f"{where}.{name}")
 
     @classmethod
     def unknown_setting_hint(cls, key: str, where: str) -> str:
         """Where a misplaced setting belongs: a key of a family's section written elsewhere."""
-        owners = [name for name in FAMILY_NAMES
-                  if key in {f.name for f in dataclasses.fields(typing.get_type_hints(cls)[name])}]
+        from core.families import families
+
+        owners = [f.name for f in families() if key in f.setting_names()]
         if not owners:
             return ""
         places = " and ".join(f"model.{name}.{key}" for name in owners)
-        families = ", ".join(owners)
-        return f"; {key} is a setting of the {families} famil{'ies' if len(owners) > 1 else 'y'} ({places})"
+        names = ", ".join(owners)
+        return f"; {key} is a setting of the {names} famil{'ies' if len(owners) > 1 else 'y'} ({places})"
+
+
+_model_classes: dict[tuple, type] = {}
+
+
+def model_config_class() -> type:
+    """The ``model:`` section's dataclass: ``family`` (default: the first declared family),
+    ``in_channels``, ``size`` and one field per declared family, of its settings class. Made again when
+    a family is declared later (a plug-in), so its section is known from then on."""
+    from core.families import families
+
+    table = families()
+    key = tuple((f.name, f.settings) for f in table)
+    cls = _model_classes.get(key)
+    if cls is None:
+        fields = [
+            # Which model is built; its settings are the section of the same name.
+            ("family", str, field(default=table[0].name)),
+            # Channels the model sees per frame: 3 for colour, 1 for grey data (frames stored as RGB on
+            # disk are then read as their first channel, and predictions written back as grey RGB).
+            ("in_channels", int, field(default=3)),
+            # "tiny": every family's section starts from the family's declared tiny model (seconds on a
+            # CPU), the settings written in the config still applying on top; "full": its defaults.
+            ("size", str, field(default="full")),
+            *((f.name, f.settings, field(default_factory=f.settings)) for f in table),
+        ]
+        cls = dataclasses.make_dataclass("ModelConfig", fields, bases=(_ModelSections,))
+        cls.__module__ = __name__
+        _model_classes[key] = cls
+    return cls
+
+
+def family_names() -> tuple[str, ...]:
+    """``model.family``'s choices, in declaration order."""
+    from core.families import family_names as names
+
+    return names()
+
+
+def __getattr__(name: str) -> Any:
+    # ``ModelConfig`` is made from the family table on first use (importing this module reads no table).
+    if name == "ModelConfig":
+        return model_config_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -418,10 +216,10 @@ class TrainConfig:
     log_every_steps: int = 10
 
     def check(self, where: str) -> None:
-        _check_positive(where, epochs=self.epochs, batch_size=self.batch_size, log_every_steps=self.log_every_steps,
-                        gdl_alpha=self.gdl_alpha)
-        _check_at_least(where, 0, ssim_weight=self.ssim_weight, gdl_weight=self.gdl_weight)
-        _check_at_least(where, 0, lr=self.lr, max_minutes=self.max_minutes, weight_decay=self.weight_decay, grad_clip=self.grad_clip,
+        check_positive(where, epochs=self.epochs, batch_size=self.batch_size, log_every_steps=self.log_every_steps,
+                       gdl_alpha=self.gdl_alpha)
+        check_at_least(where, 0, ssim_weight=self.ssim_weight, gdl_weight=self.gdl_weight)
+        check_at_least(where, 0, lr=self.lr, max_minutes=self.max_minutes, weight_decay=self.weight_decay, grad_clip=self.grad_clip,
                         early_stop_patience=self.early_stop_patience, val_every_steps=self.val_every_steps,
                         max_steps_per_epoch=self.max_steps_per_epoch, max_val_batches=self.max_val_batches,
                         plateau_patience=self.plateau_patience)
@@ -449,7 +247,7 @@ class PredictConfig:
     spread: bool = False
 
     def check(self, where: str) -> None:
-        _check_positive(where, batch_size=self.batch_size, shards=self.shards)
+        check_positive(where, batch_size=self.batch_size, shards=self.shards)
         if isinstance(self.checkpoint, list) and (not self.checkpoint or not all(self.checkpoint)):
             raise FramecastError(f"{where}.checkpoint: an empty list or entry in {self.checkpoint} "
                                  "(give checkpoint paths or globs)")
@@ -465,8 +263,8 @@ class ConvertConfig:
     spread: bool = False
 
     def check(self, where: str) -> None:
-        _check_positive(where, workers=self.workers)
-        _check_at_least(where, 0, **{f"frames[{i}]": k for i, k in enumerate(self.frames)})
+        check_positive(where, workers=self.workers)
+        check_at_least(where, 0, **{f"frames[{i}]": k for i, k in enumerate(self.frames)})
 
 
 @dataclass
@@ -480,7 +278,7 @@ class EvaluateConfig:
     f1_threshold: float = 0.5
 
     def check(self, where: str) -> None:
-        _check_at_least(where, 0, max_videos=self.max_videos, samples=self.samples)
+        check_at_least(where, 0, max_videos=self.max_videos, samples=self.samples)
         if not 0 < self.f1_threshold < 1:
             raise FramecastError(f"{where}.f1_threshold must be in (0, 1), got {self.f1_threshold}")
 
@@ -498,7 +296,7 @@ class LRFindConfig:
     out: str = ""  # empty means <run.out_dir>/lr-find/<run.name> (never the run folder itself)
 
     def check(self, where: str) -> None:
-        _check_positive(where, steps=self.steps)
+        check_positive(where, steps=self.steps)
         if not (math.isfinite(self.start_lr) and math.isfinite(self.end_lr) and 0 < self.start_lr < self.end_lr):
             raise FramecastError(f"{where}.start_lr and {where}.end_lr must satisfy 0 < start_lr < end_lr, "
                                  f"got {self.start_lr} and {self.end_lr}")
@@ -548,10 +346,10 @@ class SlurmConfig:
     max_array_size: int = 0
 
     def check(self, where: str) -> None:
-        _check_positive(where, time_min=self.time_min, nodes=self.nodes, tasks_per_node=self.tasks_per_node,
+        check_positive(where, time_min=self.time_min, nodes=self.nodes, tasks_per_node=self.tasks_per_node,
                         cpus_per_task=self.cpus_per_task, mem_gb=self.mem_gb,
                         array_parallelism=self.array_parallelism)
-        _check_at_least(where, 0, gpus_per_node=self.gpus_per_node, signal_delay_s=self.signal_delay_s,
+        check_at_least(where, 0, gpus_per_node=self.gpus_per_node, signal_delay_s=self.signal_delay_s,
                         max_num_timeout=self.max_num_timeout, max_array_size=self.max_array_size)
 
 
@@ -581,14 +379,14 @@ class RunConfig:
             )
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise FramecastError(f"{where}.device={self.device!r}: expected auto, cpu, cuda or cuda:<n>")
-        _check_positive(where, lock_stale_s=self.lock_stale_s)
+        check_positive(where, lock_stale_s=self.lock_stale_s)
 
 
 @dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig = field(default_factory=lambda: model_config_class()())
     train: TrainConfig = field(default_factory=TrainConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
     convert: ConvertConfig = field(default_factory=ConvertConfig)
@@ -675,13 +473,28 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise TypeError(f"unsupported config annotation {tp!r} at {where}")
 
 
+def _tiny_under(values: dict) -> dict:
+    """``model.size: tiny``: each family's section starts from its declared tiny settings, what the
+    config writes in it applying on top."""
+    from core.families import families
+
+    values = dict(values)
+    for family in families():
+        section = values.get(family.name)
+        if section is None or isinstance(section, dict):
+            values[family.name] = {**family.tiny, **(section or {})}
+    return values
+
+
 def _build(cls: type, values: dict, where: str) -> Any:
-    hints = typing.get_type_hints(cls)
+    if isinstance(cls, type) and issubclass(cls, _ModelSections) and values.get("size") == "tiny":
+        values = _tiny_under(values)
+    hints = typing.get_type_hints(cls, localns={"ModelConfig": model_config_class()})
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
         prefix = f"{where}." if where else ""
-        hint = ModelConfig.unknown_setting_hint(unknown[0], where) if where.startswith("model") else ""
+        hint = _ModelSections.unknown_setting_hint(unknown[0], where) if where.startswith("model") else ""
         raise FramecastError(
             f"unknown setting {prefix}{unknown[0]} (known in {where or 'the top level'}: "
             f"{', '.join(sorted(names))}){hint}"

@@ -32,14 +32,18 @@ the query, the attention, the context conv and the GRU's hidden conv.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from core.config import ModelConfig
 from models.base import FamilyModel, from_patches, start_at_copy_last, to_patches
 from models.cells import ConvGRUCell, ConvRNNCell, stack_time
+
+if TYPE_CHECKING:
+    from core.config import ModelConfig
 
 # Architecture constants (not tunables): 3x3 strided/upsampling convs, x2 per level, leaky ReLU
 # slope 0.2 (as the encoder-forecaster), and the binomial taps of the blur filter (Zhang 2019).

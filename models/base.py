@@ -14,14 +14,18 @@ so ``best.pt`` (which holds the config) alone rebuilds it.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.config import ModelConfig
 from core.errors import FramecastError
+
+if TYPE_CHECKING:
+    from core.config import ModelConfig
 
 
 class Forecast(NamedTuple):

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from core.config import CELL_NORM_BLOCKS
+from models.families import CELL_NORM_BLOCKS
 
 State = tuple[Tensor, ...]  # ConvLSTM: (h, c); ConvGRU: (h,). Each (B, hidden, H, W).
 

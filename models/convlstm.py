@@ -14,13 +14,17 @@ the step's output of the layer below and the fed-back prediction comes from the 
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from core.config import ModelConfig
 from models.base import Forecast, RolloutModel, from_patches, mix_frames, start_at_copy_last, to_patches
 from models.cells import CELLS, ConvRNNCell, State, stack_time
 from models.sampling import draw_linear_choices
+
+if TYPE_CHECKING:
+    from core.config import ModelConfig
 
 # Architecture constant of the reference design (not a tunable): the head mapping the top hidden
 # state to the next frame's patches is a 1x1 conv.

@@ -12,15 +12,20 @@ each ONE call over the (B*T, C, H, W) batch of every frame.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.config import EncoderForecasterConfig, ModelConfig
+from models.families import EncoderForecasterConfig
 from models.base import FamilyModel, start_at_copy_last
 from models.cells import CELLS, ConvRNNCell
+
+if TYPE_CHECKING:
+    from core.config import ModelConfig
 
 # Architecture constants of the reference design (not tunables): 3x3 stem/strided convs,
 # stride-2 upsampling by 4x4 transposed convs, leaky ReLU slope 0.2.

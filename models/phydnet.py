@@ -27,6 +27,8 @@ Nothing here reads a tensor's value on the host: no host-device syncs.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import math
 from functools import partial
 
@@ -35,10 +37,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from core.config import ModelConfig
 from models.base import Forecast, RolloutModel, mix_frames, start_at_copy_last
 from models.cells import ConvLSTMCell, stack_time
 from models.sampling import draw_linear_choices
+
+if TYPE_CHECKING:
+    from core.config import ModelConfig
 
 # Architecture constants of the reference design (not tunables).
 ENCODER_STRIDES = (2, 1, 2)  # the shared encoder's blocks (OpenSTL's encoder_E at patch size 4)

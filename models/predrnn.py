@@ -18,6 +18,8 @@ step, and fed-back predictions exist only once the step before has run).
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from functools import partial
 
 import torch
@@ -25,7 +27,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from core.config import ModelConfig
 from models.base import (
     Forecast,
     RolloutModel,
@@ -40,6 +41,9 @@ from models.sampling import (
     linear_true_frame_probability,
     reverse_true_frame_probabilities,
 )
+
+if TYPE_CHECKING:
+    from core.config import ModelConfig
 
 # Gate blocks (of hidden channels each) of the three gate convs, in the order their outputs are split:
 X_GATES = 7  # conv_x(x): i, f, g (for c), i', f', g' (for m), o

@@ -1,34 +1,20 @@
-"""``model.family`` -> the class that builds it: adding a family is its module and one line here."""
+"""``model.family`` -> the model: the class each family's declaration names (core/families.py), built
+from the config in one place, so training and loading a checkpoint build the same thing."""
 from __future__ import annotations
 
-from core.config import FAMILY_NAMES, ModelConfig
-from core.errors import FramecastError
-from models.attention_gru import AttentionGRU
-from models.base import FamilyModel
-from models.convlstm import ConvLSTMStack
-from models.encoder_forecaster import EncoderForecaster
-from models.phydnet import PhyDNet
-from models.predrnn import PredRNN
-from models.simvp import SimVP
-from models.unet import UNet
+from typing import TYPE_CHECKING
 
-FAMILIES: dict[str, type[FamilyModel]] = {
-    EncoderForecaster.family: EncoderForecaster,
-    PredRNN.family: PredRNN,
-    SimVP.family: SimVP,
-    UNet.family: UNet,
-    ConvLSTMStack.family: ConvLSTMStack,
-    AttentionGRU.family: AttentionGRU,
-    PhyDNet.family: PhyDNet,
-}
+from core.errors import FramecastError
+from core.families import families, get
+from models.base import FamilyModel
+
+if TYPE_CHECKING:
+    from core.config import ModelConfig
 
 
 def build_model(model_cfg: ModelConfig, t_in: int, t_out: int) -> FamilyModel:
-    """The one place a model is made from config, so training and ``load_model`` build the same thing."""
-    family = FAMILIES.get(model_cfg.family)
+    family = get(model_cfg.family)
     if family is None:
-        raise FramecastError(
-            f"model.family={model_cfg.family!r} is not one of {', '.join(FAMILIES)}"
-            + (" (known to the config but not built by this framecast)" if model_cfg.family in FAMILY_NAMES else "")
-        )
-    return family(model_cfg, t_in, t_out)
+        raise FramecastError(f"model.family={model_cfg.family!r} is not one of "
+                             f"{', '.join(f.name for f in families())}")
+    return family.model_class()(model_cfg, t_in, t_out)

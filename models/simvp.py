@@ -20,12 +20,17 @@ tensor ops on static shapes: no host-device syncs, nothing data-dependent for to
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.config import SIMVP_NORM_GROUPS, ModelConfig
+from models.families import SIMVP_NORM_GROUPS
 from models.base import FamilyModel, Forecast, start_at_copy_last
+
+if TYPE_CHECKING:
+    from core.config import ModelConfig
 
 # Architecture constants of the papers (not tunables).
 SPATIAL_NORM_GROUPS = SIMVP_NORM_GROUPS  # GroupNorm groups in the encoder/decoder blocks (SimVP)

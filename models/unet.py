@@ -16,11 +16,15 @@ each conv, as the video-prediction UNets do: batch statistics of small video bat
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor, nn
 
-from core.config import ModelConfig
 from models.base import FamilyModel, start_at_copy_last
+
+if TYPE_CHECKING:
+    from core.config import ModelConfig
 
 # Architecture constants of the paper (not tunables): 3x3 convs, 2x2 pooling and up-convs.
 CONV_KERNEL = 3

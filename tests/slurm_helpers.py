@@ -48,7 +48,7 @@ def make_tiny_data(root: Path) -> Path:
                                width=48, frames=8, hidden_frames=4, seed=0, workers=1)
 
 
-def tiny_config(data_root: Path, out_dir: Path, name: str, executor: str = "slurm", **sections) -> dict:
+def tiny_job_values(data_root: Path, out_dir: Path, name: str, executor: str = "slurm", **sections) -> dict:
     """A config dict small enough for a 2-core machine: 8-frame 32x48 videos, two 8-channel levels."""
     from tests.tiny_models import model_section
 

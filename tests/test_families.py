@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from core.checkpoint import load_checkpoint, save_checkpoint
-from core.config import FAMILY_NAMES, ModelConfig, config_to_dict, load_config
+from core.config import ModelConfig, config_to_dict, load_config, model_config_class
 from core.errors import FramecastError
-from models import FAMILIES
+from core.families import families, family_names
 from models.loading import load_model
 from stages import evaluate, predict
 from stages.train import run
@@ -29,6 +29,9 @@ from train_helpers import data_root  # noqa: F401 (fixture)
 REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+FAMILY_NAMES = family_names()
+FAMILIES = {family.name: family.model_class() for family in families()}
 
 
 def family_config(data_root: Path, out_dir: Path, family: str, name: str, *extra: str):
@@ -43,8 +46,15 @@ def trained(data_root, tmp_path_factory):
     return {family: (cfg := family_config(data_root, out, family, family), run(cfg)) for family in FAMILIES}
 
 
-def test_the_registry_and_the_config_know_the_same_families():
-    assert set(FAMILIES) == set(FAMILY_NAMES) == set(TINY)
+def test_every_declared_family_is_built_configured_and_shipped_as_declared():
+    """The family table is the one declaration: the config's model.<name> sections, the model class
+    (which names its family), the tiny model and the ready configs all come from it."""
+    sections = {f.name for f in dataclasses.fields(model_config_class())} - {"family", "in_channels", "size"}
+    assert sections == set(FAMILY_NAMES) == set(FAMILIES) == set(TINY)
+    for family in families():
+        assert FAMILIES[family.name].family == family.name and family.tiny, family.name
+        for config in family.configs:
+            assert load_config(REPO / "configs" / config).model.family == family.name, config
 
 
 @pytest.mark.parametrize("family", sorted(FAMILY_NAMES))
@@ -193,7 +203,7 @@ def test_each_family_runs_the_whole_pipeline_as_jobs(tmp_path, family):
     from tests import slurm_helpers
 
     root = slurm_helpers.make_tiny_data(tmp_path / "data")
-    values = slurm_helpers.tiny_config(root, tmp_path / "runs", family, executor="local",
+    values = slurm_helpers.tiny_job_values(root, tmp_path / "runs", family, executor="local",
                                        train={"epochs": 1})
     cfg = load_config(None, [f"{section}.{key}={json.dumps(value)}" for section, entries in values.items()
                              if section != "model" for key, value in entries.items()] + model_overrides(family))

@@ -24,10 +24,6 @@ def data_root(tmp_path_factory) -> Path:
     return slurm_helpers.make_tiny_data(tmp_path_factory.mktemp("local-data") / "shapes")
 
 
-def tiny_config(data_root: Path, out_dir: Path, name: str) -> dict:
-    return slurm_helpers.tiny_config(data_root, out_dir, name, executor="auto")
-
-
 @pytest.fixture
 def no_slurm_path(tmp_path) -> str:
     """A PATH without sbatch (nor anything else): what a laptop without Slurm looks like to `auto`."""
@@ -57,7 +53,7 @@ def _submit_cli(config_file: Path, path: str, *extra: str) -> subprocess.Complet
 def test_local_pipeline_ends_with_png_frames(data_root, tmp_path, no_slurm_path):
     """`main.py submit pipeline --wait` with no Slurm: the stages run one after another, here."""
     config_file = tmp_path / "local.yaml"
-    config_file.write_text(yaml.safe_dump(tiny_config(data_root, tmp_path / "runs", "local")))
+    config_file.write_text(yaml.safe_dump(slurm_helpers.tiny_job_values(data_root, tmp_path / "runs", "local", executor="auto")))
     done = _submit_cli(config_file, no_slurm_path, "predict.shards=2")
     assert done.returncode == 0, done.stdout + done.stderr
     # train, 2 predict shards, evaluate, convert: ids and log paths
@@ -76,7 +72,7 @@ def test_local_pipeline_ends_with_png_frames(data_root, tmp_path, no_slurm_path)
 
 def test_local_pipeline_stops_at_the_stage_that_failed(tmp_path, no_slurm_path):
     config_file = tmp_path / "broken.yaml"
-    config_file.write_text(yaml.safe_dump(tiny_config(tmp_path / "no-such-data", tmp_path / "runs", "broken")))
+    config_file.write_text(yaml.safe_dump(slurm_helpers.tiny_job_values(tmp_path / "no-such-data", tmp_path / "runs", "broken", executor="auto")))
     done = _submit_cli(config_file, no_slurm_path)
     assert done.returncode == 1, done.stdout + done.stderr
     assert done.stdout.count("submitted ") == 1  # predict, evaluate and convert were never submitted

@@ -21,7 +21,7 @@ from jobs import submit
 from jobs.wait import wait_jobs
 from tests import slurm_helpers
 from tests.slurm_helpers import cleanup, data_root  # noqa: F401 (fixtures)
-from tests.slurm_helpers import slurm_state, submit_toy, submitted_ids, tiny_config, wait_slurm_job
+from tests.slurm_helpers import slurm_state, submit_toy, submitted_ids, tiny_job_values, wait_slurm_job
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -45,7 +45,7 @@ def _describe(ends) -> str:
 def test_pipeline_on_slurm_ends_with_png_frames(data_root, tmp_path, cleanup):
     """`submit pipeline`: train -> 2 predict shards (a job array) -> convert (merges), and evaluate after
     train, chained afterok."""
-    values = tiny_config(data_root, tmp_path / "runs", "pipeline", predict={"batch_size": 2, "shards": 2})
+    values = tiny_job_values(data_root, tmp_path / "runs", "pipeline", predict={"batch_size": 2, "shards": 2})
     config_file = tmp_path / "pipeline.yaml"
     config_file.write_text(yaml.safe_dump(values))
     done = subprocess.run(
@@ -74,7 +74,7 @@ def test_pipeline_on_slurm_ends_with_png_frames(data_root, tmp_path, cleanup):
 def _sbatch_config(data_root: Path, tmp_path: Path, name: str, **sections) -> str:
     """The path of ``tmp_path/<name>.yaml``, the tiny config ``name`` written for ``CONFIG=... sbatch``."""
     config_file = tmp_path / f"{name}.yaml"
-    config_file.write_text(yaml.safe_dump(tiny_config(data_root, tmp_path / "runs", name, **sections)))
+    config_file.write_text(yaml.safe_dump(tiny_job_values(data_root, tmp_path / "runs", name, **sections)))
     return str(config_file)
 
 
@@ -139,7 +139,7 @@ def test_stage_sbatch_runs_any_declared_stage(data_root, tmp_path, cleanup):
 
 def test_a_new_stage_runs_on_slurm_through_submit(tmp_path, cleanup):
     """The toy stage (declared in tests/toy_stage.py only): `submit toy` makes a 2-task sbatch array."""
-    values = tiny_config(tmp_path, tmp_path / "runs", "toy")
+    values = tiny_job_values(tmp_path, tmp_path / "runs", "toy")
     done, ids = submit_toy(values, tmp_path, cleanup, JOB_TIMEOUT_S, "predict.shards=2")
     assert done.returncode == 0, done.stdout + done.stderr
     assert len(ids) == 2 and ids[0].endswith("_0") and ids[1].endswith("_1"), done.stdout
@@ -169,7 +169,7 @@ def test_train_sbatch_requeues_itself_at_the_time_limit_signal_and_resumes(data_
 
 def test_two_task_training_job_is_one_ddp_run(data_root, tmp_path, cleanup):
     """tasks_per_node=2 gives one job whose two tasks are the two ranks of one gloo process group."""
-    cfg = config_from_dict(tiny_config(data_root, tmp_path / "runs", "ddp", slurm={
+    cfg = config_from_dict(tiny_job_values(data_root, tmp_path / "runs", "ddp", slurm={
         "executor": "slurm", "tasks_per_node": 2, "time_min": 10, "gpus_per_node": 0, "cpus_per_task": 1,
         "mem_gb": 1}))
     job = submit.submit_stage("train", cfg)
@@ -214,7 +214,7 @@ REQUEUES = {"usr2": (["scancel", "--signal=USR2"], 8), "scontrol": (["scontrol",
 def test_requeued_training_job_resumes_from_its_checkpoint(data_root, tmp_path, cleanup, how):
     """A training job requeued mid-run keeps its id, resumes from last.pt and finishes every epoch once."""
     command, epochs = REQUEUES[how]
-    cfg = config_from_dict(tiny_config(data_root, tmp_path / "runs", "requeue", train={"epochs": epochs}))
+    cfg = config_from_dict(tiny_job_values(data_root, tmp_path / "runs", "requeue", train={"epochs": epochs}))
     job = submit.submit_stage("train", cfg)
     _track(cleanup, [job])
     metrics = cfg.run_dir / "metrics.jsonl"
@@ -235,7 +235,7 @@ def test_requeued_training_job_resumes_from_its_checkpoint(data_root, tmp_path, 
 def test_failed_stage_cancels_the_jobs_waiting_on_it(tmp_path, cleanup):
     """A train that fails (missing data) -> predict, evaluate and convert never start and are reported,
     not waited on."""
-    values = tiny_config(tmp_path / "no-such-data", tmp_path / "runs", "broken")
+    values = tiny_job_values(tmp_path / "no-such-data", tmp_path / "runs", "broken")
     jobs = submit.submit_pipeline(config_from_dict(values))
     _track(cleanup, jobs)
     assert len(jobs) == submit.pipeline_job_count(config_from_dict(values)) == 4
@@ -248,7 +248,7 @@ def test_failed_stage_cancels_the_jobs_waiting_on_it(tmp_path, cleanup):
 def test_slurm_section_reaches_the_job(tmp_path, cleanup):
     """Time, memory, partition, extra sbatch parameters, setup lines and the Python wrapper (a container
     command in real use) all come from the config."""
-    values = tiny_config(tmp_path, tmp_path / "runs", "params", slurm={
+    values = tiny_job_values(tmp_path, tmp_path / "runs", "params", slurm={
         "executor": "slurm", "time_min": 7, "mem_gb": 1, "gpus_per_node": 0, "cpus_per_task": 1,
         "partition": "debug", "additional_parameters": {"comment": "framecast-test"},
         "setup": ["export FRAMECAST_SETUP_RAN=yes"], "python": f"env FRAMECAST_WRAPPED=yes {sys.executable}"})
@@ -268,7 +268,7 @@ def test_slurm_section_reaches_the_job(tmp_path, cleanup):
 
 def test_cancelled_job_is_reported_not_waited_for(tmp_path, cleanup):
     """A job killed from outside (scancel) leaves no result file; the waiter still returns at once."""
-    cfg = config_from_dict(tiny_config(tmp_path, tmp_path / "runs", "cancel"))
+    cfg = config_from_dict(tiny_job_values(tmp_path, tmp_path / "runs", "cancel"))
     job = submit.make_executor(cfg, "predict").submit(slurm_helpers.sleep, 300)
     _track(cleanup, [job])
     deadline = time.monotonic() + JOB_TIMEOUT_S
@@ -330,7 +330,7 @@ def test_training_job_past_its_time_limit_is_requeued_until_done_and_redoes_at_m
 
     data = make_shapes_dataset(tmp_path / "data", counts={"train": 40, "val": 2}, height=32, width=48, frames=8,
                                hidden_frames=4, seed=0, workers=1)  # 20 steps an epoch
-    values = tiny_config(data, tmp_path / "runs", "time-limit", data={"train_splits": ["train"]},
+    values = tiny_job_values(data, tmp_path / "runs", "time-limit", data={"train_splits": ["train"]},
                          train={"log_every_steps": TIME_LIMIT_LOG_EVERY}, slurm=TIME_LIMIT_SLURM)
     epochs = max(20, round(TIME_LIMIT_TRAIN_S / _epoch_seconds(values)))
     values["train"]["epochs"] = epochs

@@ -179,7 +179,7 @@ def test_short_arrays_stay_one_array(tmp_path, monkeypatch):
 
 def test_local_sweep_trains_the_seeds_one_after_another_then_compares(tmp_path):
     data_root = slurm_helpers.make_tiny_data(tmp_path / "shapes")
-    values = slurm_helpers.tiny_config(data_root, tmp_path / "runs", "local-sweep", executor="local",
+    values = slurm_helpers.tiny_job_values(data_root, tmp_path / "runs", "local-sweep", executor="local",
                                        train={"epochs": 1}, evaluate={"samples": 0})
     config_file = tmp_path / "sweep.yaml"
     config_file.write_text(yaml.safe_dump(values))

@@ -16,7 +16,7 @@ import yaml
 from jobs.sweep import MANIFEST_NAME
 from tests import slurm_helpers
 from tests.slurm_helpers import cleanup, data_root  # noqa: F401 (fixtures)
-from tests.slurm_helpers import submit_toy, submitted_ids, tiny_config
+from tests.slurm_helpers import submit_toy, submitted_ids, tiny_job_values
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = slurm_helpers.slurm_marks()
@@ -27,7 +27,7 @@ JOB_TIMEOUT_S = 150
 
 def test_sweep_is_one_array_of_train_runs_then_a_comparison(data_root, tmp_path, cleanup):
     """2 learning rates x 2 seeds: one 4-task array (2 at a time), 4 run folders, then compare afterany."""
-    values = tiny_config(data_root, tmp_path / "runs", "sweep", train={"epochs": 1}, evaluate={"samples": 0},
+    values = tiny_job_values(data_root, tmp_path / "runs", "sweep", train={"epochs": 1}, evaluate={"samples": 0},
                          slurm={"array_parallelism": 2})
     config_file = tmp_path / "sweep.yaml"
     config_file.write_text(yaml.safe_dump(values))
@@ -62,7 +62,7 @@ def test_sweep_is_one_array_of_train_runs_then_a_comparison(data_root, tmp_path,
 def test_an_array_longer_than_the_limit_is_submitted_as_several(tmp_path, cleanup):
     """4 toy shards with slurm.max_array_size=2 (the cluster's MaxArraySize would be the limit otherwise):
     two arrays of 2, no sbatch error, every shard run once."""
-    values = tiny_config(tmp_path, tmp_path / "runs", "toy", slurm={"max_array_size": 2})
+    values = tiny_job_values(tmp_path, tmp_path / "runs", "toy", slurm={"max_array_size": 2})
     done, ids = submit_toy(values, tmp_path, cleanup, JOB_TIMEOUT_S, "predict.shards=4")
     assert done.returncode == 0, done.stdout + done.stderr
     first, second = ids[0].split("_")[0], ids[2].split("_")[0]
