@@ -41,6 +41,7 @@ class FamilyModel(nn.Module):
 
     family: ClassVar[str]  # the model.family name this class is registered under
     title: ClassVar[str]  # what a person calls it, for summaries
+    warp_head: ClassVar[bool] = False  # whether model.<family>.head=warp is built (models/heads.py)
 
     def __init__(self, model_cfg: ModelConfig, t_in: int, t_out: int):
         super().__init__()
@@ -48,6 +49,9 @@ class FamilyModel(nn.Module):
             raise FramecastError(f"data.t_in and data.t_out must be >= 1 (got {t_in}, {t_out})")
         self.model_cfg = model_cfg
         self.cfg = getattr(model_cfg, self.family)  # this family's own section
+        if getattr(self.cfg, "head", "residual") == "warp" and not self.warp_head:
+            raise FramecastError(f"model.{self.family}.head=warp is not available for this family "
+                                 "(unet, simvp, convlstm and predrnn have it); use head=residual")
         self.t_in, self.t_out = t_in, t_out
         self.in_channels = model_cfg.in_channels
 

@@ -21,6 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from models.base import Forecast, RolloutModel, from_patches, mix_frames, start_at_copy_last, to_patches
 from models.cells import CELLS, ConvRNNCell, State, stack_time
+from models.heads import WarpHead
 from models.sampling import draw_linear_choices
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ class ConvLSTMStack(RolloutModel):
     """Maps t_in frames (B, t_in, C, H, W) in [0, 1] to t_out raw predicted frames (B, t_out, C, H, W)."""
 
     family = "convlstm"
+    warp_head = True
     title = "stacked ConvLSTM/ConvGRU with scheduled sampling"
 
     def __init__(self, model_cfg: ModelConfig, t_in: int, t_out: int):
@@ -51,9 +53,12 @@ class ConvLSTMStack(RolloutModel):
             cell(self.frame_channels if layer == 0 else hidden[layer - 1], width, cfg.kernel_size, cfg.norm_groups)
             for layer, width in enumerate(hidden)
         )
-        self.head = nn.Conv2d(hidden[-1], self.frame_channels, HEAD_KERNEL)
-        if cfg.residual:
-            start_at_copy_last(self.head)
+        if cfg.head == "warp":  # the frame read at each step, moved, in patch space
+            self.head = WarpHead(hidden[-1], self.in_channels, scale=patch)
+        else:
+            self.head = nn.Conv2d(hidden[-1], self.frame_channels, HEAD_KERNEL)
+            if cfg.residual:
+                start_at_copy_last(self.head)
         self.state_tensors = STATE_TENSORS[cfg.cell]
 
     @property
@@ -80,7 +85,8 @@ class ConvLSTMStack(RolloutModel):
             ("kernel", str(cfg.kernel_size)),
             ("patch", f"{cfg.patch_size} ({self.frame_channels} channels per patch)"),
             ("sampling", sampling),
-            ("output", "change from the frame fed in" if cfg.residual else "frames"),
+            ("output", "the frame fed in, warped (displacement, mask, residual)" if cfg.head == "warp"
+                       else "change from the frame fed in" if cfg.residual else "frames"),
         ]
 
     def forward(self, frames: Tensor) -> Tensor:
@@ -135,8 +141,12 @@ class ConvLSTMStack(RolloutModel):
                 state = self._step(gates, frame, *state)
             if warmup or t >= self.t_in - 1:
                 top_hidden = state[-self.state_tensors]  # (B, hidden_L, H/p, W/p) h of the top layer
-                change = self.head(top_hidden)  # (B, C*p*p, H/p, W/p)
-                (predictions if t >= self.t_in - 1 else warm).append(frame + change if self.cfg.residual else change)
+                if isinstance(self.head, WarpHead):
+                    predicted = self.head.in_patches(top_hidden, frame)  # (B, C*p*p, H/p, W/p)
+                else:
+                    change = self.head(top_hidden)  # (B, C*p*p, H/p, W/p)
+                    predicted = frame + change if self.cfg.residual else change
+                (predictions if t >= self.t_in - 1 else warm).append(predicted)
         stacked = stack_time(predictions)  # (B, t_out, C*p*p, H/p, W/p)
         inputs = from_patches(stack_time(warm), patch) if warm else None  # (B, t_in - 1, C, H, W)
         return from_patches(stacked, patch), inputs  # (B, t_out, C, H, W)

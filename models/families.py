@@ -26,9 +26,16 @@ class Residual:
     itself, with the output head initialised to zero: an untrained model is exactly copy-last, so
     training starts from that baseline instead of from grey frames, and a static background stays
     sharp while the model learns what moves.
+
+    ``head: warp`` (unet, simvp, convlstm, predrnn) replaces that readout by a motion head
+    (models/heads.py): a per-pixel displacement reads the frame the model reads (bilinear sampling),
+    blended through a mask with a residual for what appears, so moving texture is moved, not repainted
+    and blurred. It too starts exactly at copy-last, whatever ``residual`` says (``residual`` is the
+    readout head's setting).
     """
 
     residual: bool = False
+    head: Literal["residual", "warp"] = "residual"
 
 
 @dataclass

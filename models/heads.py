@@ -56,6 +56,13 @@ class WarpHead(nn.Module):
         nn.init.zeros_(self.conv.weight)  # an untrained head is copy-last exactly
         nn.init.zeros_(self.conv.bias)
 
+    def in_patches(self, features: Tensor, last_patches: Tensor) -> Tensor:
+        """For the families working on space-to-depth patches: the frame to move as patches
+        (N, C*s*s, H/s, W/s) in, the one next frame as patches out (same shape)."""
+        frame = F.pixel_shuffle(last_patches, self.scale) if self.scale > 1 else last_patches  # (N, C, H, W)
+        out = self(features, frame)[:, 0]  # (N, C, H, W)
+        return F.pixel_unshuffle(out, self.scale) if self.scale > 1 else out
+
     def forward(self, features: Tensor, last: Tensor) -> Tensor:
         out = self.conv(features)  # (N, frames*K*s*s, h, w)
         if self.scale > 1:

@@ -37,6 +37,7 @@ from models.base import (
     to_patches,
 )
 from models.cells import FORGET_GATE_BIAS, stack_time
+from models.heads import WarpHead
 from models.sampling import (
     linear_true_frame_probability,
     reverse_true_frame_probabilities,
@@ -145,6 +146,7 @@ class PredRNN(RolloutModel):
     """Maps t_in frames (B, t_in, C, H, W) in [0, 1] to t_out raw predicted frames (B, t_out, C, H, W)."""
 
     family = "predrnn"
+    warp_head = True
     title = "PredRNN-V2, stacked spatiotemporal LSTMs"
     def __init__(self, model_cfg: ModelConfig, t_in: int, t_out: int):
         super().__init__(model_cfg, t_in, t_out)
@@ -156,9 +158,12 @@ class PredRNN(RolloutModel):
             SpatioTemporalLSTMCell(frame_channels if layer == 0 else width, width, cfg.kernel_size, cfg.layer_norm)
             for layer in range(len(hidden))
         )
-        self.head = nn.Conv2d(width, frame_channels, POINTWISE_KERNEL)  # top hidden -> next frame's patches
-        if cfg.residual:
-            start_at_copy_last(self.head)
+        if cfg.head == "warp":  # the frame read at each step, moved, in patch space
+            self.head = WarpHead(width, self.in_channels, scale=cfg.patch_size)
+        else:
+            self.head = nn.Conv2d(width, frame_channels, POINTWISE_KERNEL)  # top hidden -> next frame's patches
+            if cfg.residual:
+                start_at_copy_last(self.head)
         # The memory-decoupling loss compares delta_c and delta_m after this shared map (no bias: a
         # bias would make two zero increments look alike). Absent without the loss, so no parameter
         # goes without a gradient (DDP would stop at it).
@@ -190,7 +195,8 @@ class PredRNN(RolloutModel):
                         f"patch {cfg.patch_size}, {norm}")),
             ("sampling", sampling),
             ("decouple weight", f"{cfg.decouple_weight}" + (" (off)" if cfg.decouple_weight == 0 else "")),
-            ("output", "change from the frame read" if cfg.residual else "frames"),
+            ("output", "the frame read, warped (displacement, mask, residual)" if cfg.head == "warp"
+                       else "change from the frame read" if cfg.residual else "frames"),
         ]
 
     # -- the rollout ------------------------------------------------------------------------------
@@ -304,9 +310,12 @@ class PredRNN(RolloutModel):
             fed_back = t + 1 < len(feeds) and feeds[t + 1] is not True
             prediction = None
             if is_output or fed_back or warmup:
-                prediction = self.head(state[top])  # (B, C*p*p, h, w)
-                if self.cfg.residual:
-                    prediction = frame + prediction  # the change from the frame this step read
+                if isinstance(self.head, WarpHead):
+                    prediction = self.head.in_patches(state[top], frame)  # the frame this step read, moved
+                else:
+                    prediction = self.head(state[top])  # (B, C*p*p, h, w)
+                    if self.cfg.residual:
+                        prediction = frame + prediction  # the change from the frame this step read
             if is_output:
                 outputs.append(prediction)
             elif warmup:

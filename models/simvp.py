@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from models.families import SIMVP_NORM_GROUPS
 from models.base import FamilyModel, Forecast, start_at_copy_last
+from models.heads import WarpHead
 
 if TYPE_CHECKING:
     from core.config import ModelConfig
@@ -278,6 +279,7 @@ class SimVP(FamilyModel):
     """Maps t_in frames (B, t_in, C, H, W) in [0, 1] to t_out raw predicted frames (B, t_out, C, H, W)."""
 
     family = "simvp"
+    warp_head = True
     title = "SimVP with a gSTA or TAU translator"
 
     def __init__(self, model_cfg: ModelConfig, t_in: int, t_out: int):
@@ -289,7 +291,11 @@ class SimVP(FamilyModel):
         self.decoder = Decoder(self.in_channels, cfg.spatial_channels, cfg.spatial_layers, cfg.spatial_kernel)
         if cfg.init == "published":
             published_init(self)
-        if cfg.residual:
+        self.warp = None
+        if cfg.head == "warp":  # the decoder's features drive a warp of the last input frame instead
+            self.decoder.readout = nn.Identity()
+            self.warp = WarpHead(cfg.spatial_channels, self.in_channels)
+        elif cfg.residual:
             start_at_copy_last(self.decoder.readout)
 
     @property
@@ -328,7 +334,8 @@ class SimVP(FamilyModel):
             ("encoder/decoder", f"{cfg.spatial_layers} layers each, kernel {cfg.spatial_kernel}, stride {self.stride}"),
             ("rollout", f"{rollout} -> {self.t_out} frames"),
             ("divergence loss", divergence),
-            ("output", "change from the last input frame" if cfg.residual else "frames"),
+            ("output", "the last input frame warped (displacement, mask, residual)" if cfg.head == "warp"
+                       else "change from the last input frame" if cfg.residual else "frames"),
             ("init", cfg.init),
         ]
 
@@ -338,7 +345,11 @@ class SimVP(FamilyModel):
         features, skip = self.encoder(x.flatten(0, 1))  # (B*t_in, hid_S, H', W'), (B*t_in, hid_S, H, W)
         stacked = features.unflatten(0, (batch, frames)).flatten(1, 2)  # (B, t_in*hid_S, H', W')
         translated = self.translator(stacked).unflatten(1, (frames, -1)).flatten(0, 1)  # (B*t_in, hid_S, H', W')
-        out = self.decoder(translated, skip).unflatten(0, (batch, frames))  # (B, t_in, C, H, W)
+        decoded = self.decoder(translated, skip)  # (B*t_in, C, H, W), or (B*t_in, hid_S, H, W) for the warp
+        if self.warp is not None:  # each of the pass's frames: its last input frame moved
+            last = x[:, -1].repeat_interleave(frames, dim=0)  # (B*t_in, C, H, W)
+            return self.warp(decoded, last).unflatten(0, (batch, frames)).squeeze(2)  # (B, t_in, C, H, W)
+        out = decoded.unflatten(0, (batch, frames))  # (B, t_in, C, H, W)
         return x[:, -1:] + out if self.cfg.residual else out  # residual: the change from the last frame
 
     def forward(self, x: Tensor) -> Tensor:

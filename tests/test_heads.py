@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.errors import FramecastError
+from family_helpers import family_model, learn, moving_squares, videos
 from models.heads import WarpHead, warp
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -72,3 +74,33 @@ def test_a_tiny_model_learns_a_one_pixel_translation_in_a_few_steps():
         flow = model.head.conv(model.features(pair.flatten(1, 2)))[:, :2]  # (N, 2, H, W): dx, dy
     # Content moving right by one pixel: each pixel reads one to its left, and nothing moves vertically.
     assert abs(flow[:, 0, :, 2:-2].median().item() + 1) < 0.15 and abs(flow[:, 1].median().item()) < 0.15
+
+
+WARP_FAMILIES = ("unet", "simvp", "convlstm", "predrnn")
+
+
+@pytest.mark.parametrize("residual", [True, False])
+@pytest.mark.parametrize("family", WARP_FAMILIES)
+def test_an_untrained_family_with_the_warp_head_is_copy_last(family, residual):
+    sampling = {"sampling": "none"} if family in ("convlstm", "predrnn") else {}  # else true frames are fed
+    model = family_model(family, 3, 4, channels=3, head="warp", residual=residual, **sampling)
+    x = videos(t=3, channels=3, size=16)
+    last = x[:, -1:].expand(-1, 4, -1, -1, -1)
+    with torch.no_grad():
+        assert torch.equal(model(x), last)
+        assert torch.equal(model.training_forward(x, videos(t=4, channels=3, size=16, seed=1), step=0).frames, last)
+    assert "warped" in dict(model.summary())["output"]
+
+
+@pytest.mark.parametrize("family", ["encoder_forecaster", "phydnet", "attention_gru"])
+def test_families_without_the_warp_head_refuse_naming_the_setting(family):
+    with pytest.raises(FramecastError, match=rf"model\.{family}\.head=warp is not available"):
+        family_model(family, head="warp")
+
+
+def test_a_tiny_unet_with_the_warp_head_learns_one_pixel_steps():
+    data = moving_squares(16, 5, motion="step")  # (16, 5, 1, 16, 16): squares moving one pixel a frame
+    torch.manual_seed(0)
+    learned = learn(family_model("unet", 3, 2, head="warp"), data, t_in=3, steps=40, lr=1e-2)
+    assert learned.before == pytest.approx(learned.copy_last)
+    assert learned.after < 0.5 * learned.copy_last
