@@ -301,7 +301,7 @@ BUILTIN = (
            configs=("mfmnist/simvp.yaml", "mfmnist/tau.yaml")),
     Family("unet", "a UNet from the stacked input frames to the stacked future frames", UNetConfig,
            "models.unet:UNet", tiny={"base_channels": 8, "levels": 2, "norm_groups": 4},
-           configs=("demo.yaml", "mfmnist/unet.yaml")),
+           configs=("demo.yaml", "real.yaml", "mfmnist/unet.yaml")),
     Family("phydnet", "PhyDNet: a PhyCell (moment-constrained kernels: a learned PDE) beside a ConvLSTM branch",
            PhyDNetConfig, "models.phydnet:PhyDNet",
            tiny={"encoder_channels": 8, "phycell_channels": 9, "kernel_size": 3, "convlstm_channels": [8],
