@@ -209,9 +209,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
     def report(end: JobEnd) -> None:
         print(end.describe(), flush=True)
 
-    ends = wait_jobs(jobs, timeout_s=args.timeout, report=report)
+    ends = wait_jobs(jobs, timeout_s=args.timeout, report=report, progress=lambda line: print(line, flush=True))
     ok = complete and all(end.ok for end in ends)
     print("all jobs completed" if ok else "some jobs did not complete", flush=True)
+    if ok and args.stage == "pipeline":
+        from core.paths import expand_config
+        from jobs.summary import print_outputs
+
+        print_outputs(expand_config(cfg))  # the paths as this machine sees them
     return 0 if ok else 1
 
 
@@ -243,7 +248,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     def report(end: JobEnd) -> None:
         print(end.describe(), flush=True)
 
-    ends = wait_jobs([*jobs, compare_job], timeout_s=args.timeout, report=report)
+    ends = wait_jobs([*jobs, compare_job], timeout_s=args.timeout, report=report,
+                     progress=lambda line: print(line, flush=True))
     ok = all(end.ok for end in ends)
     if ends[-1].ok:
         print(f"comparison: {ends[-1].result}", flush=True)
@@ -274,6 +280,12 @@ def cmd_runs(args: argparse.Namespace) -> None:
     from jobs.runs import run as report_runs
 
     print(report_runs(args.dir, as_json=args.json))
+
+
+def cmd_inspect(args: argparse.Namespace) -> None:
+    from models.loading import inspect_checkpoint
+
+    print(inspect_checkpoint(args.checkpoint, args.device))
 
 
 def cmd_config(args: argparse.Namespace) -> None:
@@ -368,6 +380,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON, one object per run")
     p.set_defaults(func=cmd_runs)
 
+    p = commands.add_parser("inspect", help="load a checkpoint and print what it holds: family, size, epoch, "
+                                            "losses (as load_model.py)")
+    p.add_argument("checkpoint", help="a checkpoint file, e.g. runs/<name>/best.pt")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:<n> or auto (default cpu)")
+    p.set_defaults(func=cmd_inspect)
+
     p = commands.add_parser("config", help="print the resolved config (file + overrides) as YAML")
     _add_config_arguments(p, required=False)
     p.add_argument("--checkpoint", help="the config saved in this checkpoint instead of --config")
@@ -379,12 +397,16 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = build_parser(prog).parse_args(argv)
+    if hasattr(sys.stdout, "reconfigure"):
+        # A path whose bytes are not in the locale's encoding (os.fsdecode keeps them as surrogates)
+        # prints as those same bytes, as ls shows it, instead of raising UnicodeEncodeError.
+        sys.stdout.reconfigure(errors="surrogateescape")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         code = args.func(args)
     except FramecastError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_status", 2)  # a stop by signal: 128 + its number, as the shell's
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

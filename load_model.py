@@ -2,7 +2,8 @@
 
     python load_model.py runs/<name>/best.pt [--device cpu]
 
-A thin entry point over ``models.loading`` (``from models.loading import load_model`` in code).
+A thin script over ``models.loading`` (``from models.loading import load_model`` in code); the
+installed command has the same as ``framecast inspect runs/<name>/best.pt``.
 """
 from __future__ import annotations
 
@@ -17,14 +18,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("checkpoint", help="path to a checkpoint, e.g. runs/<name>/best.pt")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:<n> or auto (default cpu)")
     args = parser.parse_args(argv)
-    from models.loading import describe, load_model
+    from models.loading import inspect_checkpoint
 
     try:
-        model, cfg, state = load_model(args.checkpoint, args.device)
+        print(inspect_checkpoint(args.checkpoint, args.device))
     except FramecastError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(describe(args.checkpoint, model, cfg, state))
     return 0
 
 

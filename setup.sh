@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# One-time set-up on a fresh machine: the Python virtualenv in .venv with every package pinned in
-# requirements.txt and requirements-test.txt, the `framecast` command (.venv/bin/framecast), plus
-# (when run as root or with sudo on Debian/Ubuntu) the Fashion-MNIST package the Moving-MNIST tests
-# read and rsync. Safe to run again.
+# One-time set-up on a fresh machine: the Python virtualenv in .venv with the packages of requirements.txt
+# and requirements-test.txt at the exact versions tested (constraints.txt: requirements.txt only gives
+# ranges, and pip would otherwise take the newest torch in range, a CUDA build), the `framecast` command
+# (.venv/bin/framecast), plus (when run as root or with sudo on Debian/Ubuntu) the Fashion-MNIST package
+# the Moving-MNIST tests read and rsync. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -27,7 +28,7 @@ if [ ! -x .venv/bin/python ]; then
     echo "setup: creating .venv with $($PYTHON --version)"
     "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install -q -r requirements.txt -r requirements-test.txt
+.venv/bin/python -m pip install -q -c constraints.txt -r requirements.txt -r requirements-test.txt
 # The `framecast` command (.venv/bin/framecast = python main.py), installed from this checkout in
 # editable mode (edits count at once; the dependencies are those above). Optional: main.py works
 # without it, so a machine that cannot build it (no setuptools to be had) still gets a working .venv.

@@ -1,7 +1,7 @@
 """Time to the first training step with ``train.compile=true``, cold and warm, printed as JSON.
 
-    python benchmarks/bench_compile.py                       # tiny encoder-forecaster on the CPU
-    python benchmarks/bench_compile.py --family simvp --preset mmnist --device cuda
+    python -m benchmarks.bench_compile                       # tiny encoder-forecaster on the CPU
+    python -m benchmarks.bench_compile --family simvp --preset mmnist --device cuda
 
 Runs the REAL train stage twice in fresh processes that share one compile cache (a new, empty one
 for the first run): the first compiles everything, the second is what a resumed or requeued job (or
@@ -22,13 +22,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 # The child: build the config, time the first step and the first validation from the trainer's log.
 CHILD = textwrap.dedent("""
     import json, sys, time
     started = time.time()
-    sys.path.insert(0, {repo!r})
     import torch
     torch.set_num_threads({threads})
     from benchmarks.common import PRESETS, build_config
@@ -72,7 +70,8 @@ def main(argv: list[str] | None = None) -> dict:
             code = CHILD.format(repo=str(REPO), threads=args.threads, family=args.family, preset=args.preset,
                                 overrides=overrides)
             began = time.time()
-            done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=3600)
+            done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                                  timeout=3600)
             if done.returncode != 0:
                 raise SystemExit(f"{attempt} run failed:\n{done.stderr[-4000:]}")
             runs.append({"run": attempt, "wall_s": round(time.time() - began, 2),

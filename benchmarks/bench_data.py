@@ -9,8 +9,8 @@
 - rss: peak resident memory while streaming every video of a pack of ``--rss-videos`` sizes
   (default 200 and 2000) through the DataLoader, each in a fresh subprocess; it must stay flat.
 
-    python benchmarks/bench_data.py                          # small frames, a few minutes on 2 cores
-    python benchmarks/bench_data.py --height 160 --width 240 # the reference frame size
+    python -m benchmarks.bench_data                          # small frames, a few minutes on 2 cores
+    python -m benchmarks.bench_data --height 160 --width 240 # the reference frame size
 """
 from __future__ import annotations
 
@@ -26,13 +26,13 @@ import time
 from multiprocessing import Pool
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere
+from data.generate import video_rng
+from data.layout import list_videos, read_video
+from data.pack import PackWriter, open_pack_for_writing, pack_split
+from data.png import decoder_name
+from data.synthetic import make_shapes_dataset, render_shapes_video
 
-from data.generate import video_rng  # noqa: E402
-from data.layout import list_videos, read_video  # noqa: E402
-from data.pack import PackWriter, open_pack_for_writing, pack_split  # noqa: E402
-from data.png import decoder_name  # noqa: E402
-from data.synthetic import make_shapes_dataset, render_shapes_video  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 # Distinct videos rendered for the RSS packs; rows beyond this repeat them (memory is what is measured).
 RSS_DISTINCT_VIDEOS = 64
@@ -140,9 +140,9 @@ def main() -> None:
         for size in args.rss_videos:
             path = scratch / f"rss_{size}.h5"
             write_rss_pack(path, size, args)
-            command = [sys.executable, __file__, "--child-read", str(path), "--loader-workers",
+            command = [sys.executable, "-m", "benchmarks.bench_data", "--child-read", str(path), "--loader-workers",
                        str(args.loader_workers), "--batch-size", str(args.batch_size)]
-            done = subprocess.run(command, capture_output=True, text=True, check=True)
+            done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True)
             rss[str(size)] = json.loads(done.stdout.strip().splitlines()[-1])
             path.unlink()
         report["rss"] = rss

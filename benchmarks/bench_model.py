@@ -1,9 +1,9 @@
 """Model-only compute benchmark: FLOPs and achieved FLOP/s of one training step, no data loading.
 
-    python benchmarks/bench_model.py --t-in 3 --t-out 3                   # CPU, default family, 160x240
-    python benchmarks/bench_model.py --family predrnn --preset mmnist --count-only
-    python benchmarks/bench_model.py --family simvp --preset mmnist model.simvp.translator=tau --count-only
-    python benchmarks/bench_model.py --device cuda --amp bf16 --compile --batch 8
+    python -m benchmarks.bench_model --t-in 3 --t-out 3                   # CPU, default family, 160x240
+    python -m benchmarks.bench_model --family predrnn --preset mmnist --count-only
+    python -m benchmarks.bench_model --family simvp --preset mmnist model.simvp.translator=tau --count-only
+    python -m benchmarks.bench_model --device cuda --amp bf16 --compile --batch 8
 
 Prints one JSON object. FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` over the
 family's training pass (``TrainingForward``: scheduled sampling and extra loss terms included) and
@@ -24,10 +24,9 @@ import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 # First, before torch: see its note on platform.uname and the children's peak RSS.
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     add_model_arguments,
     arithmetic,
     build_config,
@@ -45,12 +44,12 @@ from benchmarks.common import (  # noqa: E402
     throughput,
 )
 
-import torch  # noqa: E402
+import torch
 
-from core.distributed import pick_device  # noqa: E402
-from core.errors import FramecastError  # noqa: E402
-from core.precision import Precision  # noqa: E402
-from models import build_model, count_parameters  # noqa: E402
+from core.distributed import pick_device
+from core.errors import FramecastError
+from core.precision import Precision
+from models import build_model, count_parameters
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

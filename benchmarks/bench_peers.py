@@ -1,9 +1,9 @@
 """framecast against a peer implementation of the same architecture: both trained on the same input
 in one process, interleaved, printed as ONE JSON object.
 
-    python benchmarks/bench_peers.py --convlstm-pytorch /tmp/peers/ConvLSTM-PyTorch --compare ef-gru ef-lstm
-    python benchmarks/bench_peers.py --openstl /tmp/peers/OpenSTL --compare convlstm predrnn-v2
-    python benchmarks/bench_peers.py --openstl /tmp/peers/OpenSTL --peer-packages /tmp/peers/site \
+    python -m benchmarks.bench_peers --convlstm-pytorch /tmp/peers/ConvLSTM-PyTorch --compare ef-gru ef-lstm
+    python -m benchmarks.bench_peers --openstl /tmp/peers/OpenSTL --compare convlstm predrnn-v2
+    python -m benchmarks.bench_peers --openstl /tmp/peers/OpenSTL --peer-packages /tmp/peers/site \
         --compare simvp-gsta tau --batch 4 --rounds 5 --profile
 
 Peers are NOT part of framecast and nothing here fetches or builds them: give the path of a checkout
@@ -81,10 +81,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # First, before torch: see its note on platform.uname and the children's peak RSS.
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     PRESETS,
     SavedActivations,
     arithmetic,
@@ -97,16 +96,16 @@ from benchmarks.common import (  # noqa: E402
     setting,
 )
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
-from core.distributed import pick_device  # noqa: E402
-from core.errors import FramecastError  # noqa: E402
-from data.datasets import to_model_input  # noqa: E402
-from models import count_parameters  # noqa: E402
-from training.step import build_optimizer, split_video  # noqa: E402
+from core.distributed import pick_device
+from core.errors import FramecastError
+from data.datasets import to_model_input
+from models import count_parameters
+from training.step import build_optimizer, split_video
 
 GEOMETRY = PRESETS["mmnist"]  # 64x64 grey, 10 -> 10: every peer's Moving-MNIST configuration
 FRAMES = GEOMETRY.t_in + GEOMETRY.t_out

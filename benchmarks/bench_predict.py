@@ -1,8 +1,8 @@
 """Prediction throughput and memory: videos/s, and peak RSS as the number of videos grows.
 
-    python benchmarks/bench_predict.py --preset tiny --videos 32 128 512
-    python benchmarks/bench_predict.py --preset default --videos 4 --height 160 --width 240
-    python benchmarks/bench_predict.py --family simvp --preset mmnist --videos 600 2000 --batch-size 16
+    python -m benchmarks.bench_predict --preset tiny --videos 32 128 512
+    python -m benchmarks.bench_predict --preset default --videos 4 --height 160 --width 240
+    python -m benchmarks.bench_predict --family simvp --preset mmnist --videos 600 2000 --batch-size 16
 
 Each N runs in a fresh process (so its peak RSS is its own) through the real predict path
 (``training.inference.Predictor.load`` from a format-2 checkpoint, its loader,
@@ -22,10 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # First, before torch: see its note on platform.uname and the children's peak RSS.
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
+    REPO,
     add_model_arguments,
     build_config,
     model_description,
@@ -34,17 +34,17 @@ from benchmarks.common import (  # noqa: E402
     setting,
 )
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from core.checkpoint import save_checkpoint  # noqa: E402
-from core.config import Config, config_to_dict  # noqa: E402
-from core.errors import FramecastError  # noqa: E402
-from data.datasets import VideoWindowDataset  # noqa: E402
-from data.sources import VideoSource  # noqa: E402
-from models import build_model, count_parameters  # noqa: E402
-from training.inference import Predictor  # noqa: E402
-from stages.predict import write_predictions  # noqa: E402
+from core.checkpoint import save_checkpoint
+from core.config import Config, config_to_dict
+from core.errors import FramecastError
+from data.datasets import VideoWindowDataset
+from data.sources import VideoSource
+from models import build_model, count_parameters
+from training.inference import Predictor
+from stages.predict import write_predictions
 
 
 class SyntheticSource(VideoSource):
@@ -137,7 +137,8 @@ def main() -> None:
     runs = []
     for n in args.videos:
         argv = sys.argv[1:]
-        proc = subprocess.run([sys.executable, __file__, *argv, "--n", str(n)], capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_predict", *argv, "--n", str(n)], cwd=REPO,
+                              capture_output=True, text=True)
         if proc.returncode != 0:
             sys.stderr.write(proc.stderr)
             raise SystemExit(f"benchmark child for N={n} failed")

@@ -1,9 +1,9 @@
 """Forecast quality for a fixed training budget: train a family with the real train stage, score it
 with the real evaluate stage against the copy-last and mean-of-inputs baselines, print ONE JSON object.
 
-    python benchmarks/bench_quality.py --family convlstm --steps 300
-    python benchmarks/bench_quality.py --family simvp --data mnist --minutes 20 --reuse-data datasets/bq-mnist
-    python benchmarks/bench_quality.py --family predrnn --preset tiny train.lr=5e-4 --out runs/bq-predrnn
+    python -m benchmarks.bench_quality --family convlstm --steps 300
+    python -m benchmarks.bench_quality --family simvp --data mnist --minutes 20 --reuse-data datasets/bq-mnist
+    python -m benchmarks.bench_quality --family predrnn --preset tiny train.lr=5e-4 --out runs/bq-predrnn
 
 Data: ``--data shapes`` (``data.synthetic.make_shapes_dataset``: bouncing, occluding shapes on a
 textured background, RGB) or ``--data mnist`` (``data.moving_mnist.make_moving_mnist_dataset``:
@@ -52,19 +52,18 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # First, before torch: see its note on platform.uname and the children's peak RSS.
-from benchmarks.common import PRESETS, Preset, build_config, model_description, setting  # noqa: E402
+from benchmarks.common import PRESETS, Preset, build_config, model_description, setting
 
-import torch  # noqa: E402
+import torch
 
-from core.atomic import write_json_atomic  # noqa: E402
-from core.families import family_names  # noqa: E402
-from core.errors import FramecastError  # noqa: E402
-from data.pack import pack_dataset  # noqa: E402
-from data.sources import open_split  # noqa: E402
-from training.metrics import METRICS_NAME, read_metrics  # noqa: E402
+from core.atomic import write_json_atomic
+from core.families import family_names
+from core.errors import FramecastError
+from data.pack import pack_dataset
+from data.sources import open_split
+from training.metrics import METRICS_NAME, read_metrics
 
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"  # dpkg -L dataset-fashion-mnist
 STAMP_NAME = "bench_quality.json"  # what generated a data folder, so a reuse can check it fits

@@ -1,10 +1,10 @@
 """Training throughput and memory of one model configuration, printed as one JSON object.
 
-    python benchmarks/bench_train.py                                      # default family, 160x240, 11 -> 11
-    python benchmarks/bench_train.py --family convlstm --preset mmnist --amp bf16 --batch 16
-    python benchmarks/bench_train.py --family simvp --preset mmnist model.simvp.translator=tau
-    python benchmarks/bench_train.py --cell lstm --batch 8 --compile
-    python benchmarks/bench_train.py --with-loader datasets/shapes/packed/train.h5 --workers 4
+    python -m benchmarks.bench_train                                      # default family, 160x240, 11 -> 11
+    python -m benchmarks.bench_train --family convlstm --preset mmnist --amp bf16 --batch 16
+    python -m benchmarks.bench_train --family simvp --preset mmnist model.simvp.translator=tau
+    python -m benchmarks.bench_train --cell lstm --batch 8 --compile
+    python -m benchmarks.bench_train --with-loader datasets/shapes/packed/train.h5 --workers 4
 
 Any family (``--family``, default the config's) at a named reference size (``--preset``: ``default``
 160x240 RGB 11 -> 11 with the family's config defaults, ``mmnist`` the published Moving-MNIST
@@ -33,10 +33,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # First, before torch: see its note on platform.uname and the children's peak RSS.
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     SavedActivations,
     add_model_arguments,
     arithmetic,
@@ -54,12 +53,12 @@ from benchmarks.common import (  # noqa: E402
     throughput,
 )
 
-import torch  # noqa: E402
+import torch
 
-from core.config import DataConfig  # noqa: E402
-from core.distributed import pick_device  # noqa: E402
-from core.errors import FramecastError  # noqa: E402
-from models import count_parameters  # noqa: E402
+from core.config import DataConfig
+from core.distributed import pick_device
+from core.errors import FramecastError
+from models import count_parameters
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

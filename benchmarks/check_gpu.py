@@ -1,9 +1,9 @@
 """Do the CUDA paths compute the same model? Prints one JSON object of relative errors.
 
-    python benchmarks/check_gpu.py                      # needs a CUDA device; every family
-    python benchmarks/check_gpu.py --compile            # also the torch.compile'd training pass (minutes)
-    python benchmarks/check_gpu.py --families simvp     # some families only
-    python benchmarks/check_gpu.py --seed 123           # repeat a run (its seed is in the JSON)
+    python -m benchmarks.check_gpu                      # needs a CUDA device; every family
+    python -m benchmarks.check_gpu --compile            # also the torch.compile'd training pass (minutes)
+    python -m benchmarks.check_gpu --families simvp     # some families only
+    python -m benchmarks.check_gpu --seed 123           # repeat a run (its seed is in the JSON)
 
 Each checked model (the encoder-forecaster with its ConvGRU and ConvLSTM cells, the stacked ConvLSTM,
 PredRNN-V2, SimVP with its gSTA and TAU translators; each family's default architecture, or the sizes
@@ -26,19 +26,18 @@ import math
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import PRESETS, random_videos  # noqa: E402  (first, before torch: see its note)
+from benchmarks.common import PRESETS, random_videos  (first, before torch: see its note)
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.nn.functional as F
 
-from core.config import Config, load_config  # noqa: E402
-from core.errors import FramecastError  # noqa: E402
-from core.precision import Precision  # noqa: E402
-from data.datasets import to_model_input  # noqa: E402
-from models import TrainingForward, build_model  # noqa: E402
-from training.step import split_video  # noqa: E402
+from core.config import Config, load_config
+from core.errors import FramecastError
+from core.precision import Precision
+from data.datasets import to_model_input
+from models import TrainingForward, build_model
+from training.step import split_video
 
 # Largest relative error accepted per arithmetic (output, gradient and loss alike) ...
 TOLERANCE = {"fp32": 5e-3, "bf16": 5e-2}

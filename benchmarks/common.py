@@ -23,16 +23,16 @@ platform.uname().processor  # noqa: B018
 
 REPO = Path(__file__).resolve().parents[1]
 
-import torch  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode, conv_flop_count  # noqa: E402
+import torch
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
-from core.config import Config, load_config  # noqa: E402
-from core.families import families, family_names  # noqa: E402
-from core.errors import FramecastError  # noqa: E402
-from core.precision import Precision  # noqa: E402
-from models import TrainingForward, build_model  # noqa: E402
-from models.base import FamilyModel  # noqa: E402
-from training.step import FrameLoss, build_grad_scaler, build_optimizer, frame_loss, train_step  # noqa: E402
+from core.config import Config, load_config
+from core.families import families, family_names
+from core.errors import FramecastError
+from core.precision import Precision
+from models import TrainingForward, build_model
+from models.base import FamilyModel
+from training.step import FrameLoss, build_grad_scaler, build_optimizer, frame_loss, train_step
 
 
 @dataclass(frozen=True)
@@ -52,12 +52,12 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     # What framecast trains by default: the reference data set's frames, each family's own defaults.
     "default": Preset("160x240 RGB, 11 -> 11 frames, each family's config defaults", 160, 240, 11, 11, 3, {}),
-    # The published Moving-MNIST configurations (OpenSTL's benchmark; shared README sections 3 and 6),
+    # The published Moving-MNIST configurations (OpenSTL's benchmark table, and the TrajGRU paper's design),
     # written out so a change of the config defaults cannot change them. TAU is the simvp family with
     # model.simvp.translator=tau on top of this preset.
     "mmnist": Preset(
         "the published Moving-MNIST configurations: 64x64 grey, 10 -> 10 frames", 64, 64, 10, 10, 1, {
-            # The 2017 TrajGRU benchmark design (shared README section 3).
+            # The 2017 TrajGRU benchmark design, as re-implemented for 64x64 Moving MNIST.
             "encoder_forecaster": ("stem_channels=16", "hidden_channels=[64,96,96]", "strides=[1,2,2]",
                                    "kernel_size=5"),
             "convlstm": ("cell=lstm", "hidden_channels=[128,128,128,128]", "kernel_size=5", "patch_size=4"),  # ConvLSTM-S

@@ -57,7 +57,7 @@ want() { [[ " $parts " == *" $1 "* ]]; }
 train() {  # train NAME [bench_train.py arguments...]: the default 160x240 model, batch 8 unless given
     local name=$1
     shift
-    bench "$name" 600 $py benchmarks/bench_train.py --batch 8 "$@"
+    bench "$name" 600 $py -m benchmarks.bench_train --batch 8 "$@"
 }
 
 # The families' models: name -> bench_train.py arguments (config overrides last, after every option).
@@ -77,8 +77,8 @@ $py -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cu
     | tee "$out/versions.txt"
 
 if want check; then
-    bench check_gpu 900 $py benchmarks/check_gpu.py --compile --families encoder_forecaster
-    bench check_gpu_families 900 $py benchmarks/check_gpu.py --families convlstm predrnn simvp
+    bench check_gpu 900 $py -m benchmarks.check_gpu --compile --families encoder_forecaster
+    bench check_gpu_families 900 $py -m benchmarks.check_gpu --families convlstm predrnn simvp
 fi
 if want train; then
     for batch in 4 8 16; do
@@ -94,7 +94,7 @@ if want layout; then
 fi
 if want loader; then
     # Keeps its 160x240 pack in $out/data so the loader-fed training run below can read it.
-    bench data_160x240 600 $py benchmarks/bench_data.py --videos 480 --height 160 --width 240 \
+    bench data_160x240 600 $py -m benchmarks.bench_data --videos 480 --height 160 --width 240 \
         --loader-workers 8 --rss-videos 200 2000 --dir "$out/data"
     train train_gru_bf16_b8_loader --cell gru --amp bf16 --no-channels-last --steps 40 \
         --with-loader "$out/data/train.h5" --workers 8 --prefetch 2
@@ -103,7 +103,7 @@ fi
 if want predict; then
     # Enough videos that every loader process has all its prefetched batches in flight at both sizes.
     for prefetch in 2 4; do
-        bench "predict_default_prefetch$prefetch" 300 $py benchmarks/bench_predict.py --preset default \
+        bench "predict_default_prefetch$prefetch" 300 $py -m benchmarks.bench_predict --preset default \
             --videos 600 2000 --batch-size 16 --workers 8 --prefetch "$prefetch" --no-channels-last
     done
 fi
@@ -111,14 +111,14 @@ if want compile; then
     train train_gru_bf16_b8_compile --cell gru --amp bf16 --no-channels-last --compile
     train train_gru_bf16_b8_compile_cl --cell gru --amp bf16 --channels-last --compile
     train train_lstm_bf16_b8_compile --cell lstm --amp bf16 --no-channels-last --compile
-    bench check_gpu_families_compile 1800 $py benchmarks/check_gpu.py --compile --families convlstm predrnn simvp
+    bench check_gpu_families_compile 1800 $py -m benchmarks.check_gpu --compile --families convlstm predrnn simvp
 fi
 if want families; then
     for size in $family_sizes; do
         IFS=: read -r preset batch _ _ _ <<<"$size"
         for name in $family_names; do
             # shellcheck disable=SC2046  # family_args is meant to split into words
-            bench "family_${name}_${preset}" 600 $py benchmarks/bench_train.py --preset "$preset" --amp bf16 \
+            bench "family_${name}_${preset}" 600 $py -m benchmarks.bench_train --preset "$preset" --amp bf16 \
                 --no-channels-last --batch "$batch" $(family_args "$name")
         done
     done
@@ -128,11 +128,11 @@ if want family_loader; then
         IFS=: read -r preset batch height width frames <<<"$size"
         data="$out/data_${height}x${width}"
         # The loader alone (8 workers, the families' batch); its pack stays for the runs below.
-        bench "loader_${height}x${width}" 600 $py benchmarks/bench_data.py --videos 480 --height "$height" \
+        bench "loader_${height}x${width}" 600 $py -m benchmarks.bench_data --videos 480 --height "$height" \
             --width "$width" --frames "$frames" --loader-workers 8 --batch-size "$batch" --rss-videos --dir "$data"
         for name in $family_names; do
             # shellcheck disable=SC2046
-            bench "family_loader_${name}_${preset}" 600 $py benchmarks/bench_train.py --preset "$preset" \
+            bench "family_loader_${name}_${preset}" 600 $py -m benchmarks.bench_train --preset "$preset" \
                 --amp bf16 --no-channels-last --batch "$batch" --steps 40 --with-loader "$data/train.h5" \
                 --workers 8 --prefetch 2 $(family_args "$name")
         done

@@ -39,7 +39,7 @@ for cell in $cells; do
     loss=${losses[${cell#*-}]:-}
     [ -n "$loss" ] || { echo "unknown cell '$cell'; $usage" >&2; exit 64; }
     echo "== $cell"
-    if ! $py benchmarks/bench_quality.py "${options[@]}" "${settings[@]}" "model.unet.head=$head" $loss \
+    if ! $py -m benchmarks.bench_quality "${options[@]}" "${settings[@]}" "model.unet.head=$head" $loss \
         >"$out/$cell.json" 2>"$out/$cell.log"; then
         failures=$((failures + 1))
         echo "   FAILED: $(tail -n 2 "$out/$cell.log" | tr '\n' ' ')"

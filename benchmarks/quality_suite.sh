@@ -52,7 +52,7 @@ for name in $names; do
   echo "== $name"
   # shellcheck disable=SC2086  # the settings are a word list on purpose
   read -r -a run <<<"$(echo ${runs[$name]})"
-  if ! $py benchmarks/bench_quality.py "${options[@]}" "${run[@]:0:2}" "${settings[@]}" "${run[@]:2}" \
+  if ! $py -m benchmarks.bench_quality "${options[@]}" "${run[@]:0:2}" "${settings[@]}" "${run[@]:2}" \
       >"$out/$name.json" 2>"$out/$name.log"; then
     failures=$((failures + 1))
     echo "   FAILED: $(tail -n 2 "$out/$name.log" | tr '\n' ' ')"

@@ -25,7 +25,8 @@ class DataConfig:
     root: str = "datasets/shapes"
     # Folder of <split>.h5 packs made by `main.py pack`; empty means <root>/packed.
     pack_dir: str = ""
-    # Where frames are read from: "h5" packs, "png" folders, or "auto" (a pack when one exists).
+    # Where frames are read from: "h5" packs, "png" folders, or "auto" (a pack when one exists, refused
+    # when the split's PNG folders have changed since packing; "h5" trusts the pack unchecked).
     source: Literal["auto", "h5", "png"] = "auto"
     train_splits: list[str] = field(default_factory=lambda: ["train", "unlabeled"])
     val_split: str = "val"
@@ -46,6 +47,9 @@ class DataConfig:
     def check(self, where: str) -> None:
         check_positive(where, t_in=self.t_in, t_out=self.t_out, prefetch_factor=self.prefetch_factor)
         check_at_least(where, 0, num_workers=self.num_workers)
+        repeated = sorted({s for s in self.train_splits if self.train_splits.count(s) > 1})
+        if repeated:  # one split twice would weight its videos double without a word
+            raise FramecastError(f"{where}.train_splits lists {', '.join(repeated)} more than once: {self.train_splits}")
 
 
 # ----------------------------------------------------------------------------- checks every section uses
@@ -76,6 +80,7 @@ def check_odd(where: str, name: str, value: int) -> None:
 # family table (core/families.py); this module names none of them.
 
 SIZES = ("full", "tiny")
+MODEL_FIELDS = ("family", "in_channels", "size", "plugins")  # besides one section per family
 
 
 class _ModelSections:
@@ -95,7 +100,8 @@ class _ModelSections:
 
         names = family_names()
         if self.family not in names:
-            raise FramecastError(f"{where}.family: {self.family!r} is not one of {', '.join(repr(n) for n in names)}")
+            raise FramecastError(f"{where}.family: {self.family!r} is not one of {', '.join(repr(n) for n in names)}"
+                                 f" (a family declared outside framecast: name its module in {where}.plugins)")
         if self.size not in SIZES:
             raise FramecastError(f"{where}.size: {self.size!r} is not one of {', '.join(repr(s) for s in SIZES)}")
         if self.in_channels not in (1, 3):
@@ -138,6 +144,9 @@ def model_config_class() -> type:
             # "tiny": every family's section starts from the family's declared tiny model (seconds on a
             # CPU), the settings written in the config still applying on top; "full": its defaults.
             ("size", str, field(default="full")),
+            # Modules that declare more model families (plug-ins: core/families.py), imported before the
+            # rest of the config is read; saved with the run, so its jobs and checkpoints find them too.
+            ("plugins", list[str], field(default_factory=list)),
             *((f.name, f.settings, field(default_factory=f.settings)) for f in table),
         ]
         cls = dataclasses.make_dataclass("ModelConfig", fields, bases=(_ModelSections,))
@@ -236,10 +245,10 @@ class PredictConfig:
     # One checkpoint (empty means runs/<run.name>/best.pt), or an ensemble: a glob
     # ("runs/sweep/*/best.pt", matches in sorted order) or a list of paths and globs, whose members'
     # outputs are averaged (training/inference.py resolves it; an ensemble's outputs default to
-    # <split>.ensemble.npy, so they never replace a member's own).
+    # <run.out_dir>/ensembles/<name>/, so they never replace a member's own: core/outputs.py).
     checkpoint: str | list[str] = ""
     split: str = "hidden"
-    out: str = ""  # empty means <run.out_dir>/<run.name>/preds/<split>.npy (<split>.ensemble.npy)
+    out: str = ""  # empty means <run.out_dir>/<run.name>/preds/<split>.npy (an ensemble: core/outputs.py)
     batch_size: int = 8
     shards: int = 1  # >1 splits prediction into a Slurm job array, merged before conversion
     # Also write <out stem>.std.npy: the per-pixel standard deviation across the ensemble's members of
@@ -503,8 +512,26 @@ def _build(cls: type, values: dict, where: str) -> Any:
     return cls(**kwargs)
 
 
+def _import_plugins(values: dict) -> None:
+    """Import the modules ``model.plugins`` names, so the families they declare are known."""
+    import importlib
+
+    model = values.get("model")
+    plugins = model.get("plugins") if isinstance(model, dict) else None
+    if plugins is None:
+        return
+    if not isinstance(plugins, list) or not all(isinstance(name, str) and name for name in plugins):
+        raise FramecastError(f"model.plugins: expected a list of module names, got {plugins!r}")
+    for name in plugins:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise FramecastError(f"model.plugins: cannot import {name} ({exc})") from None
+
+
 def config_from_dict(values: dict | None) -> Config:
     """Build and check a Config; raises FramecastError naming the offending setting."""
+    _import_plugins(values or {})
     return _validate(_build(Config, values or {}, ""))
 
 
@@ -524,7 +551,7 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
         if not sep or not key:
             raise FramecastError(f"override {item!r}: expected key.sub=value")
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = _load_yaml(raw) if raw != "" else ""
         except yaml.YAMLError as exc:
             raise FramecastError(f"override {item!r}: value is not valid YAML ({_yaml_problem(exc)})") from None
         parts = key.split(".")
@@ -548,6 +575,30 @@ def _validate(cfg: Config) -> Config:
     return cfg
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key written twice in one mapping is an error: plain PyYAML
+    keeps the last silently (``lr: 0.1`` then ``lr: 0.2``), so an edit could be overridden unseen."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # ``<<: *base`` keys may be overridden on purpose
+            key = self.construct_object(key_node, deep=True)
+            try:
+                if key in first:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} given twice (first at line {first[key] + 1})", key_node.start_mark)
+                first[key] = key_node.start_mark.line
+            except TypeError:
+                continue  # an unhashable key: the base class reports it
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def _yaml_problem(exc: yaml.YAMLError) -> str:
     """PyYAML's multi-line report as one clause: what is wrong and where (1-based line, column)."""
     mark = getattr(exc, "problem_mark", None)
@@ -560,22 +611,56 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
 CONFIG_NAME = "config.yaml"
 
 
+# A config file may start from another: ``base: <file>`` (relative to the file that names it).
+BASE_KEY = "base"
+
+
+def _merged(base: dict, over: dict) -> dict:
+    """``over`` on top of ``base``: sections merge key by key, any other value (a list too) replaces."""
+    result = dict(base)
+    for key, value in over.items():
+        known = result.get(key)
+        result[key] = _merged(known, value) if isinstance(known, dict) and isinstance(value, dict) else value
+    return result
+
+
+def _read_config_file(file: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """The file's settings on top of those of the ``base:`` it names, recursively; a missing base or a
+    cycle is one line naming the files."""
+    if not file.is_file():
+        raise FramecastError(f"{file}: config file not found"
+                             + (f" (the base of {chain[-1]})" if chain else ""))
+    if file.resolve() in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, file.resolve()))
+        raise FramecastError(f"{file}: config files name each other as base in a cycle ({cycle})")
+    try:
+        loaded = _load_yaml(file.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise FramecastError(f"{file}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                             "a config file is YAML saved as UTF-8") from None
+    except OSError as exc:
+        raise FramecastError(f"{file}: cannot read ({exc.strerror or exc})") from None
+    except yaml.YAMLError as exc:
+        raise FramecastError(f"{file}: not valid YAML ({_yaml_problem(exc)})") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise FramecastError(f"{file}: expected a mapping of sections at the top level")
+    values = dict(loaded or {})
+    base = values.pop(BASE_KEY, None)
+    if base is None:
+        return values
+    if not isinstance(base, str) or not base:
+        raise FramecastError(f"{file}: {BASE_KEY}: expected the path of a config file, got {base!r}")
+    return _merged(_read_config_file(file.parent / base, (*chain, file.resolve())), values)
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
-    """Load ``path`` (a missing file is an error, never silent defaults) and apply overrides."""
+    """Load ``path`` (a missing file is an error, never silent defaults), its ``base:`` configs
+    underneath it, and apply overrides."""
     values: dict = {}
     if path is not None:
         from core.paths import find_config_file
 
-        file = find_config_file(path)  # also the configs/ shipped with framecast, from any folder
-        if not file.is_file():
-            raise FramecastError(f"{file}: config file not found")
-        try:
-            loaded = yaml.safe_load(file.read_text())
-        except yaml.YAMLError as exc:
-            raise FramecastError(f"{file}: not valid YAML ({_yaml_problem(exc)})") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise FramecastError(f"{file}: expected a mapping of sections at the top level")
-        values = loaded or {}
+        values = _read_config_file(find_config_file(path))  # also configs/ shipped with framecast
     values = apply_overrides(values, overrides or [])
     try:
         return config_from_dict(values)

@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.imports import import_named
+
 # Modules whose import declares the built-in families (torch-free: settings and declarations only).
 BUILTIN_MODULES = ("models.families",)
 
@@ -41,12 +43,7 @@ class Family:
 
     def model_class(self) -> type:
         """The model class, imported now (not when the family was declared)."""
-        module_name, _, attr = self.model.partition(":")
-        module = importlib.import_module(module_name)
-        try:
-            return getattr(module, attr)
-        except AttributeError:
-            raise ImportError(f"family {self.name!r}: {module_name} has no {attr!r} (model={self.model!r})") from None
+        return import_named(self.model, f"family {self.name!r}")
 
     def setting_names(self) -> set[str]:
         return {f.name for f in dataclasses.fields(self.settings)}

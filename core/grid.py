@@ -6,6 +6,8 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+from core.config import family_names
+
 # What was trained: the config sections that group runs into points (train.seed aside).
 TRAINED_SECTIONS = ("data", "model", "train")
 SEED_KEY = "train.seed"
@@ -37,15 +39,25 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
+def family_section(key: str) -> str | None:
+    """The family whose settings ``key`` is (``model.convlstm.kernel_size`` -> convlstm), or None."""
+    parts = key.split(".")
+    return parts[1] if len(parts) > 2 and parts[0] == "model" and parts[1] in family_names() else None
+
+
 def trained_settings(config: dict) -> dict[str, Any]:
-    """{dotted key: value} of a config's ``TRAINED_SECTIONS`` (nested sections flattened, lists kept)."""
+    """{dotted key: value} of a config's ``TRAINED_SECTIONS`` (nested sections flattened, lists kept).
+
+    Only the built family's section counts (``model.family``): the other families' settings change
+    nothing that is trained, so runs differing only there trained the same thing."""
     flat: dict[str, Any] = {}
+    family = (config.get("model") or {}).get("family") if isinstance(config.get("model"), dict) else None
 
     def walk(prefix: str, node: Any) -> None:
         if isinstance(node, dict):
             for key, value in node.items():
                 walk(f"{prefix}.{key}", value)
-        else:
+        elif family_section(prefix) in (None, family):
             flat[prefix] = node
 
     for section in TRAINED_SECTIONS:

@@ -43,12 +43,16 @@ class Holder:
     pid: int
     slurm_job: str
     since: float
+    # Why the lock file could not be read ("" when it could): its holder is then unknown.
+    problem: str = ""
 
     @classmethod
     def me(cls) -> "Holder":
         return cls(socket.gethostname(), os.getpid(), slurm_job_id(), time.time())
 
     def describe(self) -> str:
+        if self.problem:
+            return f"holder unknown: {self.problem}"
         job = f", Slurm job {self.slurm_job}" if self.slurm_job else ""
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.since))
         return f"host {self.host}, pid {self.pid}{job}, since {when}"
@@ -63,8 +67,11 @@ def _read(path: Path) -> Holder | None:
         return Holder(str(values["host"]), int(values["pid"]), str(values["slurm_job"]), float(values["since"]))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, TypeError):
-        return Holder("?", -1, "", 0.0)  # unreadable: treated as a holder of unknown liveness
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        # Unreadable (damaged, or caught while its writer fills it): a holder of unknown liveness,
+        # replaced like any other once the file has not been touched for stale_s.
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        return Holder("?", -1, "", 0.0, problem=f"{path.name} is unreadable ({why})")
 
 
 class RunLock:
@@ -102,6 +109,12 @@ class RunLock:
         except FileExistsError:
             holder = _read(self.path)
             reason = self._why_replaceable(holder) if holder is not None else "it is gone"
+            if not reason and holder.problem:
+                raise FramecastError(
+                    f"{self.path}: {holder.problem}, so whether a training holds this run folder is unknown; "
+                    f"it is taken over once untouched for run.lock_stale_s={self.stale_s:g} s (delete it "
+                    "if no training of this run is running)"
+                ) from None
             if not reason:
                 raise FramecastError(
                     f"{self.path.parent}: another training is writing this run folder ({holder.describe()}); "

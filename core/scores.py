@@ -1,6 +1,6 @@
 """Video-prediction scores per lead time, accumulated batch by batch so memory stays flat.
 
-Conventions (the Moving MNIST literature's, see shared/README.md section 3):
+Conventions (the Moving MNIST literature's, as OpenSTL's benchmark tables report them):
 - frames are float in [0, 1];
 - ``mse_per_frame_sum`` / ``mae_per_frame_sum``: squared / absolute error SUMMED over every value of
   one frame (all pixels and all channels), then averaged over the frames of that lead time across

@@ -25,9 +25,9 @@ from data.layout import LABELED_SPLITS, MASK_NAME, SPLITS, frame_name, video_nam
 
 Renderer = Callable[[np.random.Generator], "tuple[np.ndarray, np.ndarray]"]
 
-# zlib level of the PNGs written: 1 writes about 3x faster than Pillow's default 6, for files about
-# 30% larger that take about 45% longer to decode (1.47 vs 1.02 ms a 160x240 shapes frame). Fast
-# generation matters more for the demo and tests; ``make-data --png-level 6`` writes typical files.
+# zlib level of the PNGs written: 1 writes much faster than Pillow's default 6, for larger files that
+# take longer to decode. Fast generation matters more for the demo and tests; ``make-data --png-level 6``
+# writes typical files.
 PNG_COMPRESS_LEVEL = 1
 # Videos handed to a worker at a time: enough to hide the hand-off, small enough to balance load.
 TASK_CHUNK = 4

@@ -25,6 +25,7 @@ CHANNELS = 3
 
 _VIDEO_RE = re.compile(r"video_(\d+)")
 _FRAME_RE = re.compile(r"image_(\d+)\.png")
+FRAME_PATTERN = _FRAME_RE  # a frame file's name (data.pack stamps a video by its frames)
 
 
 def video_name(number: int) -> str:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import hashlib
 import json
 import mmap
 import multiprocessing
 import os
 import sys
 import zlib
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -26,9 +27,13 @@ from tqdm import tqdm
 from core.atomic import WritebackAhead, atomic_path
 from core.errors import FramecastError
 from core.processes import die_with_parent
-from data.layout import CHANNELS, SPLITS, frame_size, list_frames, list_videos, read_video
+from data.layout import CHANNELS, FRAME_PATTERN, SPLITS, frame_size, list_frames, list_videos, read_video
 
-FORMAT_VERSION = 1
+# 2: the pack records what it was made from (SOURCE_NAMES, SOURCE_STAMPS), so readers can tell it is stale.
+FORMAT_VERSION = 2
+# Datasets of every video folder the split held when packed (skipped ones too) and each one's stamp.
+SOURCE_NAMES = "source_videos"
+SOURCE_STAMPS = "source_stamps"
 # Where packs go by default: <data root>/packed/<split>.h5.
 PACKED_DIR = "packed"
 COMPRESSIONS = ("none", "gzip", "lzf")
@@ -38,6 +43,9 @@ IN_FLIGHT_PER_WORKER = 4
 # Videos whose frame count and size are polled to agree on the split's geometry (a majority vote,
 # so one bad first video cannot make every good one look wrong).
 GEOMETRY_SAMPLE = 9
+# Threads stamping a split's videos when a reader checks a pack: stat calls wait on the file system
+# (a network one above all), not on the CPU, so several in flight finish a large split sooner.
+STAMP_THREADS = 8
 # Bytes written between background flushes of the pack to disk: large enough to write sequentially,
 # small enough that the final fsync finds little left to write.
 WRITEBACK_BYTES = 128 << 20
@@ -45,6 +53,25 @@ WRITEBACK_BYTES = 128 << 20
 
 def pack_path(pack_dir: str | os.PathLike, split: str) -> Path:
     return Path(pack_dir) / f"{split}.h5"
+
+
+def video_stamp(video_dir: str | os.PathLike) -> int:
+    """A video folder's frame files as one number: a hash of each frame's name, size and mtime.
+
+    From directory entries only (no file is read), so checking a whole split costs one stat per frame.
+    Adding, removing, rewriting or replacing a frame changes it; copying the folder without keeping
+    mtimes (``cp -r`` without ``-p``) changes it too, which errs on the side of repacking.
+    """
+    digest = hashlib.blake2b(digest_size=8)
+    entries = []
+    with os.scandir(video_dir) as found:
+        for entry in found:
+            if FRAME_PATTERN.fullmatch(entry.name):
+                stat = entry.stat()
+                entries.append(f"{entry.name}\0{stat.st_size}\0{stat.st_mtime_ns}")
+    for entry in sorted(entries):
+        digest.update(entry.encode("utf-8", "surrogateescape") + b"\n")
+    return int.from_bytes(digest.digest(), "little")
 
 
 def _reference_geometry(videos: Sequence[Path]) -> tuple[int, int, int]:
@@ -78,26 +105,30 @@ def _slot(ring: mmap.mmap | bytearray, index: int, shape: tuple[int, ...]) -> np
     return np.frombuffer(ring, dtype=np.uint8, count=size, offset=index * size).reshape(shape)
 
 
-def _decode_task(task: tuple[int, Path, tuple[int, int, int], str]) -> tuple[bytes | None, str | None]:
+def _decode_task(task: tuple[int, Path, tuple[int, int, int], str]) -> tuple[bytes | None, str | None, int]:
     """Worker: decode and validate one video straight into its ring slot (uint8 (T, H, W, 3)).
 
-    Returns (zlib bytes of the video when packing with gzip, else None; the error message or None).
+    Returns (zlib bytes of the video when packing with gzip, else None; the error message or None;
+    the folder's ``video_stamp``, taken before reading, so a frame changed meanwhile reads as stale).
     """
     slot, video_dir, (num_frames, height, width), compression = task
     video = _slot(_ring, slot, (num_frames, height, width, CHANNELS))  # (T, H, W, 3) view
     try:
+        stamp = video_stamp(video_dir)
         read_video(video_dir, num_frames, (height, width), out=video)
+    except OSError as exc:
+        return None, f"{video_dir}: cannot read ({exc.strerror or exc})", 0
     except FramecastError as exc:
-        return None, str(exc)
+        return None, str(exc), stamp
     if compression == "gzip":
         # HDF5's deflate filter stores plain zlib streams, so the chunk can be compressed here.
-        return zlib.compress(video, GZIP_LEVEL), None
-    return None, None
+        return zlib.compress(video, GZIP_LEVEL), None, stamp
+    return None, None, stamp
 
 
 def _decoded_videos(videos: Sequence[Path], geometry: tuple[int, int, int], compression: str,
-                    workers: int) -> Iterator[tuple[np.ndarray | bytes | None, str | None]]:
-    """Decode ``videos`` in order: yields (the video, or None with the error message).
+                    workers: int) -> Iterator[tuple[np.ndarray | bytes | None, str | None, int]]:
+    """Decode ``videos`` in order: yields (the video, or None with the error message; its stamp).
 
     The video is a view of a slot in a ring shared with the workers (forked, so they inherit it):
     it stays valid until the next item is requested. Nothing is pickled but paths and messages, and
@@ -108,10 +139,11 @@ def _decoded_videos(videos: Sequence[Path], geometry: tuple[int, int, int], comp
     slots = workers * IN_FLIGHT_PER_WORKER if workers > 1 else 1
     ring = mmap.mmap(-1, slots * int(np.prod(shape)))  # anonymous, MAP_SHARED: visible across fork
 
-    def outcome(slot: int, packed: bytes | None, error: str | None) -> tuple[np.ndarray | bytes | None, str | None]:
+    def outcome(slot: int, packed: bytes | None, error: str | None,
+                stamp: int) -> tuple[np.ndarray | bytes | None, str | None, int]:
         if error is not None:
-            return None, error
-        return (_slot(ring, slot, shape) if packed is None else packed), None
+            return None, error, stamp
+        return (_slot(ring, slot, shape) if packed is None else packed), None, stamp
 
     if workers <= 1:
         _attach_ring(ring)
@@ -180,14 +212,21 @@ class PackWriter:
         self.names.append(name)
         self.count += 1
 
-    def finish(self, source: str, skipped: list[dict]) -> None:
+    def finish(self, source: str, skipped: list[dict], stamps: dict[str, int] | None = None) -> None:
+        """``stamps``: {video folder name: ``video_stamp``} of every folder packed or skipped; without
+        them (a pack not made from folders) readers cannot check the pack against any folder."""
         self.frames.resize(self.count, axis=0)
         self.h5.create_dataset("names", data=np.array(self.names, dtype=object), dtype=h5py.string_dtype())
+        if stamps is not None:
+            self.h5.create_dataset(SOURCE_NAMES, data=np.array(list(stamps), dtype=object), dtype=h5py.string_dtype())
+            self.h5.create_dataset(SOURCE_STAMPS, data=np.array(list(stamps.values()), dtype=np.uint64))
         _, num_frames, height, width, _ = self.frames.shape
         attrs = self.h5.attrs
         attrs["num_frames"], attrs["height"], attrs["width"] = num_frames, height, width
         attrs["skipped"] = json.dumps(skipped)
-        attrs["source"] = source
+        # Where it was packed from, for people to read: bytes that are not UTF-8 (a path from another
+        # system's encoding) are written as \\x escapes, which HDF5's UTF-8 strings can hold.
+        attrs["source"] = source.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         attrs["format_version"] = FORMAT_VERSION
 
 
@@ -213,6 +252,7 @@ def pack_split(split_dir: str | os.PathLike, out_file: str | os.PathLike, worker
         raise FramecastError(f"{split}: no video_<n> folders to pack")
     num_frames, height, width = _reference_geometry(videos)
     skipped: list[dict] = []
+    stamps: dict[str, int] = {}
     with atomic_path(out_file) as tmp:
         with open_pack_for_writing(tmp) as h5:
             writer = PackWriter(h5, len(videos), num_frames, height, width, compression)
@@ -220,8 +260,9 @@ def pack_split(split_dir: str | os.PathLike, out_file: str | os.PathLike, worker
             # closing(): the worker pool stops as soon as a bad video ends the pack.
             results = _decoded_videos(videos, (num_frames, height, width), compression, min(workers, len(videos)))
             with bar, contextlib.closing(results), WritebackAhead(tmp, WRITEBACK_BYTES) as writeback:
-                for video, (result, error) in zip(videos, results):
+                for video, (result, error, stamp) in zip(videos, results):
                     bar.update()
+                    stamps[video.name] = stamp
                     if error is None:
                         writer.append(video.name, result)
                         writeback.wrote(len(result) if isinstance(result, bytes) else result.nbytes)
@@ -232,8 +273,37 @@ def pack_split(split_dir: str | os.PathLike, out_file: str | os.PathLike, worker
                         raise FramecastError(error)
             if not writer.count:
                 raise FramecastError(f"{split}: every video is bad, nothing to pack (first: {skipped[0]['error']})")
-            writer.finish(str(split), skipped)
+            writer.finish(str(split), skipped, stamps)
     return Path(out_file)
+
+
+def source_record(h5: h5py.File) -> dict[str, int] | None:
+    """{video folder name: stamp} the pack was made from, or None for a pack that does not record it."""
+    if SOURCE_NAMES not in h5 or SOURCE_STAMPS not in h5:
+        return None
+    names = [str(name) for name in h5[SOURCE_NAMES].asstr()[()]]
+    stamps = h5[SOURCE_STAMPS][()]
+    if len(names) != len(stamps):
+        return None
+    return dict(zip(names, (int(s) for s in stamps)))
+
+
+def stale_videos(recorded: dict[str, int], split_dir: Path) -> dict[str, list[str]]:
+    """The videos of ``split_dir`` that differ from what a pack recorded: {"added", "removed", "changed"}."""
+    now = {video.name: video for video in list_videos(split_dir)}
+
+    def differs(name: str) -> bool:
+        try:
+            return video_stamp(now[name]) != recorded[name]
+        except OSError:  # gone (or unreadable) since it was listed
+            return True
+
+    common = sorted(recorded.keys() & now.keys())
+    with ThreadPoolExecutor(STAMP_THREADS) as pool:
+        changed = [name for name, stale in zip(common, pool.map(differs, common)) if stale]
+    order = lambda names: sorted(names, key=lambda n: (len(n), n))  # noqa: E731 - numeric for video_<n>
+    return {"added": order(now.keys() - recorded.keys()), "removed": order(recorded.keys() - now.keys()),
+            "changed": order(changed)}
 
 
 def pack_dataset(root: str | os.PathLike, out_dir: str | os.PathLike | None = None,

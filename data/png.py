@@ -1,8 +1,8 @@
 """Read video frames from PNG files: header checks from the IHDR chunk, pixels from libspng.
 
-Decoding PNGs is what bounds packing a split. libspng (the ``pyspng`` wheel) decodes 160x240 RGB
-frames about 1.7x faster than Pillow (0.59 vs 0.98 ms a frame here), so it is used where its wheel
-is installed (Linux x86_64, see requirements.txt), Pillow elsewhere; both give identical pixels.
+Decoding PNGs is what bounds packing a split. libspng (the ``pyspng`` wheel) decodes frames faster
+than Pillow (benchmarks/RESULTS.md), so it is used where its wheel is installed (Linux x86_64, see
+requirements.txt), Pillow elsewhere; both give identical pixels.
 The header is parsed here rather than by either library so that every problem a user's file can
 have is reported the same way, as one line naming the file.
 """

@@ -18,7 +18,10 @@ from core.errors import FramecastError
 from core.paths import expand
 from data.layout import CHANNELS, check_video_name, frame_name, frame_size, list_frames, list_videos, read_frame, video_name
 from data.moving_mnist import read_toronto
-from data.pack import PACKED_DIR, pack_path
+from data.pack import PACKED_DIR, pack_path, source_record, stale_videos
+
+# Video names a stale pack's error lists of each kind before saying how many more.
+STALE_NAMES_SHOWN = 5
 
 
 class VideoSource:
@@ -177,9 +180,45 @@ def _staged(data_cfg: DataConfig, path: Path) -> Path:
     return stage_file(path, stage_to)
 
 
+def _repack_command(data_cfg: DataConfig, split: str) -> str:
+    out = f" --out {data_cfg.pack_dir}" if data_cfg.pack_dir else ""
+    return f"main.py pack --data {data_cfg.root} --split {split}{out}"
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(names[:STALE_NAMES_SHOWN])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > STALE_NAMES_SHOWN else "")
+
+
+def check_pack_fresh(data_cfg: DataConfig, split: str, pack: Path) -> None:
+    """Refuse a pack that no longer holds what its split's PNG folders hold (when they are there):
+    videos added, removed or changed since it was packed, or a pack too old to tell."""
+    split_dir = Path(expand("data.root", data_cfg.root)) / split
+    if not split_dir.is_dir():
+        return  # the pack travelled without its folders: nothing to check it against
+    repack = (f"repack with `{_repack_command(data_cfg, split)}` (data.source=png reads the folders instead; "
+              "data.source=h5 uses the pack unchecked)")
+    try:
+        with open_pack(pack) as h5:
+            recorded = source_record(h5)
+    except OSError as exc:
+        raise FramecastError(f"{pack}: not a framecast pack ({exc})") from None
+    if recorded is None:
+        raise FramecastError(f"{pack}: does not record which frames it was packed from (made by an older "
+                             f"framecast), so it cannot be checked against {split_dir}; {repack}")
+    stale = stale_videos(recorded, split_dir)
+    if any(stale.values()):
+        count = sum(len(names) for names in stale.values())
+        what = "; ".join(f"{kind}: {_names(names)}" for kind, names in stale.items() if names)
+        raise FramecastError(f"{pack}: stale, {count} video(s) of {split_dir} differ from what was packed "
+                             f"({what}); {repack}")
+
+
 def open_split(data_cfg: DataConfig, split: str) -> VideoSource:
     """The source of ``split`` as ``data.source`` says: ``h5`` pack, ``png`` folder, or ``auto``
     (the pack when it exists, else the folder). A split ending in ``.npy`` is a Toronto-layout file.
+    With ``auto`` the pack is first checked against the split's PNG folders when they exist
+    (``check_pack_fresh``): a stale pack is refused, never read. ``h5`` trusts the pack unchecked.
     Packs and .npy files are read from their node-local copy when ``data.stage_to`` is set; PNG
     folders are always read where they are. ``${VAR}`` in the path settings is expanded here."""
     split = expand("split", split)
@@ -189,6 +228,8 @@ def open_split(data_cfg: DataConfig, split: str) -> VideoSource:
     if data_cfg.source == "h5" or (data_cfg.source == "auto" and pack.is_file()):
         if not pack.is_file():
             raise FramecastError(f"{pack}: pack not found (data.source=h5; run `main.py pack --data {data_cfg.root}`)")
+        if data_cfg.source == "auto":
+            check_pack_fresh(data_cfg, split, pack)
         return H5VideoSource(_staged(data_cfg, pack))
     if expand("data.stage_to", data_cfg.stage_to):
         logging.getLogger(__name__).warning(

@@ -12,7 +12,6 @@ The data and stage modules are imported when the demo runs, not when its argumen
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -39,41 +38,12 @@ def _prepare_data(cfg: Config, args: argparse.Namespace) -> None:
         pack_dataset(root, out_dir=pack_dir, splits=missing)
 
 
-def _print_outputs(cfg: Config, minutes: float) -> None:
-    from core.outputs import GIF_NAME, PLOT_NAME, REPORT_NAME, STRIP_NAME, eval_dir, png_dir
-    from core.outputs import predictions_path as npy_path
-    from stages.evaluate import print_summary
-
-    eval_dir = eval_dir(cfg)
-    outputs = (
-        ("checkpoint", f"{cfg.run_dir / 'best.pt'}  (python load_model.py {cfg.run_dir / 'best.pt'})"),
-        ("loss curve", cfg.run_dir / "loss_curve.png"),
-        ("predictions", npy_path(cfg)),
-        ("PNG frames", png_dir(cfg)),
-        ("evaluation", eval_dir / REPORT_NAME),
-        ("metrics plot", eval_dir / PLOT_NAME),
-        ("sample strip", eval_dir / STRIP_NAME),
-        ("sample GIF", eval_dir / GIF_NAME),
-    )
-    width = max(len(label) for label, _ in outputs) + 1
-    print(f"[demo] done in {minutes:.1f} min", flush=True)
-    for label, value in outputs:
-        print(f"  {label + ':':{width}s} {value}", flush=True)
-    report_file = eval_dir / REPORT_NAME
-    try:
-        report = json.loads(report_file.read_text())
-    except (OSError, ValueError) as exc:
-        print(f"[demo] no evaluation report to summarise ({report_file}: {exc})", flush=True)
-        return
-    print(f"[demo] evaluation of {report.get('checkpoint')}:", flush=True)
-    print_summary(report)
-
-
 def run_demo(args: argparse.Namespace) -> int:
     from core.config import load_config
     from core.paths import expand_config
     from jobs.submit import describe_pipeline, describe_submission, pipeline_job_count, resolve_executor, \
         snapshot_for, submit_pipeline
+    from jobs.summary import print_outputs
     from jobs.wait import wait_jobs
 
     cfg = load_config(args.config, list(args.overrides))
@@ -88,9 +58,11 @@ def run_demo(args: argparse.Namespace) -> int:
     started = time.monotonic()
     jobs = submit_pipeline(cfg, executor, on_submit=lambda job: print(describe_submission(job), flush=True),
                            timeout_s=args.timeout, code=code)
-    ends = wait_jobs(jobs, timeout_s=args.timeout, report=lambda end: print(end.describe(), flush=True))
+    ends = wait_jobs(jobs, timeout_s=args.timeout, report=lambda end: print(end.describe(), flush=True),
+                     progress=lambda line: print(line, flush=True))
     if len(jobs) != pipeline_job_count(cfg) or not all(end.ok for end in ends):
         print("[demo] the pipeline did not complete; see the logs above", flush=True)
         return 1
-    _print_outputs(local, (time.monotonic() - started) / 60)
+    print(f"[demo] done in {(time.monotonic() - started) / 60:.1f} min", flush=True)
+    print_outputs(local, prefix="[demo] ")
     return 0

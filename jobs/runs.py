@@ -1,5 +1,10 @@
 """``main.py runs [DIR]``: one line per run folder: name, family, state, epochs, best val loss, parameters.
 
+The run folders directly under DIR and one level further down (``<sweep>/<member>``, or any folder of
+run folders); a sweep folder (``sweep.json``) lists every member it submitted, also those whose job
+has not started yet (no folder yet). A run submitted as a train job that waits in the queue has only
+``jobs/`` and ``code/`` so far: it is listed too, as queued, with the scheduler's pending reason.
+
 Read-only: nothing in a run folder is written, locked or resumed. What each run is made of:
 ``config.yaml`` (family, epochs asked for), ``last.pt`` (or ``best.pt``; its progress: epochs done, best
 validation loss and its epoch, the stop reason, the parameter count; read memory-mapped, so a large
@@ -10,7 +15,8 @@ What the states mean (``STATES``; printed under the table):
 - running: a live process holds ``run.lock``: on this host its pid exists (and started before the
   lock was taken); elsewhere Slurm lists its job as running, or, without Slurm, the lock was refreshed
   within ``run.lock_stale_s``.
-- queued: no live holder, but a train job of this run waits in the Slurm queue (e.g. requeued).
+- queued: no live holder, but a train job of this run waits in the Slurm queue (submitted and not
+  started yet, or requeued); the detail gives Slurm's pending reason (Priority, Resources, BeginTime, ...).
 - finished: every epoch done (``train.epochs``).
 - stopped: ended early on purpose: ``early_stop`` (train.early_stop_patience) or ``time_budget``
   (train.max_minutes).
@@ -44,12 +50,16 @@ from training.metrics import METRICS_NAME, read_metrics
 RUN_FILES = (CONFIG_NAME, LAST_NAME, BEST_NAME, LOCK_NAME, METRICS_NAME)
 JOBS_DIR = "jobs"  # submitit's folders of the run's jobs (jobs.submit.job_folder)
 TRAIN_JOB_PREFIX = "framecast-train-"  # the Slurm job name of a train job (jobs.submit.make_executor)
+SWEEP_MANIFEST = "sweep.json"  # what jobs.sweep writes in a sweep folder: its members and their job ids
+# Slurm states of a job that has not started yet / runs now.
+WAITING_STATES = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SUSPENDED")
+RUNNING_STATES = ("RUNNING", "COMPLETING", "CONFIGURING")
 DEFAULT_STALE_S = 600  # run.lock_stale_s's default, for a run whose config cannot be read
 SQUEUE_TIMEOUT_S = 15
 LOG_TAIL_BYTES = 64 << 10
 STATES = {
     "running": "a live process holds run.lock",
-    "queued": "a train job of the run waits in the Slurm queue",
+    "queued": "a train job of the run waits in the Slurm queue (the detail: Slurm's pending reason)",
     "finished": "all epochs done",
     "stopped": "ended early on purpose (early_stop or time_budget)",
     "failed": "no live holder and ended before its epochs without a stop reason (killed, crashed, cancelled); "
@@ -80,15 +90,32 @@ class RunStatus:
 
 
 def is_run_folder(path: Path) -> bool:
-    return path.is_dir() and any((path / name).exists() for name in RUN_FILES)
+    """Holds a run's files, or (submitted, not started yet) a train job's submission."""
+    if not path.is_dir() or (path / SWEEP_MANIFEST).is_file():
+        return False
+    return any((path / name).exists() for name in RUN_FILES) or bool(_train_job_dirs(path))
 
 
-def _read_yaml(path: Path) -> dict:
+def _read_yaml(path: Path) -> tuple[dict, str]:
+    """(the file's mapping, or {}; why it could not be read, or "" when it could or is absent)."""
     try:
-        values = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
-        return {}
-    return values if isinstance(values, dict) else {}
+        values = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        return {}, ""
+    except OSError as exc:
+        return {}, f"{path.name} unreadable ({exc.strerror or exc})"
+    except UnicodeDecodeError:
+        return {}, f"{path.name} unreadable (not UTF-8 text)"
+    except yaml.YAMLError as exc:
+        return {}, f"{path.name} unreadable (not valid YAML: {str(exc).splitlines()[0]})"
+    if values is not None and not isinstance(values, dict):
+        return {}, f"{path.name} unreadable (not a mapping of sections)"
+    return values or {}, ""
+
+
+def _section(config: dict, name: str) -> dict:
+    section = config.get(name)
+    return section if isinstance(section, dict) else {}
 
 
 def _read_checkpoint(path: Path) -> tuple[dict | None, str]:
@@ -121,21 +148,32 @@ def _process_start(pid: int) -> float | None:
         return None
 
 
-def _squeue(job_ids: list[str]) -> dict[str, tuple[str, str]]:
-    """{job id: (state, job name)} of the jobs Slurm still lists; {} without Slurm."""
+def _squeue(job_ids: list[str]) -> dict[str, tuple[str, str, str]]:
+    """{job id: (state, job name, pending reason)} of the jobs Slurm still lists (ended ones for a few
+    minutes: MinJobAge); {} without Slurm. Array tasks by their ``<array>_<task>`` ids."""
     if not job_ids or shutil.which("squeue") is None:
         return {}
     try:
-        done = subprocess.run(["squeue", "-h", "-j", ",".join(job_ids), "-o", "%i|%T|%j"], capture_output=True,
-                              text=True, timeout=SQUEUE_TIMEOUT_S)
+        done = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-j", ",".join(job_ids), "-o", "%i|%T|%j|%r"],
+                              capture_output=True, text=True, timeout=SQUEUE_TIMEOUT_S)
     except (OSError, subprocess.SubprocessError):
         return {}
     found = {}
     for line in done.stdout.splitlines():
         parts = line.strip().split("|")
-        if len(parts) == 3:
-            found[parts[0]] = (parts[1], parts[2])
+        if len(parts) == 4:
+            found[parts[0]] = (parts[1], parts[2], "" if parts[3] == "None" else parts[3])
     return found
+
+
+def _in_queue(job_id: str, info: tuple[str, str, str]) -> tuple[str, str] | None:
+    """(runs' state, detail) of a job Slurm lists as waiting or running; None once it has ended."""
+    state, _, reason = info
+    if state in WAITING_STATES:
+        return "queued", f"Slurm job {job_id} {state.lower()}" + (f": {reason}" if reason else "")
+    if state in RUNNING_STATES:
+        return "running", f"Slurm job {job_id} {state.lower()} (starting: no lock taken yet)"
+    return None
 
 
 def _holder_alive(holder: Holder, lock: Path, stale_s: float) -> tuple[bool, str]:
@@ -149,9 +187,9 @@ def _holder_alive(holder: Holder, lock: Path, stale_s: float) -> tuple[bool, str
         return True, f"pid {holder.pid} on {holder.host}"
     if holder.slurm_job and shutil.which("squeue"):
         state = _squeue([holder.slurm_job]).get(holder.slurm_job)
-        if state is not None and state[0] in ("RUNNING", "COMPLETING", "CONFIGURING"):
+        if state is not None and state[0] in RUNNING_STATES:
             return True, f"Slurm job {holder.slurm_job} on {holder.host}"
-        if state is None:
+        if state is None or state[0] not in WAITING_STATES:
             return False, f"lock left by Slurm job {holder.slurm_job}, which has ended"
     try:
         age = time.time() - lock.stat().st_mtime
@@ -232,14 +270,37 @@ def _last_logged(run_dir: Path) -> str:
     return f"last logged: epoch {record.get('epoch', '?')}, step {record['step']}{when}"
 
 
-def run_status(run_dir: str | os.PathLike) -> RunStatus:
-    """What can be told about one run folder (see the module docstring)."""
+def _submitted_config(job_dirs: list[Path]) -> dict:
+    """The config a train job was submitted with (its pickled StageJob), for a run that has not started."""
+    from submitit.core.utils import pickle_load
+
+    for folder in job_dirs[:1]:
+        for pickled in folder.glob("*_submitted.pkl"):
+            try:
+                config = getattr(pickle_load(pickled).function, "config", None)
+            except Exception:  # noqa: BLE001 - an unreadable pickle only loses the family column
+                continue
+            if isinstance(config, dict):
+                return config
+    return {}
+
+
+def run_status(run_dir: str | os.PathLike, name: str | None = None, job_ids: list[str] | None = None) -> RunStatus:
+    """What can be told about one run folder (see the module docstring).
+
+    ``name``: how the table names it (``<sweep>/<member>``); ``job_ids``: train jobs of the run submitted
+    by its sweep (array tasks whose submitit folders are the sweep's, ``<sweep>/jobs/<id>``).
+    """
     run_dir = Path(run_dir)
-    status = RunStatus(name=run_dir.name, path=str(run_dir))
-    config = _read_yaml(run_dir / CONFIG_NAME)
+    status = RunStatus(name=name or run_dir.name, path=str(run_dir))
+    job_dirs = _train_job_dirs(run_dir) + [d for d in (run_dir.parent / JOBS_DIR / i for i in job_ids or [])
+                                           if d.is_dir()]
+    job_dirs.sort(key=lambda f: f.stat().st_mtime, reverse=True)
+    config, config_problem = _read_yaml(run_dir / CONFIG_NAME)
+    config = config or _submitted_config(job_dirs)
     checkpoint = next((run_dir / n for n in (LAST_NAME, BEST_NAME) if (run_dir / n).is_file()), None)
     progress: dict[str, Any] = {}
-    notes: list[str] = []
+    notes: list[str] = [config_problem] if config_problem else []
     if checkpoint is not None:
         state, why = _read_checkpoint(checkpoint)
         status.checkpoint = checkpoint.name
@@ -249,10 +310,11 @@ def run_status(run_dir: str | os.PathLike) -> RunStatus:
             config = config or state["config"]
             progress = state["progress"]
             status.parameters = state["parameters"]
-    status.family = str((config.get("model") or {}).get("family", "?"))
-    total = (config.get("train") or {}).get("epochs")
+    status.family = str(_section(config, "model").get("family", "?"))
+    total = _section(config, "train").get("epochs")
     status.epochs_total = int(total) if isinstance(total, int) else None
-    stale_s = float((config.get("run") or {}).get("lock_stale_s") or DEFAULT_STALE_S)
+    stale_s = _section(config, "run").get("lock_stale_s")
+    stale_s = float(stale_s) if isinstance(stale_s, (int, float)) and stale_s > 0 else DEFAULT_STALE_S
 
     if progress:
         epoch, batches, per_epoch = (int(progress.get(k) or 0) for k in ("epoch", "batches_done", "steps_per_epoch"))
@@ -272,7 +334,9 @@ def run_status(run_dir: str | os.PathLike) -> RunStatus:
 
     holder = lock_holder(run_dir)
     holder_note = ""
-    if holder is not None:
+    if holder is not None and holder.problem:
+        notes.append(holder.problem)  # nobody can be told to hold it: not shown as running
+    elif holder is not None:
         alive, holder_note = _holder_alive(holder, run_dir / LOCK_NAME, stale_s)
         if alive:
             status.state = "running"
@@ -280,18 +344,24 @@ def run_status(run_dir: str | os.PathLike) -> RunStatus:
             return status
     stopped = str(progress.get("stopped") or "")
     done, total = status.epochs_done, status.epochs_total
-    job_dirs = _train_job_dirs(run_dir)
-    queued = {i: s for i, s in _squeue([f.name for f in job_dirs]).items() if s[1].startswith(TRAIN_JOB_PREFIX)}
+    ids = list(dict.fromkeys([*(f.name for f in job_dirs), *(job_ids or [])]))  # the newest job first
+    listed = {i: s for i, s in _squeue(ids).items() if s[1].startswith(TRAIN_JOB_PREFIX)}
+    active = next((found for i in ids if i in listed and (found := _in_queue(i, listed[i]))), None)
     if stopped:
         status.state, status.detail = "stopped", stopped
     elif progress and done is not None and total is not None and done >= total:
         status.state = "finished"
-    elif queued:
-        job_id, (slurm_state, _) = next(iter(queued.items()))
-        status.state, status.detail = "queued", f"Slurm job {job_id} {slurm_state}"
+    elif active:
+        status.state, status.detail = active
     else:
         status.state = "failed"
-        if not progress:
+        ended = next(((i, listed[i]) for i in ids if i in listed), None)
+        if ended:  # Slurm still remembers how it ended (for MinJobAge seconds)
+            job_id, (slurm_state, _, reason) = ended
+            notes.append(f"Slurm job {job_id} {slurm_state.lower()}" + (f" ({reason})" if reason else ""))
+        if not run_dir.is_dir():
+            notes.insert(0, "its train job ended before it made the run folder")
+        elif not progress:
             notes.insert(0, "ended before its first checkpoint")
         else:
             where = f"epoch {done}/{total}" if total is not None else f"epoch {done}"
@@ -306,14 +376,46 @@ def run_status(run_dir: str | os.PathLike) -> RunStatus:
     return status
 
 
+def _sweep_members(sweep: Path, prefix: str) -> list[RunStatus]:
+    """Every run a sweep submitted (its manifest), started or not, then any other run folder in it."""
+    try:
+        manifest = json.loads((sweep / SWEEP_MANIFEST).read_text())
+        members = [(str(r["name"]), str(r.get("job_id") or "")) for r in manifest.get("runs", [])]
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        members = []
+    named = {name for name, _ in members}
+    statuses = [run_status(sweep / name, f"{prefix}{name}", [job_id] if job_id else [])
+                for name, job_id in members]
+    return statuses + [run_status(p, f"{prefix}{p.name}") for p in _children(sweep)
+                       if p.name not in named and is_run_folder(p)]
+
+
+def _children(folder: Path) -> list[Path]:
+    try:
+        return sorted((p for p in folder.iterdir() if p.is_dir()), key=lambda p: p.name)
+    except OSError:
+        return []
+
+
 def list_runs(folder: str | os.PathLike = "runs") -> list[RunStatus]:
-    """Every run folder directly under ``folder`` (or ``folder`` itself when it is one), by name."""
+    """Every run folder directly under ``folder`` or one level further down (a sweep's members, named
+    ``<sweep>/<member>``), by name; ``folder`` itself when it is a run folder or a sweep folder."""
     folder = Path(folder)
+    if (folder / SWEEP_MANIFEST).is_file():
+        return _sweep_members(folder, "")
     if is_run_folder(folder):
         return [run_status(folder)]
     if not folder.is_dir():
         raise FramecastError(f"{folder}: no such folder (give the folder holding the run folders, e.g. runs)")
-    return [run_status(p) for p in sorted(folder.iterdir(), key=lambda p: p.name) if is_run_folder(p)]
+    statuses: list[RunStatus] = []
+    for child in _children(folder):
+        if (child / SWEEP_MANIFEST).is_file():
+            statuses += _sweep_members(child, f"{child.name}/")
+        elif is_run_folder(child):
+            statuses.append(run_status(child))
+        else:
+            statuses += [run_status(p, f"{child.name}/{p.name}") for p in _children(child) if is_run_folder(p)]
+    return statuses
 
 
 def _loss(status: RunStatus) -> str:

@@ -6,11 +6,18 @@ code, or a mix of old and new.  So every submission first copies the project's c
 ``<run_dir>/code/<content hash>/`` and the jobs import from there (their PYTHONPATH and their start
 directory; see ``jobs.submit``).
 
+Only what a job runs is copied (cluster scratch often has an inode quota, and every submission makes a
+copy): the Python files of the top-level modules and of the packages a job imports (``core``, ``data``,
+``models``, ``training``, ``stages``, ``jobs``: every top-level folder with an ``__init__.py``), plus the
+folder of any stage or model family declared outside them (``stages.registry``, ``core.families``: the
+declaration's import path names its module; ``model.plugins`` modules declare families); no tests,
+benchmarks, docs, configs (a job gets its config as data) or sbatch scripts.
+
 In a git checkout the copy is made by submitit's own ``RsyncSnapshot`` (needs ``git`` and
-``rsync``): the tracked files as they are in the working tree, uncommitted edits included, plus the
-untracked Python files git does not ignore (new modules not committed yet); no git history.  Elsewhere (no git, no
-rsync, or the project inside a bigger repository) every ``.py`` file is copied.  Either way the
-folders named in ``EXCLUDE`` and the run and data folders are left out.
+``rsync``): those of the tracked files, as they are in the working tree, uncommitted edits included,
+plus the untracked Python files git does not ignore (new modules not committed yet); no git history.
+Elsewhere (no git, no rsync, or the project inside a bigger repository) the same files are found by
+walking the folder.  Either way the folders named in ``EXCLUDE`` and the run and data folders are left out.
 
 The folder is named after a hash of its content, so submitting the same code twice reuses one copy,
 and the version (that hash, plus the git commit and whether the tree had changes) is printed by every
@@ -20,6 +27,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import time
@@ -42,6 +51,10 @@ EXCLUDE = (".git", ".venv", "venv", "datasets", "runs", "preds", "__pycache__", 
            "*.egg-info")
 # Untracked files copied along with the tracked ones: new modules not committed yet.
 UNTRACKED_SUFFIXES = (".py",)
+# What a job imports: files with these suffixes, in the top-level folder or in a package a job imports.
+CODE_SUFFIXES = (".py",)
+# Top-level folders never imported by a job, even where they hold Python (unless a stage is declared there).
+NOT_RUN = ("tests", "benchmarks", "docs", "configs")
 HASH_CHARS = 16  # of the sha256, in the folder name
 GIT_TIMEOUT_S = 60.0
 
@@ -90,16 +103,55 @@ def _excluded(relative: str, names: Iterable[str], paths: Iterable[str]) -> bool
     return any(relative == p or relative.startswith(p + "/") for p in paths)
 
 
+def _declared_folders(source: Path) -> set[str]:
+    """Top-level folders of ``source`` holding the module of a declared stage or model family (one declared
+    outside the packages: ``tests/toy_stage.py``, a ``model.plugins`` module such as ``tests/toy_family.py``)."""
+    from core import families
+    from stages import registry
+
+    paths = [stage.run for stage in registry.stages()] + [family.model for family in families.families()]
+    folders = set()
+    for path in paths:
+        parts = path.split(":")[0].split(".")
+        module = source.joinpath(*parts)
+        if len(parts) > 1 and (module.with_suffix(".py").is_file() or (module / "__init__.py").is_file()):
+            folders.add(parts[0])
+    return folders
+
+
+def code_folders(source: Path) -> set[str]:
+    """The top-level folders a job imports from: the packages (a folder with ``__init__.py``) not in
+    ``NOT_RUN``, and the folders of stages and families declared elsewhere."""
+    packages = {p.parent.name for p in source.glob("*/__init__.py")} - set(NOT_RUN)
+    return packages | _declared_folders(source)
+
+
+def runs_in_jobs(relative: str, folders: set[str]) -> bool:
+    """Whether the file ``relative`` (to the project) is one a job may import: a code file at the top or
+    in one of ``folders`` (``code_folders``)."""
+    parts = Path(relative).parts
+    return relative.endswith(CODE_SUFFIXES) and (len(parts) == 1 or parts[0] in folders)
+
+
+def glob_escape(name: str) -> str:
+    """``name`` as an rsync pattern matching only itself (``[``, ``*``, ``?`` and ``\\`` escaped)."""
+    return re.sub(r"([\[\]*?\\])", r"\\\1", name)
+
+
 def _rsync_copy(source: Path, target: Path, skip_paths: list[str]) -> None:
-    """submitit's RsyncSnapshot: the working tree's tracked files (and new .py files), rsynced.
+    """submitit's RsyncSnapshot: the working tree's tracked files (and new .py files) that a job runs, rsynced.
 
     ``target`` exists already, so RsyncSnapshot skips its shallow ``git clone``: the jobs need no
     history (the version records the commit), and a tracked file deleted in the working tree must
     not come back from HEAD.
     """
+    folders = code_folders(source)
     untracked = (_git(source, "ls-files", "--others", "--exclude-standard") or "").splitlines()
-    include = [f for f in untracked if f.endswith(UNTRACKED_SUFFIXES) and not _excluded(f, EXCLUDE, skip_paths)]
-    exclude = [*EXCLUDE, *(f"/{p}" for p in skip_paths)]
+    include = [f for f in untracked if f.endswith(UNTRACKED_SUFFIXES) and runs_in_jobs(f, folders)
+               and not _excluded(f, EXCLUDE, skip_paths)]
+    # RsyncSnapshot copies every tracked file but those excluded: each one a job does not run, by its path.
+    not_run = [f for f in (_git(source, "ls-files") or "").splitlines() if not runs_in_jobs(f, folders)]
+    exclude = [*EXCLUDE, *(f"/{p}" for p in skip_paths), *(f"/{glob_escape(f)}" for f in not_run)]
     try:
         with RsyncSnapshot(target, root_dir=source, exclude=exclude, include=include):
             pass  # it changes into the copy while inside: nothing to do there
@@ -108,16 +160,19 @@ def _rsync_copy(source: Path, target: Path, skip_paths: list[str]) -> None:
         # (rsync prints its name).  Everything else must have been copied.
         deleted = set((_git(source, "ls-files", "--deleted") or "").splitlines())
         tracked = (_git(source, "ls-files") or "").splitlines()
-        wanted = [f for f in [*tracked, *include] if f not in deleted and not _excluded(f, EXCLUDE, skip_paths)]
+        wanted = [f for f in [*tracked, *include] if f not in deleted and runs_in_jobs(f, folders)
+                  and not _excluded(f, EXCLUDE, skip_paths)]
         if exc.returncode != 23 or not deleted or not all((target / f).is_file() for f in wanted):
             raise FramecastError(f"{source}: could not snapshot the code for the jobs ({exc})") from None
 
 
 def _plain_copy(source: Path, target: Path, skip_paths: list[str]) -> None:
-    """Every .py file outside the excluded folders, where git or rsync cannot be used."""
-    for path in sorted(source.rglob("*.py")):
+    """Every code file a job runs, outside the excluded folders, where git or rsync cannot be used."""
+    folders = code_folders(source)
+    for path in sorted(p for suffix in CODE_SUFFIXES for p in source.rglob(f"*{suffix}")):
         relative = path.relative_to(source).as_posix()
-        if _excluded(relative, EXCLUDE, skip_paths) or any(part.startswith(".") for part in Path(relative).parts):
+        if _excluded(relative, EXCLUDE, skip_paths) or any(part.startswith(".") for part in Path(relative).parts) \
+                or not runs_in_jobs(relative, folders):
             continue
         (target / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, target / relative)
@@ -181,3 +236,13 @@ def take_snapshot(run_dir: str | Path, skip: Iterable[str | Path] = (), source: 
     write_json_atomic(run_dir / VERSION_NAME, version)
     return CodeSnapshot(str(final), version)
 
+
+
+def code_pythonpath(code_root: str | Path, shell: bool = False) -> str:
+    """PYTHONPATH that makes a job import framecast from ``code_root`` (its snapshot) whatever its
+    environment says: the root first, then what PYTHONPATH held. ``shell``: as the ``export`` line of
+    a Slurm job's set-up, expanded on the compute node; else the value for this process's children."""
+    root = str(code_root)
+    if shell:
+        return f"export PYTHONPATH={shlex.quote(root)}${{PYTHONPATH:+:$PYTHONPATH}}"
+    return os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)

@@ -30,6 +30,18 @@ from stages.registry import Stage
 CODE_ROOT = Path(__file__).resolve().parent.parent
 
 
+LOG = logging.getLogger("framecast.job")
+
+
+def setup_job_logging() -> None:
+    """The stages log with ``logging``: one handler on the root logger, to stderr (the job's ``.err``, the
+    log path every submission announces first).  submitit's logger has handlers of its own (stdout, and
+    stderr for warnings): it stops passing its records on to the root, or each of its lines (the
+    time-limit and requeue messages of a preemption) would be written twice."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    logging.getLogger("submitit").propagate = False
+
+
 def _plain(result: Any) -> Any:
     """Paths become strings, so a job's result unpickles anywhere."""
     return str(result) if isinstance(result, Path) else result
@@ -60,8 +72,7 @@ class StageJob(Checkpointable):
         # Relative paths in the config (data.root, run.out_dir) mean what they meant at submission.
         # The code was imported from the snapshot already (this job started there, on its PYTHONPATH).
         os.chdir(self.workdir)
-        # The stages log with `logging`; without a handler their progress would not reach the job log.
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+        setup_job_logging()
         # One compute thread per CPU this task was given: torch would otherwise start one per CPU of
         # the machine in every task, and the ranks of a multi-task job would fight over the cores.
         cpus = int(os.environ.get("SLURM_CPUS_PER_TASK") or self.config["slurm"]["cpus_per_task"])
@@ -74,7 +85,10 @@ class StageJob(Checkpointable):
         restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
         print(f"framecast {self.label}: job {env.job_id}, task {env.global_rank} of {env.num_tasks}, "
               f"restart {restarts}, {self.describe_code()}", flush=True)
-        return _plain(registry.run_stage(self.stage, config_from_dict(self.config), self.shard))
+        result = registry.run_stage(self.stage, config_from_dict(self.config), self.shard)
+        if isinstance(result, Path):  # what a file-writing stage (predict, merge, convert) wrote, as the CLI says
+            LOG.info("%s wrote %s", self.label, result)
+        return _plain(result)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
         """Called by submitit on rank 0 at the time-limit / preemption signal: requeue the same call.

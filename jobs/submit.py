@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -43,7 +43,7 @@ from submitit.helpers import environment_variables
 from core.config import Config, SlurmConfig, config_to_dict, load_config
 from core.errors import FramecastError
 from core.paths import expand, expand_if_set, host_name
-from jobs.snapshot import REPO_ROOT, CodeSnapshot, take_snapshot
+from jobs.snapshot import REPO_ROOT, CodeSnapshot, code_pythonpath, take_snapshot
 from jobs.stage_job import StageJob
 from jobs.wait import JobEnd, job_label, wait_jobs
 from stages import registry
@@ -133,10 +133,8 @@ def make_executor(cfg: Config, stage: Stage | str, executor: str | None = None,
         **resources,
     )
     if kind == "slurm":
-        # The job imports jobs/ and stages/ from the code root, whatever its environment says.
-        pythonpath = f"export PYTHONPATH={shlex.quote(str(code_root))}${{PYTHONPATH:+:$PYTHONPATH}}"
         params.update(
-            slurm_setup=[*s.setup, pythonpath],
+            slurm_setup=[*s.setup, code_pythonpath(code_root, shell=True)],
             slurm_signal_delay_s=s.signal_delay_s,
             slurm_array_parallelism=s.array_parallelism,
         )
@@ -156,8 +154,7 @@ def _starting_in(code_root: str | Path):
     (sbatch's working directory; a local job is a child process), and ``python -m`` puts that
     directory first on sys.path, before PYTHONPATH; started in the checkout, it would import the
     checkout's code."""
-    pythonpath = os.pathsep.join(p for p in (str(code_root), os.environ.get("PYTHONPATH", "")) if p)
-    with contextlib.chdir(code_root), environment_variables(PYTHONPATH=pythonpath):
+    with contextlib.chdir(code_root), environment_variables(PYTHONPATH=code_pythonpath(code_root)):
         yield
 
 
@@ -221,15 +218,45 @@ def _await_upstream(after: Sequence[submitit.Job], what: str, timeout_s: float |
         raise UpstreamFailed(f"{what} not submitted: job {first.job_id} ({first.label}) ended {first.state}")
 
 
+# What sbatch says when it refuses a request (its messages, as of Slurm 22-24), and the settings that
+# make that request: the one-line error names them.
+SBATCH_REFUSALS = (
+    ("generic resource (gres)", "slurm.gpus_per_node (0 on a partition without GPUs; `sinfo -o %P,%G` lists them)"),
+    ("Memory specification can not be satisfied", "slurm.mem_gb"),
+    ("Invalid partition", "slurm.partition"),
+    ("Invalid account", "slurm.account"),
+    ("Invalid qos", "slurm.qos"),
+    ("Invalid feature specification", "slurm.constraint"),
+    ("Requested time limit is invalid", "slurm.time_min"),
+    ("More processors requested than permitted", "slurm.cpus_per_task"),
+    ("Requested node configuration is not available", "slurm.cpus_per_task, slurm.mem_gb or slurm.gpus_per_node"),
+)
+
+
+def sbatch_refusal(message: str) -> str:
+    """The settings to change for sbatch's refusal ``message``; "" when it is not one of SBATCH_REFUSALS."""
+    lowered = message.lower()
+    return next((settings for text, settings in SBATCH_REFUSALS if text.lower() in lowered), "")
+
+
 @contextlib.contextmanager
 def _sbatch_errors(stage: str) -> Iterator[None]:
-    """sbatch's refusal (controller down, bad partition or account) as one line, not submitit's traceback."""
+    """sbatch's refusal (controller down, bad partition or account) as one line naming the setting to
+    change, not submitit's traceback (nor its copy of sbatch's stderr: the line holds it)."""
+    printed = io.StringIO()
     try:
-        yield
+        with contextlib.redirect_stderr(printed):
+            yield
     except submitit.core.utils.FailedJobError as exc:
-        reason = " ".join(str(exc).split()) or "no message"
-        raise FramecastError(f"sbatch refused the {stage} job: {reason} (check `sinfo` and the slurm.* "
-                             "settings; --executor local runs the jobs on this machine)") from None
+        lines = [line.split("error:", 1)[-1].strip() for line in str(exc).splitlines() if line.strip()]
+        reason = "; ".join(dict.fromkeys(line for line in lines if "Batch job submission failed" not in line)) \
+            or " ".join(lines) or "no message"
+        settings = sbatch_refusal(str(exc))
+        hint = f"change {settings}" if settings else "check `sinfo` and the slurm.* settings"
+        raise FramecastError(f"sbatch refused the {stage} job ({reason}): {hint}; --executor local runs the jobs "
+                             "on this machine") from None
+    finally:
+        sys.stderr.write(printed.getvalue() if not sys.exc_info()[0] else "")
 
 
 def _submit(ex: submitit.AutoExecutor, stage_jobs: list[StageJob], after: Sequence[submitit.Job],
@@ -360,7 +387,8 @@ def submit_pipeline(cfg: Config, executor: str | None = None, *, on_submit: OnSu
 
 
 def describe_submission(job: submitit.Job) -> str:
-    """What was submitted, its job id and where its logs will be."""
+    """What was submitted, its job id and where its logs will be: ``log:`` the job's stderr, where the stages
+    log (and tracebacks go); ``out:`` its stdout (submitit's own lines and what the stages print)."""
     kind = "local" if isinstance(job, submitit.LocalJob) else "slurm"
     return (f"submitted {job_label(job)}: job {job.job_id} ({kind})\n"
-            f"  log: {job.paths.stdout}\n  err: {job.paths.stderr}")
+            f"  log: {job.paths.stderr}\n  out: {job.paths.stdout}")

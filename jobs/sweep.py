@@ -24,6 +24,7 @@ those define what is trained, and the compare stage groups runs by exactly those
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ import submitit
 from core.atomic import write_json_atomic
 from core.config import Config, config_from_dict, config_to_dict, load_config
 from core.errors import FramecastError
-from core.grid import SEED_KEY, TRAINED_SECTIONS, short_names
+from core.grid import SEED_KEY, TRAINED_SECTIONS, family_section, short_names, trained_settings
 from core.outputs import TABLE_MD
 from jobs import submit
 from jobs.snapshot import CodeSnapshot
@@ -139,9 +140,12 @@ def plan_sweep(config: str | Path, overrides: list[str], grid_items: list[str], 
     out_dir = f"{base.run.out_dir.rstrip('/')}/{base.run.name}"
     runs: list[SweepRun] = []
     seen: dict[str, tuple] = {}
+    points = []
     for values in itertools.product(*(vals for _, vals in grid)):
         point = tuple(zip((key for key, _ in grid), values))
-        point_cfg = load_config(config, [*overrides, *(f"{key}={value}" for key, value in point)])
+        points.append((point, load_config(config, [*overrides, *(f"{key}={value}" for key, value in point)])))
+    _check_families(grid, [cfg for _, cfg in points])
+    for point, point_cfg in _distinct_points(points):
         for k in range(seeds):
             seed = base.train.seed + k
             name = run_name(point, seed, names)
@@ -160,6 +164,47 @@ def plan_sweep(config: str | Path, overrides: list[str], grid_items: list[str], 
     compare_values["compare"] = {"runs": [str(r.cfg.run_dir) for r in runs],
                                  "out": base.compare.out or str(base.run_dir / "compare")}
     return Sweep(base, grid, seeds, runs, config_from_dict(compare_values))
+
+
+def _check_families(grid: list[tuple[str, list[str]]], configs: list[Config]) -> None:
+    """A family's setting swept while no run builds that family would train the same model again."""
+    for key, _ in grid:
+        family = family_section(key)
+        if family and not any(cfg.model.family == family for cfg in configs):
+            chosen = sorted({cfg.model.family for cfg in configs})
+            raise FramecastError(f"--grid {key}: a setting of the {family} family, but every run builds "
+                                 f"model.family={','.join(chosen)}, so it changes nothing; select {family} "
+                                 f"(model.family={family}) or sweep model.family to include it")
+
+
+def _distinct_points(points: list[tuple[tuple, Config]]) -> list[tuple[tuple, Config]]:
+    """The grid points that train different things, compared as parsed settings, not as written.
+
+    Two spellings of one value (``3e-3`` and ``0.003``) are an error naming both. A point that differs
+    from an earlier one only in the settings of a family it does not build (``model.family`` swept with
+    ``model.convlstm.*``) trains the same model: it is left out, and the log says so.
+    """
+    kept: dict[str, tuple] = {}
+    distinct = []
+    for point, cfg in points:
+        settings = trained_settings(config_to_dict(cfg))
+        settings.pop(SEED_KEY, None)
+        key = repr(sorted(settings.items(), key=lambda item: item[0]))
+        if key not in kept:
+            kept[key] = point
+            distinct.append((point, cfg))
+            continue
+        earlier = kept[key]
+        differing = [(k, a, b) for (k, a), (_, b) in zip(earlier, point) if a != b]
+        if all(family_section(k) not in (None, cfg.model.family) for k, _, _ in differing):
+            logging.getLogger(__name__).info(
+                "sweep: %s trains the same model as %s (model.family=%s ignores %s): trained once",
+                dict(point), dict(earlier), cfg.model.family, ", ".join(k for k, _, _ in differing))
+            continue
+        same = "; ".join(f"{k}={a} and {k}={b}" for k, a, b in differing)
+        raise FramecastError(f"--grid: {same} are the same setting (values are compared as read, not as "
+                             "written); list each value once")
+    return distinct
 
 
 def _calls(stage: str, configs: list[Config], code: CodeSnapshot) -> list[StageJob]:

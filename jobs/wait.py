@@ -6,10 +6,14 @@ died without writing its result file (scancel, out of memory, a dependency that 
 satisfied) can leave ``result()`` waiting far longer than the job itself.  Here a job has ended when
 every task's result pickle exists, or when ``squeue`` (``sacct`` where accounting exists) says it is
 no longer pending or running.  A job left pending because an upstream job failed
-(``DependencyNeverSatisfied``) would wait forever: it is cancelled and reported.
+(``DependencyNeverSatisfied``) would wait forever: it is cancelled and reported.  So is a job whose
+request the partition can never satisfy (``NEVER_STARTS``: more CPUs, memory or nodes than its nodes
+have, a node list that is not available, ...): one line names the slurm.* setting to change.  While
+a job waits in the queue, every change of its state or pending reason is shown (``progress``).
 """
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from dataclasses import dataclass
@@ -34,6 +38,19 @@ SLURM_ACTIVE_STATES = {
     "RESIZING", "SUSPENDED", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD", "SPECIAL_EXIT",
 }
 NEVER_SATISFIED = "DependencyNeverSatisfied"
+# Pending reasons that never clear while the job's request stays as it is (Slurm's reason codes, as
+# squeue prints them), with the settings that change the request.  ReqNodeNotAvail also appears while
+# nodes are down or reserved; a job waiting on them is given up on too: resubmit once they are back.
+NEVER_STARTS = {
+    "PartitionConfig": "slurm.cpus_per_task, slurm.mem_gb, slurm.gpus_per_node or slurm.partition",
+    "ReqNodeNotAvail": "slurm.partition (or slurm.constraint; `sinfo` shows which nodes are up)",
+    "PartitionNodeLimit": "slurm.nodes or slurm.partition",
+    "PartitionTimeLimit": "slurm.time_min or slurm.partition",
+    "BadConstraints": "slurm.constraint",
+    "InvalidAccount": "slurm.account",
+    "InvalidQOS": "slurm.qos",
+}
+MEGABYTES = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
 
 
 @dataclass
@@ -53,11 +70,14 @@ class JobEnd:
     ended_at: float = 0.0  # wall-clock time (time.time()) the job's end was written or seen
 
     def describe(self) -> str:
+        """The end in one line, then the job's logs (stderr first: the stages log there), where they exist
+        (a job that never started has none)."""
         when = time.strftime("%H:%M:%S", time.localtime(self.ended_at))
         head = f"job {self.job_id} ({self.label}) {self.state} at {when}"
         lines = [head + (f": {self.detail}" if self.detail else "")]
-        lines.append(f"  log: {self.stdout}")
-        lines.append(f"  err: {self.stderr}")
+        if any(path is not None and path.exists() for path in (self.stderr, self.stdout)):
+            lines.append(f"  log: {self.stderr}")
+            lines.append(f"  out: {self.stdout}")
         return "\n".join(lines)
 
 
@@ -123,6 +143,62 @@ def _exception_line(trace: str) -> str:
     return lines[-1] if lines else "failed without a message"
 
 
+def never_starts(reason: str) -> str | None:
+    """The settings to change when ``reason`` (squeue's %r) never clears, else None."""
+    code = reason.split(",")[0].strip()
+    return NEVER_STARTS.get(code)
+
+
+def _megabytes(text: str) -> float | None:
+    """squeue's / sinfo's memory (``32G``, ``500M``, ``21007``: MB without a unit) in MB; None if unreadable."""
+    found = re.fullmatch(r"([\d.]+)([KMGT]?)[cn]?", text.strip())
+    return float(found.group(1)) * MEGABYTES[found.group(2) or "M"] if found else None
+
+
+def _partition_nodes(partition: str) -> list[tuple[int, float, str]]:
+    """(CPUs, memory MB, gres) of each node of ``partition``; [] where sinfo cannot tell."""
+    done = _run(["sinfo", "-h", "-N", "-p", partition, "-o", "%c|%m|%G"])
+    nodes = []
+    for line in (done.stdout.splitlines() if done is not None and done.returncode == 0 else []):
+        parts = line.strip().split("|")
+        if len(parts) == 3 and parts[0].isdigit():
+            nodes.append((int(parts[0]), _megabytes(parts[1]) or 0.0, parts[2]))
+    return nodes
+
+
+def why_never_starts(job_id: str, reason: str) -> str:
+    """One line: why the pending job cannot start, and which slurm.* setting to change.
+
+    The job's request (squeue: CPUs, nodes, memory per node, GPUs) is set against the largest node of its
+    partition (sinfo), so a request beyond every node names the one setting that asks too much.
+    """
+    code = reason.split(",")[0].strip()
+    settings = never_starts(reason) or "the slurm.* settings"
+    done = _run(["squeue", "-h", "-j", job_id, "-o", "%P|%C|%D|%m|%b"])
+    fields = done.stdout.strip().split("|") if done is not None and done.returncode == 0 else []
+    if len(fields) == 5 and fields[1].isdigit() and fields[2].isdigit():
+        partition, cpus, nodes, memory, gres = fields
+        per_node = int(cpus) // max(1, int(nodes))
+        known = _partition_nodes(partition)
+        if known:
+            most_cpus = max(c for c, _, _ in known)
+            most_mb = max(m for _, m, _ in known)
+            asked_mb = _megabytes(memory)
+            if per_node > most_cpus:
+                return (f"can never start ({code}): it asks for {per_node} CPUs per node, the largest node of "
+                        f"partition {partition} has {most_cpus}: lower slurm.cpus_per_task (x slurm.tasks_per_node) "
+                        f"or pick another slurm.partition")
+            if asked_mb is not None and asked_mb > most_mb:
+                return (f"can never start ({code}): it asks for {memory} of memory per node, the largest node of "
+                        f"partition {partition} has {most_mb / 1024:.0f}G: lower slurm.mem_gb or pick another "
+                        f"slurm.partition")
+            if "gpu" in gres and not any("gpu" in g for _, _, g in known):
+                return (f"can never start ({code}): it asks for GPUs ({gres}), partition {partition} has none: "
+                        f"set slurm.gpus_per_node=0 or a slurm.partition with GPUs")
+        return f"can never start ({reason}) on partition {partition}: change {settings}"
+    return f"can never start ({reason}): change {settings}"
+
+
 @dataclass
 class _Watch:
     job: submitit.Job
@@ -130,6 +206,7 @@ class _Watch:
     final_seen: float | None = None  # when the scheduler first said the job was over
     unknown_since: float | None = None
     end: JobEnd | None = None
+    seen: tuple[str, str] | None = None  # the last (state, pending reason) shown
 
 
 def _tasks(job: submitit.Job) -> list[submitit.Job]:
@@ -194,6 +271,12 @@ def _check(watch: _Watch, now: float, states: dict[str, tuple[str, str]]) -> Job
             end = _end_from_results(watch, "CANCELLED")
             end.detail = "never started: a job it depends on did not complete (cancelled)"
             return end
+        if state == "PENDING" and never_starts(reason):
+            why = why_never_starts(str(job.job_id), reason)  # asked before the cancel makes the job go
+            job.cancel(check=False)
+            end = _end_from_results(watch, "NEVER_STARTS")
+            end.detail = f"{why} (cancelled)"
+            return end
         if state in SLURM_ACTIVE_STATES:
             return None
     # Over, by the scheduler's word: give the result files a moment to appear.
@@ -205,16 +288,25 @@ def _check(watch: _Watch, now: float, states: dict[str, tuple[str, str]]) -> Job
     return _end_from_results(watch, state)
 
 
+def _queue_line(watch: _Watch, state: str, reason: str) -> str:
+    """``job 12 (train) PENDING: Resources``: a change of a queued job's state, for ``progress``."""
+    shown = reason if reason and reason != "None" else ""
+    return f"job {watch.job.job_id} ({watch.label}) {state}" + (f": {shown}" if shown else "")
+
+
 def wait_jobs(
     jobs: Sequence[submitit.Job],
     timeout_s: float | None = None,
     poll_s: float = POLL_S,
     report: Callable[[JobEnd], None] | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> list[JobEnd]:
     """Wait until every job has ended or ``timeout_s`` passed; one ``JobEnd`` per job, in order.
 
-    ``report`` is called once per job as soon as its end is seen.  Jobs still running at the
-    timeout are reported as ``WAIT_TIMEOUT`` and left running (the caller decides to cancel).
+    ``report`` is called once per job as soon as its end is seen; ``progress`` with one line each time a
+    Slurm job's state or pending reason changes (``job 12 (train) PENDING: Priority``).  Jobs still
+    running at the timeout are reported as ``WAIT_TIMEOUT`` (with their last state and reason) and left
+    running (the caller decides to cancel).
     """
     started = time.monotonic()
     watches = [_Watch(job, job_label(job)) for job in jobs]
@@ -224,6 +316,11 @@ def wait_jobs(
         states = slurm_states([str(w.job.job_id) for w in pending if _needs_scheduler(w)])
         for watch in pending:
             watch.end = _check(watch, now, states)
+            info = states.get(str(watch.job.job_id))
+            if watch.end is None and info is not None and info != watch.seen:
+                watch.seen = info
+                if progress is not None:
+                    progress(_queue_line(watch, *info))
             if watch.end is not None and report is not None:
                 report(watch.end)
         if all(w.end is not None for w in watches):
@@ -231,9 +328,14 @@ def wait_jobs(
         if timeout_s is not None and now - started >= timeout_s:
             for watch in watches:
                 if watch.end is None:
+                    where = "left running"
+                    if watch.seen is not None:
+                        state, reason = watch.seen
+                        where = f"{state.lower()}" + (f", {reason}" if reason and reason != "None" else "")
+                        where += "; left in the queue" if state == "PENDING" else "; left running"
                     watch.end = JobEnd(
                         watch.job.job_id, watch.label, "WAIT_TIMEOUT", False,
-                        f"still not ended after {timeout_s:.0f}s of waiting (left running)",
+                        f"still not ended after {timeout_s:.0f}s of waiting ({where})",
                         watch.job.paths.stdout, watch.job.paths.stderr, None, time.time(),
                     )
                     if report is not None:

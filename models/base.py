@@ -14,9 +14,7 @@ so ``best.pt`` (which holds the config) alone rebuilds it.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from typing import ClassVar, NamedTuple
+from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F

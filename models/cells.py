@@ -54,8 +54,8 @@ class ConvRNNCell(nn.Module):
     GATES: int
     NORM_BLOCKS: tuple[int, ...]
     # Keep only each step's inputs for the backward pass and recompute the step (its hidden conv and
-    # gates) there: 17 % more conv FLOPs for the default model, under half the stored activations
-    # (``train.activation_checkpointing``).
+    # gates) there: some more conv FLOPs for far fewer stored activations (``train.activation_checkpointing``;
+    # the trade measured in benchmarks/RESULTS.md).
     checkpoint_steps: bool = False
 
     def __init__(self, in_channels: int, hidden_channels: int, kernel_size: int, norm_groups: int):

@@ -69,3 +69,9 @@ def describe(path: str | Path, model: FamilyModel, cfg: Config, state: dict[str,
     ]
     width = max(len(label) for label, _ in rows) + 2
     return "\n".join(f"{label + ':':{width}s}{value}" for label, value in rows)
+
+
+def inspect_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> str:
+    """What ``framecast inspect`` (and load_model.py) print: the model rebuilt from ``path``, described."""
+    model, cfg, state = load_model(path, device)
+    return describe(path, model, cfg, state)

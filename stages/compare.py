@@ -72,6 +72,9 @@ class RunScore:
     train_minutes: float | None = None
     report: str = ""
     reused: bool = False
+    # The run of the same settings and seed already counted (a sweep that trained one thing twice):
+    # its score is listed but not pooled again, as it is no independent sample.
+    repeat_of: str = ""
 
     @property
     def name(self) -> str:
@@ -194,7 +197,13 @@ class Point:
 
     @property
     def scored(self) -> list[RunScore]:
-        return [r for r in self.runs if r.ok]
+        """The scored runs, one per seed: statistics are over distinct trainings only."""
+        return [r for r in self.runs if r.ok and not r.repeat_of]
+
+    @property
+    def seeds(self) -> int:
+        """Distinct seeds among the point's runs (a repeated training is no second seed)."""
+        return len({json.dumps(r.seed, default=str) for r in self.runs})
 
     def stats(self, attribute: str) -> tuple[float | None, float | None]:
         return _mean_std([getattr(r, attribute) for r in self.scored])
@@ -219,6 +228,13 @@ def group_points(runs: list[RunScore]) -> tuple[list[str], list[Point]]:
         settings[key] = trained
     keys = sorted({k for s in settings.values() for k in s})
     varying = [k for k in keys if len({json.dumps(s.get(k), default=str) for s in settings.values()}) > 1]
+    for members in groups.values():
+        first_of_seed: dict[str, RunScore] = {}
+        for run in members:
+            if run.ok:
+                seed = json.dumps(run.seed, default=str)
+                run.repeat_of = first_of_seed[seed].name if seed in first_of_seed else ""
+                first_of_seed.setdefault(seed, run)
     points = [Point({k: settings[g].get(k) for k in varying}, members) for g, members in groups.items()]
     points.sort(key=lambda p: tuple(_sort_key(p.values[k]) for k in varying))
     return varying, points
@@ -263,7 +279,7 @@ def point_rows(varying: list[str], points: list[Point], names: dict[str, str]) -
         copy_last = point.stats("copy_last_mse")[0]
         rows.append([point_label(point, names), *(format_value(point.values[k]) for k in varying),
                      " ".join(format_value(r.seed) for r in point.scored), len(point.scored),
-                     len(point.runs) - len(point.scored), _num(mse[0], 8), _num(mse[1], 8), _num(ssim[0], 8),
+                     sum(not r.ok for r in point.runs), _num(mse[0], 8), _num(mse[1], 8), _num(ssim[0], 8),
                      _num(ssim[1], 8), _parameters(point) or "", _num(minutes[0], 4), _num(minutes[1], 4),
                      _num(copy_last, 8), " ".join(r.name for r in point.runs)])
     return header, rows
@@ -287,13 +303,15 @@ def markdown(varying: list[str], points: list[Point], runs: list[RunScore], name
     for point in points:
         params = _parameters(point)
         lines.append("| " + " | ".join([
-            *(format_value(point.values[k]) for k in varying), f"{len(point.scored)}/{len(point.runs)}",
+            *(format_value(point.values[k]) for k in varying), f"{len(point.scored)}/{point.seeds}",
             _pm(*point.stats("mse")), _pm(*point.stats("ssim"), digits=4), f"{params:,}" if params else "",
             _pm(*point.stats("train_minutes"), digits=3)]) + " |")
     lines += ["", f"Copy-last baseline MSE: {_num(copy_last)}.", "", "## Runs", "",
               "| run | status | seed | MSE | SSIM | best epoch | train time (min) | report |", "|---|---|---|---|---|---|---|---|"]
     for run in runs:
         status = " ".join(run.status.replace("|", "/").split()) + (" (report reused)" if run.reused else "")
+        if run.repeat_of:
+            status += f" (same settings and seed as {run.repeat_of}: counted once)"
         lines.append(f"| {run.name} | {status} | {format_value(run.seed) if run.settings else ''} | "
                      f"{_num(run.mse)} | {_num(run.ssim, 4)} | {run.best_epoch or ''} | "
                      f"{_num(run.train_minutes, 3)} | {run.report} |")

@@ -17,7 +17,7 @@ it. The report also lists the members (``"members"``: each one's checkpoint, epo
 metrics over lead times) and, for several, ``"ensemble_spread"``: the mean over pixels of the
 members' per-pixel standard deviation per lead time, to hold against the ensemble's RMSE per pixel
 (``sqrt(mse_per_pixel)``): a well-spread ensemble's are close. Its default folder is
-``<run_dir>/eval/<split>.ensemble``.
+``<run.out_dir>/ensembles/<name>/eval/<split>`` (core.outputs.output_dir).
 
 Writes into ``out_dir`` (default ``<run_dir>/eval/<split>``):
 - ``report.json``: per-lead-time metrics and their means for the model and each baseline;

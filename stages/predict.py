@@ -14,8 +14,8 @@ Several checkpoints (``--checkpoint`` given more than once, a glob, or a list in
 member and the ``.npy`` holds the mean of their outputs clipped to [0, 1] (rounded to uint8 as one
 model's are); with ``predict.spread`` a second array ``<stem>.std.npy`` holds their per-pixel
 standard deviation, float16 (N, T_out, H, W, 3). The index lists the members and names the spread
-file. An ensemble's default output is ``<run_dir>/preds/<split>.ensemble.npy`` (``<run_dir>`` is the
-first member's run, whose own predictions it must not replace).
+file. An ensemble's default output is ``<run.out_dir>/ensembles/<name>/preds/<split>.npy``, beside the
+run folders (core.outputs.output_dir): never inside a member's run, whose own predictions it must not replace.
 
 ``run(cfg, shard=(i, n))`` predicts only the i-th of n contiguous slices of the split (one Slurm
 array task each) into ``<stem>.shard<i>of<n>.npy`` (and ``.std.npy``); ``data.predictions.merge_shards``
@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from core.config import Config, config_to_dict
 from core.errors import FramecastError
+from core.processes import signals_stop
 from data.datasets import VideoWindowDataset, check_channels, to_model_input
 from data.predictions import (SPREAD_DTYPE, merge_shards, npy_rows, shard_path, shard_rows, spread_entry,
                               spread_path_for, write_index)
@@ -41,8 +42,6 @@ from core.outputs import predictions_path
 from training.inference import Ensemble, Predictor, to_spread_frames, to_uint8_frames
 
 log = logging.getLogger(__name__)
-
-# The default output name of an ensemble's predictions (and PNGs and report): <split>.ensemble.npy.
 
 
 def write_predictions(predictor: Predictor | Ensemble, dataset: VideoWindowDataset | Subset, out: Path,
@@ -117,7 +116,8 @@ def run(cfg: Config, shard: tuple[int, int] = (0, 1)) -> Path:
         "total_videos": len(dataset),
         "config": config_to_dict(ensemble.cfg),
     }
-    return write_predictions(ensemble, Subset(dataset, rows), out, index, spread=cfg.predict.spread)
+    with signals_stop(f"predict {out}"):
+        return write_predictions(ensemble, Subset(dataset, rows), out, index, spread=cfg.predict.spread)
 
 
 def merge(cfg: Config) -> Path:

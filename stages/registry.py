@@ -16,9 +16,10 @@ What ``run`` returns must pickle (it is a job's result); a ``Path`` is printed b
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
+
+from core.imports import import_named
 
 if TYPE_CHECKING:
     from core.config import Config, SlurmConfig
@@ -94,12 +95,7 @@ class Stage:
 
     def function(self) -> Callable[..., Any]:
         """The run function, imported now (not when the stage was declared)."""
-        module_name, _, attr = self.run.partition(":")
-        module = importlib.import_module(module_name)
-        try:
-            return getattr(module, attr)
-        except AttributeError:
-            raise ImportError(f"stage {self.name!r}: {module_name} has no {attr!r} (run={self.run!r})") from None
+        return import_named(self.run, f"stage {self.name!r}")
 
     def shard_count(self, cfg: Config) -> int:
         """How many shards (array tasks) ``cfg`` asks for: 1 for a stage that is not sharded."""

@@ -305,6 +305,13 @@ class Trainer:
             log.info("stop signal %s: last.pt saved at step %d; handing over to submitit to requeue",
                      self._stop_signal, self.step)
             chained(self._stop_signum, None)  # requeues and exits (rank 0); returns on other ranks
+        if self.ctx.distributed and not self.ctx.is_main and os.environ.get("SUBMITIT_EXECUTOR"):
+            # Under submitit only its requeue signal stops training, and rank 0 requeues the whole job
+            # (or fails it, saying why). An exception here would make submitit write "Submitted job
+            # triggered an exception" into this rank's log, for a job that then completes.
+            log.info("rank %d: stopped at step %d; rank 0 hands the job to submitit's requeue",
+                     self.ctx.rank, self.step)
+            raise SystemExit(0)
         raise TrainingInterrupted(
             f"training stopped by {self._stop_signal or 'a signal to another process'} at epoch "
             f"{epoch_number(epoch)}, step {self.step}; progress saved to {self.last_path}; "
@@ -394,6 +401,10 @@ class Trainer:
             self._checkpoint(epoch, improved)
         elif self._saved_step != self.step:
             self._checkpoint(epoch, False)
+        # A stop seen at the epoch's last step: the epoch is validated and saved, so stop here (with one
+        # step per epoch there is no next step before the end of an epoch to stop at).
+        if self._stop_requested():
+            self._stop_now(epoch)
 
     def _out_of_time_agreed(self) -> bool:
         """``train.max_minutes`` passed, looked at on log intervals so every process agrees."""

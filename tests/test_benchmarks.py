@@ -26,8 +26,9 @@ FAMILIES = {
 
 
 def run_script(name: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(BENCHMARKS / name), *args], capture_output=True, text=True,
-                          timeout=300)
+    """``python -m benchmarks.<name>`` from the repository root, as the README runs them."""
+    return subprocess.run([sys.executable, "-m", f"benchmarks.{Path(name).stem}", *args], cwd=BENCHMARKS.parent,
+                          capture_output=True, text=True, timeout=300)
 
 
 def family_args(name: str) -> list[str]:
@@ -120,8 +121,8 @@ def test_bench_train_refuses_what_a_family_does_not_have():
         bench_train.main(["--device", "cpu", "--family", "simvp", "model.simvp.hidden_channels=[8]"])
 
 
-# Published sizes of the Moving-MNIST configurations (OpenSTL, 10 -> 10 at 64x64; shared README section
-# 6): parameters, and forward "FLOPs" per video, which OpenSTL counts as multiply-accumulates.
+# Published sizes of the Moving-MNIST configurations (OpenSTL's benchmark table, 10 -> 10 at 64x64):
+# parameters, and forward "FLOPs" per video, which OpenSTL counts as multiply-accumulates.
 PUBLISHED = {"predrnn": (23.9e6, 117e9), "simvp": (46.8e6, 16.5e9), "tau": (44.7e6, 16.0e9), "convlstm": (None, 56.8e9)}
 
 

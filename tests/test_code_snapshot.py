@@ -46,6 +46,8 @@ def test_snapshot_copies_the_working_tree_and_leaves_out_what_is_not_code(tmp_pa
     repo = make_repo(tmp_path / "repo", {
         ".gitignore": ".venv/\nruns/\ndatasets/\n__pycache__/\n",
         "pkg/__init__.py": "", "pkg/a.py": "A = 1\n", "pkg/gone.py": "", "configs/x.yaml": "a: 1\n",
+        "main.py": "", "pkg/job.SBATCH": "#!/bin/bash\n", "README.md": "# r\n", "tests/test_a.py": "",
+        "benchmarks/__init__.py": "", "benchmarks/b.py": "", "docs/d.md": "", "scripts/tool.py": "",
     })
     (repo / "pkg" / "a.py").write_text("A = 2\n")  # an uncommitted edit: in the snapshot
     (repo / "pkg" / "gone.py").unlink()  # deleted in the working tree: not in the snapshot
@@ -62,7 +64,9 @@ def test_snapshot_copies_the_working_tree_and_leaves_out_what_is_not_code(tmp_pa
     root = Path(code.root)
     assert root.parent == run_dir.resolve() / "code" and root.name == code.version["content_sha256"][:16]
     files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
-    assert files == [".gitignore", "configs/x.yaml", "pkg/__init__.py", "pkg/a.py", "pkg/new.py"]
+    # Only what a job runs: the top-level modules and the packages' Python files (no tests, benchmarks,
+    # docs, configs, scripts or other files: cluster scratch counts inodes).
+    assert files == ["main.py", "pkg/__init__.py", "pkg/a.py", "pkg/new.py"]
     assert (root / "pkg" / "a.py").read_text() == "A = 2\n"
     assert code.version["git_commit"] == git(repo, "rev-parse", "HEAD").strip() and code.version["git_dirty"]
     assert json.loads((run_dir / "code_version.json").read_text()) == code.version
@@ -74,13 +78,30 @@ def test_snapshot_copies_the_working_tree_and_leaves_out_what_is_not_code(tmp_pa
 
 def test_snapshot_without_git_copies_the_python_files(tmp_path):
     source = tmp_path / "project"
-    for name in ("main.py", "pkg/__init__.py", "pkg/a.py", "README.md", ".venv/lib/x.py", "runs/a/b.py"):
+    for name in ("main.py", "pkg/__init__.py", "pkg/a.py", "README.md", ".venv/lib/x.py", "runs/a/b.py",
+                 "tests/test_x.py", "benchmarks/bench.py"):
         (source / name).parent.mkdir(parents=True, exist_ok=True)
         (source / name).write_text("x = 1\n")
     code = snapshot.take_snapshot(tmp_path / "runs" / "r", source=source)
     files = sorted(p.relative_to(code.root).as_posix() for p in Path(code.root).rglob("*") if p.is_file())
     assert files == ["main.py", "pkg/__init__.py", "pkg/a.py"]
     assert code.version["git_commit"] is None and code.version["method"] == "copy of the .py files"
+
+
+def test_the_project_snapshot_holds_only_what_jobs_run(tmp_path):
+    """This project's snapshot: the modules jobs import, none of tests/, benchmarks/, docs/, configs/
+    (benchmarks/RESULTS.md has the counts), unless a stage is declared there: the toy stage
+    (tests/toy_stage.py, registered by this module's import) brings its folder's Python files along."""
+    code = snapshot.take_snapshot(tmp_path / "run", source=snapshot.REPO_ROOT)
+    files = [p.relative_to(code.root).as_posix() for p in Path(code.root).rglob("*") if p.is_file()]
+    assert all(f.endswith(".py") for f in files), files
+    tops = {f.split("/")[0] for f in files if "/" in f}
+    assert {"core", "data", "models", "training", "stages", "jobs"} <= tops <= {
+        "core", "data", "models", "training", "stages", "jobs", "tests"}
+    assert "jobs/stage_job.py" in files and "main.py" in files
+    assert "tests/toy_stage.py" in files and "tests/toy_version.py" in files  # the toy stage's folder
+    assert "benchmarks" not in tops and "configs" not in tops and "docs" not in tops
+    assert snapshot.code_folders(snapshot.REPO_ROOT) >= {"core", "stages", "tests"}
 
 
 def copy_project(target: Path) -> Path:
@@ -140,3 +161,27 @@ def test_a_job_runs_the_code_it_was_submitted_with(tmp_path, executor):
     # The snapshot holds the submitted code; the checkout has moved on.
     assert (Path(version["snapshot"]) / "tests" / "toy_version.py").read_text() == 'VERSION = "submitted"\n'
     assert not (Path(version["snapshot"]) / ".git").exists()
+
+
+def test_a_family_declared_outside_the_packages_brings_its_folder(tmp_path, monkeypatch):
+    """A family declared in a ``model.plugins`` module (``plugins/myfamily.py``) is imported by the jobs
+    too: its folder's Python files are in the snapshot; other folders' are not."""
+    import dataclasses
+
+    from core import families
+
+    @dataclasses.dataclass
+    class Settings:
+        width: int = 4
+
+    # Declared for this test only (a real declaration would stay for the whole test session).
+    monkeypatch.setitem(families._REGISTRY, "snapshot_probe",
+                        families.Family("snapshot_probe", "a test family", Settings, "plugins.myfamily:Model"))
+    source = tmp_path / "project"
+    for name in ("pkg/__init__.py", "plugins/myfamily.py", "plugins/helper.py", "scripts/tool.py"):
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        (source / name).write_text("x = 1\n")
+    assert snapshot.code_folders(source) == {"pkg", "plugins"}
+    code = snapshot.take_snapshot(tmp_path / "runs" / "r", source=source)
+    files = sorted(p.relative_to(code.root).as_posix() for p in Path(code.root).rglob("*") if p.is_file())
+    assert files == ["pkg/__init__.py", "plugins/helper.py", "plugins/myfamily.py"]

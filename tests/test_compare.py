@@ -114,3 +114,30 @@ def test_nothing_to_compare_is_one_clear_error(tmp_path):
         compare.run(load_config(None, [f"compare.runs=['{tmp_path}/*']"]))
     with pytest.raises(FramecastError, match="none of these folders exists"):
         compare.run(load_config(None, [f"compare.runs=['{tmp_path}/a', '{tmp_path}/b']"]))
+
+
+def test_runs_of_the_same_settings_and_seed_count_once(tmp_path):
+    """Two spellings of one learning rate trained the same thing twice: one sample, not two seeds."""
+    settings = {"train.lr": 0.003, "train.seed": 1, "model.family": "encoder_forecaster"}
+    runs = [compare.RunScore(tmp_path / name, "ok", settings=dict(settings), mse=190.33, ssim=0.5)
+            for name in ("lr=3e-3,seed=1", "lr=0.003,seed=1")]
+    other = {**settings, "train.seed": 2}
+    runs.append(compare.RunScore(tmp_path / "lr=0.003,seed=2", "ok", settings=other, mse=180.0, ssim=0.6))
+    varying, points = compare.group_points(runs)
+    [point] = points
+    assert [r.name for r in point.scored] == ["lr=3e-3,seed=1", "lr=0.003,seed=2"] and point.seeds == 2
+    assert point.stats("mse") == (statistics.fmean([190.33, 180.0]), statistics.stdev([190.33, 180.0]))
+    table = compare.markdown(varying, points, runs, {}, "val")
+    assert "| 2/2 |" in table and "same settings and seed as lr=3e-3,seed=1: counted once" in table
+    runs[2].settings = {**settings}  # now all three are one training: no spread to report
+    varying, [point] = compare.group_points(runs)
+    assert len(point.scored) == 1 and point.stats("mse") == (190.33, None)
+
+
+def test_settings_of_families_not_built_do_not_make_points():
+    from core.grid import trained_settings
+
+    a = {"model": {"family": "encoder_forecaster", "encoder_forecaster": {"k": 3}, "convlstm": {"kernel_size": 3}}}
+    b = {"model": {"family": "encoder_forecaster", "encoder_forecaster": {"k": 3}, "convlstm": {"kernel_size": 5}}}
+    assert trained_settings(a) == trained_settings(b) == {"model.family": "encoder_forecaster",
+                                                          "model.encoder_forecaster.k": 3}

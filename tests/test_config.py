@@ -3,12 +3,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from core.checkpoint import config_from_checkpoint, load_checkpoint, save_checkpoint
 from core.config import config_to_dict, family_names, load_config, save_config
 from core.errors import FramecastError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+REPO = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO / "configs"
 CONFIGS = sorted(CONFIG_DIR.rglob("*.yaml"))
 
 
@@ -55,6 +57,8 @@ def test_override_wins_over_file(tmp_path):
         ("data.num_workers=-2", "data.num_workers"),
         ("run.name=../elsewhere", "run.name"),
         ("run.name=a/b", "run.name"),
+        ("data.train_splits=[train,val,train]", "data.train_splits lists train more than once"),
+        ("train.betas={a: 1, a: 2}", "key 'a' given twice"),
     ],
 )
 def test_bad_settings_name_the_setting(override, fragment):
@@ -127,6 +131,27 @@ def test_yaml_syntax_error_is_one_line_naming_the_file(tmp_path):
     assert message.startswith(f"{bad}: not valid YAML") and "\n" not in message and "line" in message
 
 
+def test_a_key_written_twice_is_one_line_naming_the_key_and_its_lines(tmp_path):
+    file = tmp_path / "dup.yaml"
+    file.write_text("train:\n  lr: 0.1\n  epochs: 3\n  lr: 0.2\n")
+    with pytest.raises(FramecastError) as info:
+        load_config(file)
+    assert str(info.value) == f"{file}: not valid YAML (key 'lr' given twice (first at line 2) at line 4, column 3)"
+    file.write_text("shared: &b {lr: 0.1}\ntrain:\n  <<: *b\n  lr: 0.2\n")  # a merge key may be overridden
+    with pytest.raises(FramecastError, match="unknown setting shared"):
+        load_config(file)
+
+
+@pytest.mark.parametrize("content, byte", [("train:\n  lr: 0.1  # caf\xe9\n".encode("latin-1"), "0xe9"),
+                                           (bytes(range(256)) * 4, "0x80")])
+def test_a_config_that_is_not_utf8_text_is_one_line_naming_the_file(tmp_path, content, byte):
+    file = tmp_path / "c.yaml"
+    file.write_bytes(content)
+    with pytest.raises(FramecastError) as info:
+        load_config(file)
+    assert str(info.value).startswith(f"{file}: not UTF-8 text (byte {byte}") and "\n" not in str(info.value)
+
+
 def test_yaml_off_is_the_choice_off(tmp_path):
     """YAML 1.1 reads ``off`` as false; where a setting's choices include "off", it means that."""
     file = tmp_path / "c.yaml"
@@ -135,3 +160,39 @@ def test_yaml_off_is_the_choice_off(tmp_path):
     assert load_config(None, ["train.amp=off"]).train.amp == "off"
     with pytest.raises(FramecastError, match=r"train\.compile"):
         load_config(None, ["train.compile=off please"])
+
+
+def test_a_config_starts_from_its_base_and_writes_only_what_differs(tmp_path):
+    """``base:`` is read relative to the file naming it; sections merge setting by setting, lists
+    replace; the resolved config saved for a run is fully expanded."""
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "root.yaml").write_text("train:\n  lr: 0.1\n  epochs: 7\ndata:\n  train_splits: [a, b]\n")
+    (tmp_path / "shared" / "mid.yaml").write_text("base: root.yaml\ntrain:\n  lr: 0.2\n")
+    (tmp_path / "leaf.yaml").write_text("base: shared/mid.yaml\ndata:\n  train_splits: [c]\nrun:\n  name: leaf\n")
+    cfg = load_config(tmp_path / "leaf.yaml")
+    assert (cfg.train.lr, cfg.train.epochs, cfg.data.train_splits, cfg.run.name) == (0.2, 7, ["c"], "leaf")
+    save_config(cfg, tmp_path / "saved.yaml")
+    assert "base" not in yaml.safe_load((tmp_path / "saved.yaml").read_text())
+    assert config_to_dict(load_config(tmp_path / "saved.yaml")) == config_to_dict(cfg)
+
+
+def test_a_base_cycle_or_a_missing_base_is_one_line(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(FramecastError, match=r"a\.yaml: config files name each other as base in a cycle") as info:
+        load_config(tmp_path / "a.yaml")
+    assert "\n" not in str(info.value)
+    (tmp_path / "c.yaml").write_text("base: nowhere.yaml\n")
+    with pytest.raises(FramecastError, match=r"nowhere\.yaml: config file not found \(the base of .*c\.yaml\)"):
+        load_config(tmp_path / "c.yaml")
+
+
+def test_the_shipped_family_configs_share_one_base():
+    """configs/mfmnist/<family>.yaml keep only what differs from base.yaml, and still resolve to the
+    published sizes."""
+    for path in sorted((REPO / "configs" / "mfmnist").glob("*.yaml")):
+        if path.name == "base.yaml":
+            continue
+        assert "base: base.yaml" in path.read_text(), path
+        cfg = load_config(path)
+        assert (cfg.data.t_in, cfg.data.t_out, cfg.model.in_channels, cfg.train.epochs) == (10, 10, 1, 200), path

@@ -87,8 +87,8 @@ def test_an_ensemble_of_one_is_the_single_model_byte_for_byte(cfg, tmp_path: Pat
     assert single == cfg.run_dir / "preds" / "hidden.npy"
     cfg.predict.checkpoint = [str(best)]  # a list: an ensemble (of one)
     ensemble = predict.run(cfg)
-    # An ensemble's default name never replaces the member's own predictions.
-    assert ensemble == cfg.run_dir / "preds" / "hidden.ensemble.npy"
+    # An ensemble's outputs go beside the run folders, never into a member's: its own predictions stay.
+    assert ensemble == cfg.run_dir.parent / "ensembles" / cfg.run_dir.name / "preds" / "hidden.npy"
     assert ensemble.read_bytes() == single.read_bytes()
     a, b = (json.loads(p.with_suffix(".json").read_text()) for p in (single, ensemble))
     assert b["members"] == [{"checkpoint": str(best), "epoch": 3, "family": "encoder_forecaster"}]
@@ -123,7 +123,7 @@ def test_two_members_give_the_mean_and_std_of_their_clipped_outputs(cfg, tmp_pat
     cfg.predict.checkpoint, cfg.predict.spread = str(tmp_path / "m" / "seed*.pt"), True
     cfg.predict.batch_size = 1
     out = predict.run(cfg)
-    assert out == cfg.run_dir / "preds" / "hidden.ensemble.npy"
+    assert out == cfg.run_dir.parent / "ensembles" / "seedall" / "preds" / "hidden.npy"  # named after the glob
     index = json.loads(out.with_suffix(".json").read_text())
     assert [m["checkpoint"] for m in index["members"]] == [str(p) for p in paths]  # the glob, sorted
     members = clipped_outputs(paths, Path(cfg.data.root), index["videos"])  # (3, N, T, H, W, 3)
@@ -280,7 +280,7 @@ def test_convert_stage_draws_the_spread_from_config(cfg, tmp_path: Path):
     cfg.convert.spread, cfg.convert.frames, cfg.convert.workers = True, [T_IN + T_OUT - 1], 1
     predict.run(cfg)
     png = convert.run(cfg)
-    assert png == cfg.run_dir / "png" / "hidden.ensemble"
+    assert png == cfg.run_dir.parent / "ensembles" / f"{cfg.run_dir.name}+other" / "png" / "hidden"
     names = {p.relative_to(png).as_posix() for p in png.rglob("*.png")}
     assert len(names) == 2 * N_HIDDEN and f"video_10/spread_{T_IN + T_OUT - 1}.png" in names
 
@@ -299,7 +299,10 @@ def test_evaluate_scores_the_ensemble_and_reports_each_member(cfg, tmp_path: Pat
                                        "mean": alone[best]["model"]["mean"]}]
     cfg.predict.checkpoint = [str(best), str(other)]
     report = evaluate.run(cfg, "val", samples=1)
-    assert Path(report["files"]["report"]) == cfg.run_dir / "eval" / "val.ensemble" / "report.json"
+    # The report is the ensemble's, not the first member's: it is not written in that member's run folder.
+    assert Path(report["files"]["report"]) == (cfg.run_dir.parent / "ensembles" / f"{cfg.run_dir.name}+other" /
+                                               "eval" / "val" / "report.json")
+    assert not (cfg.run_dir / "eval").exists()
     assert report["checkpoint"] == [str(best), str(other)] and report["family"] == ["encoder_forecaster"] * 2
     assert [m["checkpoint"] for m in report["members"]] == [str(best), str(other)]
     for member, path in zip(report["members"], (best, other)):
@@ -310,3 +313,21 @@ def test_evaluate_scores_the_ensemble_and_reports_each_member(cfg, tmp_path: Pat
                                                                 for p in alone]
     spread = report["ensemble_spread"]
     assert len(spread["per_lead_time"]) == T_OUT and spread["mean"] > 0
+
+
+def test_an_ensemble_of_sweep_seeds_writes_beside_the_sweep_runs_named_after_its_glob():
+    """The README's example: the seeds of one sweep point, with the first member's config (run.out_dir is
+    the sweep folder): outputs in <sweep>/ensembles/<point>,seed=all/, no member's folder touched."""
+    from core.config import config_from_dict
+    from core.outputs import ensemble_name, eval_dir, png_dir, predictions_path
+
+    member = "runs/lr-family/lr=3e-4,family=simvp,seed=0"
+    cfg = config_from_dict({"run": {"out_dir": "runs/lr-family", "name": "lr=3e-4,family=simvp,seed=0"},
+                            "predict": {"checkpoint": "runs/lr-family/lr=3e-4,family=simvp,seed=*/best.pt"}})
+    assert ensemble_name(cfg) == "lr=3e-4,family=simvp,seed=all"
+    folder = Path("runs/lr-family/ensembles/lr=3e-4,family=simvp,seed=all")
+    assert predictions_path(cfg) == folder / "preds" / "hidden.npy"
+    assert png_dir(cfg) == folder / "png" / "hidden" and eval_dir(cfg) == folder / "eval" / "val"
+    assert not any(str(p).startswith(member) for p in (predictions_path(cfg), png_dir(cfg), eval_dir(cfg)))
+    cfg.predict.checkpoint = [f"runs/x/{'a' * 80}/best.pt", f"runs/x/{'b' * 80}/best.pt"]
+    assert len(ensemble_name(cfg)) == 100  # long lists end in a hash, within a file name's length

@@ -38,6 +38,7 @@ from train_helpers import losses, make_data, overrides, state_digest
 from core.atomic import TMP_MARK
 from core.checkpoint import load_checkpoint
 from core.runlock import LOCK_NAME
+from training.metrics import read_metrics
 from data.synthetic import make_shapes_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -297,9 +298,10 @@ def test_stop_signal_in_the_last_step_of_an_epoch_still_validates_that_epoch(tra
     monkeypatch.setattr(stages.train, "train_step", step_then_signal)
     with pytest.raises(stages.train.TrainingInterrupted):
         stages.train.run(cfg)
-    # epoch 1 validated and saved first, then the stop at the next step boundary: epoch 2's first step
+    # epoch 1 validated and saved first, then the stop right there, before epoch 2 begins
     saved = load_checkpoint(cfg.run_dir / "last.pt")["progress"]
-    assert (saved["epoch"], saved["step"], saved["batches_done"]) == (2, 5, 1)
+    assert (saved["epoch"], saved["step"], saved["batches_done"]) == (1, 4, 4)
+    assert [r["epoch"] for r in read_metrics(cfg.run_dir / "metrics.jsonl") if r.get("kind") == "val"] == [1]
     monkeypatch.setattr(stages.train, "train_step", real_step)
     stages.train.run(cfg)
     assert_same_training(cfg.run_dir, reference_dir)

@@ -1,6 +1,7 @@
 """The jobs layer without Slurm: submitit's local executor runs the same stages on this machine."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -68,6 +69,18 @@ def test_local_pipeline_ends_with_png_frames(data_root, tmp_path, no_slurm_path)
     evaluation = tmp_path / "runs" / "local" / "eval" / "val"
     assert {"report.json", "metrics_vs_lead_time.png", "samples.png", "samples.gif"} <= {
         p.name for p in evaluation.iterdir()}
+    # It ends as the demo does: where every output is, then the scores against the baselines.
+    tail = done.stdout[done.stdout.index("all jobs completed"):]
+    assert f"predictions:  {tmp_path / 'runs' / 'local' / 'preds' / 'hidden.npy'}" in tail, tail
+    assert f"PNG frames:   {pngs}" in tail and f"evaluation:   {evaluation / 'report.json'}" in tail, tail
+    assert "copy-last" in tail and "vs copy-last: MSE" in tail, tail
+    # The log announced first for each job ("log: ...") holds what its stage logged: training's progress,
+    # and what predict and convert wrote.
+    logs = dict(re.findall(r"^submitted (\S+): job \S+ \(local\)\n  log: (\S+)$", done.stdout, re.MULTILINE))
+    assert set(logs) == {"train", "predict[0/2]", "predict[1/2]", "evaluate", "convert"}, done.stdout
+    assert "steps run in this process" in Path(logs["train"]).read_text()
+    assert "predict[1/2] wrote " in Path(logs["predict[1/2]"]).read_text()
+    assert f"convert wrote {pngs}" in Path(logs["convert"]).read_text()
 
 
 def test_local_pipeline_stops_at_the_stage_that_failed(tmp_path, no_slurm_path):
@@ -94,3 +107,20 @@ def test_waiting_gives_up_at_the_timeout_and_leaves_the_job_running(tmp_path):
         job.cancel()
     [end] = wait_jobs([job], timeout_s=30, poll_s=0.2)
     assert end.state != "COMPLETED" and not end.ok
+
+
+def test_job_logging_writes_each_submitit_line_once_per_log():
+    """After a job set up its logging (the stages' handler on the root logger), submitit's own lines (the
+    time-limit / preemption and requeue messages come then) are not written a second time through it."""
+    code = ("import logging, submitit\n"
+            "from jobs.stage_job import setup_job_logging\n"
+            "setup_job_logging()\n"
+            "logging.getLogger('submitit').warning('requeued-marker')\n"
+            "logging.getLogger('submitit').info('signal-marker')\n"
+            "logging.getLogger('stages.train').info('stage-marker')\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    for stream in (done.stdout, done.stderr):  # the job's .out and .err
+        assert stream.count("requeued-marker") == 1, (done.stdout, done.stderr)
+    assert done.stdout.count("signal-marker") == 1 and "signal-marker" not in done.stderr
+    assert done.stderr.count("stage-marker") == 1 and "stage-marker" not in done.stdout  # the stages: .err

@@ -159,3 +159,36 @@ def test_user_errors_name_the_file(cfg, tmp_path: Path):
     cfg.predict.out = str(tmp_path / "none.npy")
     with pytest.raises(FramecastError, match=r"none\.npy: prediction array not found"):
         convert.run(cfg)
+
+
+def test_sigterm_stops_predict_with_one_line_and_leaves_no_temporary_file(cfg, monkeypatch, capsys):
+    """SIGTERM arrives while the rows are being written: the partial .npy goes, the old output stays."""
+    import os
+    import signal
+
+    import cli
+    from training.inference import Ensemble
+
+    old = predict.run(cfg)
+    before = old.read_bytes()
+    calls = []
+    forward = Ensemble.__call__
+
+    def terminated_midway(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(Ensemble, "__call__", terminated_midway)
+    status = cli.main(["predict", "--checkpoint", str(cfg.run_dir / "best.pt"), "--out", str(old),
+                       f"data.root={cfg.data.root}", "data.num_workers=0", "predict.batch_size=2", "run.device=cpu"])
+    err = capsys.readouterr().err
+    assert status == 128 + signal.SIGTERM and len(calls) == 2
+    [line] = [line for line in err.splitlines() if line.startswith("error:")]
+    assert f"predict {old}: stopped by SIGTERM" in line
+    from data.predictions import index_path_for
+
+    assert sorted(old.parent.iterdir()) == sorted([old, index_path_for(old)])  # no temporary .npy left
+    assert old.read_bytes() == before and load_predictions(old)[0].shape[0] == 8
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

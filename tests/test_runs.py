@@ -2,6 +2,7 @@
 are told apart; a run trained with ``run.out_dir: ${VAR}/runs`` keeps that text in its files."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -115,3 +116,59 @@ def test_a_run_without_a_checkpoint_and_no_holder_is_failed(tmp_path):
     status = run_status(run)
     assert (status.state, status.family, status.epochs_done, status.epochs_total) == ("failed", "simvp", 0, 7)
     assert "before its first checkpoint" in status.detail
+
+
+def test_runs_lists_every_readable_run_and_names_the_unreadable_ones(tmp_path):
+    runs = tmp_path / "runs"
+    for name, content in {"good": yaml.safe_dump({"model": {"family": "simvp"}, "train": {"epochs": 7}}).encode(),
+                          "latin1": "model:\n  family: caf\xe9\n".encode("latin-1"),
+                          "binary": bytes(range(256)), "broken": b"model: [\n", "scalar": b"model: 5\n"}.items():
+        (runs / name).mkdir(parents=True)
+        (runs / name / "config.yaml").write_bytes(content)
+    by_name = {s.name: s for s in list_runs(runs)}
+    assert sorted(by_name) == ["binary", "broken", "good", "latin1", "scalar"]
+    assert by_name["good"].family == "simvp" and "unreadable" not in by_name["good"].detail
+    assert "config.yaml unreadable (not UTF-8 text)" in by_name["latin1"].detail
+    assert "config.yaml unreadable (not UTF-8 text)" in by_name["binary"].detail
+    assert "config.yaml unreadable (not valid YAML" in by_name["broken"].detail
+    assert by_name["scalar"].family == "?"
+    cli = subprocess.run([sys.executable, str(REPO / "main.py"), "runs", str(runs)], capture_output=True, text=True)
+    assert cli.returncode == 0 and "binary" in cli.stdout and "good" in cli.stdout
+
+
+def test_an_unreadable_lock_is_named_and_not_shown_as_running(tmp_path):
+    from core.errors import FramecastError
+
+    run = tmp_path / "runs" / "locked"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": {"family": "simvp"}, "train": {"epochs": 7}}))
+    (run / "run.lock").write_bytes(b'{"host": "a", "pi')  # torn, and fresh
+    status = run_status(run)
+    assert status.state == "failed" and "run.lock is unreadable (JSONDecodeError)" in status.detail
+    with pytest.raises(FramecastError) as caught:
+        RunLock(run, stale_s=600).acquire()
+    message = str(caught.value)
+    assert message.startswith(f"{run / 'run.lock'}: run.lock is unreadable (JSONDecodeError)")
+    assert "run.lock_stale_s=600 s" in message and "1970" not in message and "pid -1" not in message
+
+
+def test_runs_nested_one_level_down_are_listed_with_their_folder(tmp_path):
+    """A folder of run folders inside the runs folder (a sweep's members, a group of runs) is listed as
+    ``<folder>/<run>``; a sweep folder (sweep.json) lists the members it submitted, started or not."""
+    runs = tmp_path / "runs"
+    for relative, family in (("top", "unet"), ("group/a", "simvp"), ("group/b", "predrnn"),
+                             ("lrsweep/lr=1e-3,seed=0", "convlstm")):
+        (runs / relative).mkdir(parents=True)
+        (runs / relative / "config.yaml").write_text(yaml.safe_dump({"model": {"family": family},
+                                                                     "train": {"epochs": 3}}))
+    (runs / "lrsweep" / "compare").mkdir()  # not a run
+    (runs / "lrsweep" / "sweep.json").write_text(json.dumps({"runs": [
+        {"name": "lr=1e-3,seed=0", "job_id": ""}, {"name": "lr=1e-3,seed=1", "job_id": ""}]}))
+    (runs / "lr-find" / "top").mkdir(parents=True)  # lr-find's folder holds no run
+    statuses = {s.name: s for s in list_runs(runs)}
+    assert sorted(statuses) == ["group/a", "group/b", "lrsweep/lr=1e-3,seed=0", "lrsweep/lr=1e-3,seed=1", "top"]
+    assert statuses["group/b"].family == "predrnn" and statuses["top"].family == "unet"
+    assert statuses["lrsweep/lr=1e-3,seed=0"].family == "convlstm"
+    unstarted = statuses["lrsweep/lr=1e-3,seed=1"]
+    assert unstarted.state == "failed" and "before it made the run folder" in unstarted.detail
+    assert [s.name for s in list_runs(runs / "lrsweep")] == ["lr=1e-3,seed=0", "lr=1e-3,seed=1"]

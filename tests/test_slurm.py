@@ -232,6 +232,28 @@ def test_requeued_training_job_resumes_from_its_checkpoint(data_root, tmp_path, 
     assert _val_epochs(metrics) == list(range(1, epochs + 1))  # every epoch validated exactly once
 
 
+def test_requeued_ddp_job_leaves_no_error_in_any_rank_s_log(data_root, tmp_path, cleanup):
+    """USR2 to both ranks of a two-task job: rank 0 saves and requeues; rank 1 ends quietly, so that no
+    task's log says "Submitted job triggered an exception" for a job that then completed."""
+    epochs = 40
+    cfg = config_from_dict(tiny_job_values(data_root, tmp_path / "runs", "ddp-requeue", train={"epochs": epochs},
+                                           slurm={"executor": "slurm", "tasks_per_node": 2, "time_min": 10,
+                                                  "gpus_per_node": 0, "cpus_per_task": 1, "mem_gb": 1}))
+    job = submit.submit_stage("train", cfg)
+    _track(cleanup, [job])
+    saved = _saved_epoch(cfg.run_dir / "last.pt", time.monotonic() + JOB_TIMEOUT_S)
+    assert 1 <= saved < epochs, f"last.pt of epoch {saved}; log: {job.paths.stdout}"
+    time.sleep(2)  # well into training, on both ranks
+    subprocess.run(["scancel", "--signal=USR2", str(job.job_id)], check=True, timeout=30)
+    [end] = wait_jobs([job], timeout_s=REQUEUE_TIMEOUT_S, poll_s=POLL_S)
+    logs = [job.task(k).paths.stdout.read_text() + job.task(k).paths.stderr.read_text() for k in range(2)]
+    assert end.ok, _describe([end]) + "\n" + "\n".join(logs)
+    assert all("restart 1" in log for log in logs), logs  # both ranks ran again under the same job id
+    assert end.result["epochs_run"] == epochs and _val_epochs(cfg.run_dir / "metrics.jsonl") == list(range(1, epochs + 1))
+    for rank, log in enumerate(logs):
+        assert "triggered an exception" not in log, f"rank {rank}:\n{log}"
+
+
 def test_failed_stage_cancels_the_jobs_waiting_on_it(tmp_path, cleanup):
     """A train that fails (missing data) -> predict, evaluate and convert never start and are reported,
     not waited on."""

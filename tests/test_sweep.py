@@ -82,6 +82,29 @@ def test_a_planned_sweep_has_one_checked_config_per_point_and_seed(tmp_path):
         plan_sweep("configs/tiny.yaml", [], ["train.lr=1e-3,oops"], 1)
 
 
+def test_two_spellings_of_one_value_are_one_error_naming_both(tmp_path):
+    with pytest.raises(FramecastError, match=r"train.lr=3e-3 and train.lr=0.003 are the same setting") as caught:
+        plan_sweep("configs/tiny.yaml", [f"run.out_dir={tmp_path}"], ["train.lr=3e-3,0.003"], 1)
+    assert "\n" not in str(caught.value)
+    with pytest.raises(FramecastError, match=r"\[8,8\] and .*\[8, 8\] are the same"):
+        plan_sweep("configs/tiny.yaml", [f"run.out_dir={tmp_path}"],
+                   ["model.encoder_forecaster.hidden_channels=[8,8],[8, 8]"], 1)
+
+
+def test_a_setting_of_a_family_no_run_builds_is_an_error_naming_it(tmp_path):
+    with pytest.raises(FramecastError, match=r"model.convlstm.kernel_size: a setting of the convlstm family, "
+                                             r"but every run builds model.family=encoder_forecaster"):
+        plan_sweep("configs/tiny.yaml", [f"run.out_dir={tmp_path}"], ["model.convlstm.kernel_size=3,5"], 2)
+
+
+def test_a_family_setting_swept_with_the_family_trains_the_other_family_once(tmp_path):
+    sweep = plan_sweep("configs/tiny.yaml", [f"run.out_dir={tmp_path}"],
+                       ["model.family=encoder_forecaster,convlstm", "model.convlstm.kernel_size=3,5"], 2)
+    built = [(r.cfg.model.family, r.cfg.model.convlstm.kernel_size, r.seed) for r in sweep.runs]
+    assert built == [("encoder_forecaster", 3, 0), ("encoder_forecaster", 3, 1),
+                     ("convlstm", 3, 0), ("convlstm", 3, 1), ("convlstm", 5, 0), ("convlstm", 5, 1)]
+
+
 # ----------------------------------------------------------------------------- arrays above MaxArraySize
 
 

@@ -159,17 +159,24 @@ def test_run_killed_after_an_epoch_resumes_to_the_same_losses(reference, data_ro
     or bool(os.environ.get("SUBMITIT_EXECUTOR")),
     reason="SIGUSR2 is handled by someone else in this process",
 )
-def test_stop_signal_saves_mid_epoch_and_resumes_to_the_same_losses(reference, data_root, tmp_path):
+def test_stop_signal_saves_mid_epoch_and_resumes_to_the_same_losses(reference, data_root, tmp_path, monkeypatch):
+    import stages.train
+
     cfg_ref, _ = reference
     cfg = tiny_config(data_root, tmp_path, "signalled")
+    real_step = stages.train.train_step
 
-    def hook(info):
-        if info["epoch"] == 1:
+    def step_then_signal(*args, step, **kwargs):
+        result = real_step(*args, step=step, **kwargs)
+        if step == 4:  # epoch 2's first step (4 steps an epoch)
             os.kill(os.getpid(), signal.SIGUSR2)  # as Slurm does before a time limit
+        return result
 
+    monkeypatch.setattr(stages.train, "train_step", step_then_signal)
     # one process stops at the next step boundary (several at the next log interval, where they agree)
     with pytest.raises(TrainingInterrupted, match=r"SIGUSR2 at epoch 2, step 5.*last\.pt"):
-        run(cfg, on_checkpoint=hook)
+        run(cfg)
+    monkeypatch.setattr(stages.train, "train_step", real_step)
     assert signal.getsignal(signal.SIGUSR2) is signal.SIG_DFL  # handler removed again
     saved = load_checkpoint(cfg.run_dir / "last.pt")["progress"]
     assert (saved["epoch"], saved["batches_done"], saved["step"]) == (2, 1, 5)
@@ -177,6 +184,26 @@ def test_stop_signal_saves_mid_epoch_and_resumes_to_the_same_losses(reference, d
     assert summary["resumed_from"] == {"epoch": 2, "step": 5, "batches_done": 1,
                                        "checkpoint": str(cfg.run_dir / "last.pt")}
     assert_same_run(cfg.run_dir, cfg_ref.run_dir)
+
+
+@pytest.mark.skipif(
+    not hasattr(signal, "SIGUSR2") or signal.getsignal(signal.SIGUSR2) is not signal.SIG_DFL
+    or bool(os.environ.get("SUBMITIT_EXECUTOR")),
+    reason="SIGUSR2 is handled by someone else in this process",
+)
+def test_a_stop_signal_is_honoured_with_one_step_per_epoch(data_root, tmp_path):
+    """Every step ends an epoch: the stop comes right after that epoch's validation and save."""
+    cfg = tiny_config(data_root, tmp_path, "one-step", "train.max_steps_per_epoch=1")
+
+    def hook(info):
+        if info["epoch"] == 2:
+            os.kill(os.getpid(), signal.SIGUSR2)
+
+    with pytest.raises(TrainingInterrupted, match=r"SIGUSR2 at epoch 2, step 2"):
+        run(cfg, on_checkpoint=hook)
+    saved = load_checkpoint(cfg.run_dir / "last.pt")["progress"]
+    assert (saved["epoch"], saved["step"]) == (2, 2)
+    assert run(cfg)["epochs_run"] == 4
 
 
 def test_validation_every_n_steps_resumes_mid_epoch_to_the_same_losses(data_root, tmp_path):

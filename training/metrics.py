@@ -70,12 +70,13 @@ def summary_writer_class() -> type:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """Every complete record of a metrics file (a torn or garbled line is skipped)."""
+    """Every complete record of a metrics file (a torn or garbled line, bytes that are not UTF-8
+    included, is skipped)."""
     records = []
     file = Path(path)
     if not file.is_file():
         return records
-    for line in file.read_text().splitlines():
+    for line in file.read_bytes().decode("utf-8", "replace").splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
