@@ -56,14 +56,6 @@ class FrameLoss:
     def from_config(cls, tc: TrainConfig) -> "FrameLoss":
         return cls(tc.loss, tc.ssim_weight, tc.gdl_weight, tc.gdl_alpha)
 
-    def describe(self) -> str:
-        terms = [self.kind]
-        if self.ssim_weight:
-            terms.append(f"{self.ssim_weight:g}*(1-SSIM)")
-        if self.gdl_weight:
-            terms.append(f"{self.gdl_weight:g}*GDL(alpha={self.gdl_alpha})")
-        return " + ".join(terms)
-
 
 def pixel_loss(kind: str, prediction: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """``train.loss`` alone, averaged over every value (fp32 scalar)."""
