@@ -130,8 +130,12 @@ def cmd_pack(args: argparse.Namespace) -> None:
 
 def cmd_stage(args: argparse.Namespace) -> None:
     """Any declared stage (stages/registry.py): its flags become config overrides, then its run(cfg)."""
+    from core.threads import apply_threads
+
     stage = args.declared_stage
-    result = registry.run_stage(stage, _load(args, stage.flag_keys()), args.shard)
+    cfg = _load(args, stage.flag_keys())
+    logging.getLogger("framecast").info("%s: %s", stage.name, apply_threads(cfg.run.threads))
+    result = registry.run_stage(stage, cfg, args.shard)
     if isinstance(result, Path):
         print(f"wrote {result}")
 

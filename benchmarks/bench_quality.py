@@ -245,7 +245,7 @@ def run(args: argparse.Namespace, work: Path, keep: bool) -> dict:
         "best_val_loss": summary["best_val_loss"],
         "best_epoch": summary["best_epoch"],
         "evaluated": {"checkpoint": "best.pt", "epoch": report["epoch"], "split": report["split"],
-                      "videos": report["videos"], "autocast": report["autocast"]},
+                      "videos": report["videos"], "autocast": report["autocast"], "ssim": report["ssim"]},
         "scores": result_scores,
         "model_vs_copy_last": versus(result_scores["model"], result_scores["copy_last_frame"]),
         "model_vs_mean_of_inputs": versus(result_scores["model"], result_scores["mean_of_inputs"]),

@@ -173,10 +173,17 @@ def __getattr__(name: str) -> Any:
 class TrainConfig:
     epochs: int = 50
     batch_size: int = 4  # per process
-    optimizer: Literal["adam", "adamw"] = "adamw"
+    # adam / adamw (betas below), rmsprop (rho, momentum), adadelta (rho; its steps are scaled by lr,
+    # which is 1.0 in its paper), sgd (momentum, nesterov). Seed recipes: RMSprop, Adadelta.
+    optimizer: Literal["adam", "adamw", "rmsprop", "adadelta", "sgd"] = "adamw"
     lr: float = 1e-3
-    weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.0  # decoupled in adamw; an L2 term in the gradient of the others
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam and adamw
+    # Decay of the running average of squared gradients: rmsprop's alpha, adadelta's rho (Keras's
+    # default for both; torch's RMSprop uses 0.99).
+    rho: float = 0.9
+    momentum: float = 0.0  # sgd and rmsprop; 0.9 is the usual choice with sgd
+    nesterov: bool = False  # sgd: Nesterov momentum (needs momentum > 0)
     schedule: Literal["onecycle", "plateau", "constant"] = "onecycle"
     warmup_frac: float = 0.1  # onecycle: fraction of steps spent rising to lr
     plateau_factor: float = 0.5
@@ -234,6 +241,13 @@ class TrainConfig:
                         plateau_patience=self.plateau_patience)
         if len(self.betas) != 2 or not all(math.isfinite(b) and 0 <= b < 1 for b in self.betas):
             raise FramecastError(f"{where}.betas must be two numbers in [0, 1), got {self.betas}")
+        if not (math.isfinite(self.rho) and 0 < self.rho < 1):
+            raise FramecastError(f"{where}.rho must be in (0, 1), got {self.rho}")
+        if not (math.isfinite(self.momentum) and 0 <= self.momentum < 1):
+            raise FramecastError(f"{where}.momentum must be in [0, 1), got {self.momentum}")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
+            raise FramecastError(f"{where}.nesterov needs {where}.optimizer=sgd and {where}.momentum > 0 "
+                                 f"(got optimizer={self.optimizer}, momentum={self.momentum})")
         if not 0 <= self.warmup_frac < 1:
             raise FramecastError(f"{where}.warmup_frac must be in [0, 1), got {self.warmup_frac}")
         if not 0 < self.plateau_factor < 1:
@@ -254,9 +268,16 @@ class PredictConfig:
     # Also write <out stem>.std.npy: the per-pixel standard deviation across the ensemble's members of
     # their outputs clipped to [0, 1], float16 (N, T_out, H, W, 3).
     spread: bool = False
+    # A calibration (main.py calibrate) of this checkpoint or ensemble: the spread file then holds, per
+    # pixel, the half-width of its calibrated interval of coverage interval_level (written with or
+    # without predict.spread), so the spread maps read as error bars.
+    calibration: str = ""
+    interval_level: float = 0.9  # one of the calibration's calibrate.levels
 
     def check(self, where: str) -> None:
         check_positive(where, batch_size=self.batch_size, shards=self.shards)
+        if not 0 < self.interval_level < 1:
+            raise FramecastError(f"{where}.interval_level must be in (0, 1), got {self.interval_level}")
         if isinstance(self.checkpoint, list) and (not self.checkpoint or not all(self.checkpoint)):
             raise FramecastError(f"{where}.checkpoint: an empty list or entry in {self.checkpoint} "
                                  "(give checkpoint paths or globs)")
@@ -285,11 +306,75 @@ class EvaluateConfig:
     # Grey data (model.in_channels 1) is also scored by the F1 of the binarised frame (pixel >
     # threshold, in [0, 1]) per lead time, as Moving MNIST forecasters report it.
     f1_threshold: float = 0.5
+    skip_videos: int = 0  # leave out the first videos of the split (those a calibration was fitted on)
+    # A calibration (main.py calibrate) whose intervals are scored: coverage, width, and how well
+    # their scale ranks pixel errors. Empty: an ensemble's raw spread is scored (Gaussian intervals).
+    calibration: str = ""
+    # The pixels whose error ranks above this fraction of the lead time's are the "large errors" the
+    # AUROC of the interval scale is measured on.
+    large_error_fraction: float = 0.1
+    # Random pixels per video and lead time kept for the ranking scores (AUROC, Spearman).
+    rank_pixels_per_video: int = 2048
+    # Which SSIM (core/scores.py defines each): gaussian = 11x11 Gaussian window, Wang et al.'s;
+    # skimage = scikit-image's defaults (7x7 uniform window, sample covariance) with data range 1;
+    # openstl = the same with data range 2, as OpenSTL's published tables computed it. Training's
+    # validation scores (TensorBoard, W&B) and compare use it too, so figures set side by side agree.
+    ssim: Literal["gaussian", "skimage", "openstl"] = "gaussian"
 
     def check(self, where: str) -> None:
-        check_at_least(where, 0, max_videos=self.max_videos, samples=self.samples)
+        check_at_least(where, 0, max_videos=self.max_videos, samples=self.samples, skip_videos=self.skip_videos)
+        check_positive(where, rank_pixels_per_video=self.rank_pixels_per_video)
+        if not 0 < self.large_error_fraction < 1:
+            raise FramecastError(f"{where}.large_error_fraction must be in (0, 1), got {self.large_error_fraction}")
         if not 0 < self.f1_threshold < 1:
             raise FramecastError(f"{where}.f1_threshold must be in (0, 1), got {self.f1_threshold}")
+
+
+@dataclass
+class CalibrateConfig:
+    """``main.py calibrate`` (stages/calibrate.py): a per-pixel predictive interval whose coverage holds
+    on held-out videos, fitted for ``predict.checkpoint`` (one model or an ensemble)."""
+
+    # "spread": the ensemble's per-pixel std (plus spread_floor) rescaled per lead time; "scale_head":
+    # a small conv net trained on fit_split to predict each pixel's error scale from the input frames
+    # and the forecast (any family, one checkpoint or several), then rescaled per lead time the same way.
+    method: Literal["spread", "scale_head"] = "scale_head"
+    # The labeled split the per-lead-time factors are fitted on (split-conformal); score coverage on
+    # videos it does not hold (another split, or evaluate.skip_videos past these).
+    split: str = "val"
+    max_videos: int = 0  # the first videos of split only (numeric order); 0 = all
+    # Random pixels of each calibration video per lead time whose scores are kept (bounded memory; the
+    # finite-sample guarantee holds for the pixels kept).
+    pixels_per_video: int = 4096
+    # Interval coverages fitted (and reported by evaluate).
+    levels: list[float] = field(default_factory=lambda: [0.5, 0.8, 0.9])
+    # Added to the ensemble's std before rescaling: where the members agree exactly an interval of
+    # zero width would miss every error.
+    spread_floor: float = 0.01
+    # scale_head: its training split, likelihood, size and training.
+    fit_split: str = "train"
+    likelihood: Literal["laplace", "gaussian"] = "laplace"
+    head_channels: int = 16
+    head_layers: int = 3
+    head_kernel: int = 3
+    head_steps: int = 300
+    head_lr: float = 3e-3
+    min_scale: float = 1e-3  # the head's smallest scale (its NLL is unbounded below at scale 0)
+    seed: int = 0  # the head's initial weights, its batches and the calibration pixels drawn
+    # Empty means <run.out_dir>/<run.name>/calibration.pt, an ensemble's <run.out_dir>/ensembles/<name>/.
+    out: str = ""
+
+    def check(self, where: str) -> None:
+        check_at_least(where, 0, max_videos=self.max_videos, spread_floor=self.spread_floor)
+        check_positive(where, pixels_per_video=self.pixels_per_video, head_channels=self.head_channels,
+                        head_layers=self.head_layers, head_kernel=self.head_kernel, head_steps=self.head_steps)
+        check_odd(where, "head_kernel", self.head_kernel)
+        if not self.levels or not all(0 < level < 1 for level in self.levels) or len(set(self.levels)) != len(self.levels):
+            raise FramecastError(f"{where}.levels must be distinct coverages in (0, 1), got {self.levels}")
+        if not (math.isfinite(self.head_lr) and self.head_lr > 0):
+            raise FramecastError(f"{where}.head_lr must be > 0, got {self.head_lr}")
+        if not (math.isfinite(self.min_scale) and self.min_scale > 0):
+            raise FramecastError(f"{where}.min_scale must be > 0, got {self.min_scale}")
 
 
 @dataclass
@@ -302,6 +387,13 @@ class LRFindConfig:
     steps: int = 100
     smoothing: float = 0.98  # of the loss's exponential moving average (fastai's beta)
     diverge_factor: float = 4.0  # stop once the smoothed loss exceeds this times its minimum
+    # Fraction of the steps whose losses the suggestion ignores (fastai skips num_it // 10): the first
+    # losses of a fresh model on a few batches move for reasons no lr explains, and their steepest
+    # "descent" would suggest the sweep's first lr.
+    skip_start: float = 0.1
+    # The smoothed loss must fall by at least this fraction (from the first step kept to its minimum)
+    # for a suggestion; a flatter curve is noise, and lr-find says so instead of suggesting.
+    min_drop: float = 0.05
     out: str = ""  # empty means <run.out_dir>/lr-find/<run.name> (never the run folder itself)
 
     def check(self, where: str) -> None:
@@ -313,6 +405,10 @@ class LRFindConfig:
             raise FramecastError(f"{where}.smoothing must be in [0, 1), got {self.smoothing}")
         if not self.diverge_factor > 1:
             raise FramecastError(f"{where}.diverge_factor must be > 1, got {self.diverge_factor}")
+        if not 0 <= self.skip_start < 1:
+            raise FramecastError(f"{where}.skip_start must be in [0, 1), got {self.skip_start}")
+        if not 0 <= self.min_drop < 1:
+            raise FramecastError(f"{where}.min_drop must be in [0, 1), got {self.min_drop}")
 
 
 @dataclass
@@ -378,6 +474,21 @@ class RunConfig:
     # per-lead-time val MSE and SSIM, a sample strip per validation); metrics.jsonl stays the record.
     # Needs the tensorboard package (requirements.txt).
     tensorboard: bool = False
+    # Also log the same records to Weights & Biases (training/metrics.py): the run's config, train and
+    # val scores, the sample strip. Files go to <run_dir>/wandb/; WANDB_MODE=offline writes them
+    # there without a network (compute nodes), `wandb sync` sends them later from a login node.
+    # Needs the wandb package: pip install 'framecast[wandb]'.
+    wandb: bool = False
+    wandb_project: str = "framecast"  # the W&B project the runs go to (WANDB_ENTITY picks the team)
+    # Dotted settings (train.lr, model.family, ...) that are this run's hyperparameters: with
+    # run.tensorboard they are written as TensorBoard hparams beside the val scores (the HParams tab
+    # compares runs), with run.wandb the runs are grouped by their parent folder. A sweep sets it to
+    # its grid's settings and train.seed.
+    hparams: list[str] = field(default_factory=list)
+    # CPU threads torch computes with in every stage: 0 = OMP_NUM_THREADS when set, else
+    # SLURM_CPUS_PER_TASK, else the CPUs this process may use (core/threads.py). torch's own default
+    # (every core of the machine) oversubscribes a shared or loaded machine.
+    threads: int = 0
 
     def check(self, where: str) -> None:
         # The name is a folder under out_dir: one plain component, never a path that leads elsewhere.
@@ -389,6 +500,12 @@ class RunConfig:
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise FramecastError(f"{where}.device={self.device!r}: expected auto, cpu, cuda or cuda:<n>")
         check_positive(where, lock_stale_s=self.lock_stale_s)
+        check_at_least(where, 0, threads=self.threads)
+        if self.wandb and not self.wandb_project:
+            raise FramecastError(f"{where}.wandb_project is empty: name the W&B project the runs go to")
+        for key in self.hparams:
+            if not re.fullmatch(r"[a-z_]+(\.[a-z0-9_]+)+", key):
+                raise FramecastError(f"{where}.hparams: {key!r} is not a dotted setting such as train.lr")
 
 
 @dataclass
@@ -402,6 +519,7 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+    calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
     lr_find: LRFindConfig = field(default_factory=LRFindConfig)
 
     @property

@@ -30,6 +30,8 @@ def short_names(keys: Iterable[str]) -> dict[str, str]:
 
 def format_value(value: Any) -> str:
     """A setting's value as written in a point's name and in the tables: 0.0003, true, [8, 8]."""
+    if value is None:  # a setting of another family than the point's
+        return ""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):

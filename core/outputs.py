@@ -28,6 +28,9 @@ PLOT_NAME = "metrics_vs_lead_time.png"
 STRIP_NAME = "samples.png"
 GIF_NAME = "samples.gif"
 
+# calibrate: the fitted interval, by default in the run folder.
+CALIBRATION_NAME = "calibration.pt"
+
 # compare: <compare dir>/...
 TABLE_CSV = "compare.csv"
 TABLE_MD = "compare.md"
@@ -81,6 +84,11 @@ def predictions_path(cfg: Config) -> Path:
 def png_dir(cfg: Config) -> Path:
     """``convert.out``, or ``<output_dir>/png/<predict.split>``."""
     return Path(cfg.convert.out) if cfg.convert.out else output_dir(cfg) / "png" / Path(cfg.predict.split).stem
+
+
+def calibration_path(cfg: Config) -> Path:
+    """``calibrate.out``, or ``<output_dir>/calibration.pt`` (an ensemble's beside its predictions)."""
+    return Path(cfg.calibrate.out) if cfg.calibrate.out else output_dir(cfg) / CALIBRATION_NAME
 
 
 def eval_dir(cfg: Config, split: str | None = None) -> Path:

@@ -12,26 +12,72 @@ Conventions (the Moving MNIST literature's, as OpenSTL's benchmark tables report
 - ``f1`` (grey data only): F1 score of the binarised frame (value > threshold) against the
   binarised truth, 2 TP / (2 TP + FP + FN) per frame (1 when both are empty), averaged over frames:
   whether the digits are where they should be, however blurred.
-- ``ssim``: structural similarity with an 11x11 Gaussian window (sigma 1.5), K1 = 0.01, K2 = 0.03,
-  data range 1, computed on each channel separately over the "valid" window positions (no padding,
-  as in Wang et al.'s reference ssim.m), averaged over channels and positions for each frame, then
-  over frames. Implemented with ``torch.nn.functional.conv2d`` (float64) so it runs on the evaluation device.
+- ``ssim``: structural similarity, per channel over the "valid" window positions (no padding),
+  averaged over channels and positions for each frame, then over frames; K1 = 0.01, K2 = 0.03.
+  ``evaluate.ssim`` picks the window (``SSIM_KINDS``):
+  ``gaussian`` (default): 11x11 Gaussian window (sigma 1.5), population covariance, data range 1,
+  as in Wang et al.'s reference ssim.m;
+  ``skimage``: scikit-image's ``structural_similarity`` defaults: 7x7 uniform window, sample
+  covariance (49/48), with ``data_range=1``;
+  ``openstl``: the same window with data range 2, what OpenSTL's published tables computed: its
+  ``metric()`` passes float frames in [0, 1] without ``data_range`` to scikit-image <= 0.19.3 (the
+  version it pins), which then took float images to span [-1, 1]; its SSIMs read higher than
+  ``skimage``'s.
+  The windows are separable, so each is two 1-D passes of shifted sums in float32, after
+  subtracting each frame and channel's mean (SSIM's variances do not change under a shift, and the
+  float32 cancellation in E[x^2] - E[x]^2 shrinks with the magnitude): the same values as float64
+  to well under 1e-6, much faster than a dense 2-D convolution in float64 (benchmarks/RESULTS.md,
+  "SSIM"; tests/test_scores.py holds the agreement).
 
-The numbers of the SSIM definition are the metric's, not tunables, so they are fixed here.
+The numbers of each SSIM definition are the metric's, not tunables, so they are fixed here.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from core.errors import FramecastError
 
-SSIM_WINDOW = 11
-SSIM_SIGMA = 1.5
 SSIM_K1 = 0.01
 SSIM_K2 = 0.03
+
+
+@dataclass(frozen=True)
+class SSIMKind:
+    """One SSIM definition: its window (separable: the same 1-D weights along H and W) and constants."""
+
+    window: str  # "gaussian" or "uniform"
+    size: int  # window side, pixels
+    sample_covariance: bool  # variances and covariance times size^2 / (size^2 - 1)
+    data_range: float  # C1 = (K1 * data_range)^2, C2 = (K2 * data_range)^2
+    sigma: float = 0.0  # the Gaussian's, in pixels
+
+    def describe(self) -> str:
+        shape = f"Gaussian sigma {self.sigma}" if self.window == "gaussian" else "uniform"
+        covariance = "sample" if self.sample_covariance else "population"
+        return (f"{self.size}x{self.size} {shape} window, {covariance} covariance, K1 {SSIM_K1}, K2 {SSIM_K2}, "
+                f"data range {self.data_range:g}, valid positions, per channel, averaged over channels and frames")
+
+    def weights(self) -> list[float]:
+        """The 1-D window, normalised to sum 1 (computed in float64)."""
+        if self.window == "uniform":
+            return [1.0 / self.size] * self.size
+        coords = torch.arange(self.size, dtype=torch.float64) - (self.size - 1) / 2
+        g = torch.exp(-(coords**2) / (2 * self.sigma**2))
+        return (g / g.sum()).tolist()
+
+
+SSIM_KINDS = {
+    "gaussian": SSIMKind("gaussian", 11, sample_covariance=False, data_range=1.0, sigma=1.5),
+    "skimage": SSIMKind("uniform", 7, sample_covariance=True, data_range=1.0),
+    "openstl": SSIMKind("uniform", 7, sample_covariance=True, data_range=2.0),
+}
+DEFAULT_SSIM = "gaussian"
+# Values (images x 5 maps x H x W) filtered at once on the CPU: ~2 MB of float32 stays in cache over
+# the window's 2 x size shifted passes; all images at once was several times slower (benchmarks/RESULTS.md, "SSIM").
+SSIM_CPU_CHUNK_VALUES = 2**19
 
 METRIC_KEYS = ("mse_per_frame_sum", "mae_per_frame_sum", "mse_per_pixel", "mae_per_pixel", "psnr", "ssim")
 
@@ -45,47 +91,59 @@ DEFINITIONS = {
     "psnr": "10*log10(1/mse_per_pixel) per frame (data range 1), averaged over frames; inf if exact",
     "f1": "F1 score of the frame binarised at the threshold against the binarised truth, per frame "
     "(1 when both are empty), averaged over frames (grey data only)",
-    "ssim": f"Gaussian-window SSIM ({SSIM_WINDOW}x{SSIM_WINDOW}, sigma {SSIM_SIGMA}, K1 {SSIM_K1}, "
-    f"K2 {SSIM_K2}, data range 1, valid positions) per channel, averaged over channels and frames",
 }
 
 
-def gaussian_line(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA, dtype: torch.dtype = torch.float64,
-                  device: torch.device | None = None) -> torch.Tensor:
-    """Normalised 1-D Gaussian (size,): the 2-D SSIM window is its outer product with itself."""
-    coords = torch.arange(size, dtype=dtype, device=device) - (size - 1) / 2
-    g = torch.exp(-(coords**2) / (2 * sigma**2))
-    return g / g.sum()
+def definitions(ssim: str = DEFAULT_SSIM) -> dict[str, str]:
+    """What each score means, SSIM as ``ssim`` (an ``SSIM_KINDS`` key) defines it."""
+    return {**DEFINITIONS, "ssim": f"SSIM '{ssim}' ({SSIM_KINDS[ssim].describe()})"}
 
 
-def ssim_per_frame(pred: torch.Tensor, truth: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """SSIM of each frame: pred/truth float (B, T, C, H, W) in [0, 1] -> (B, T).
+def _window_sums(z: torch.Tensor, weights: list[float]) -> torch.Tensor:
+    """Separable valid filtering: z (..., H, W) -> (..., H-k+1, W-k+1), the 1-D ``weights`` along W then H."""
+    k = len(weights)
+    w_out, h_out = z.shape[-1] - k + 1, z.shape[-2] - k + 1
+    along_w = z[..., 0:w_out] * weights[0]
+    for j in range(1, k):
+        along_w += z[..., j:j + w_out] * weights[j]
+    out = along_w[..., 0:h_out, :] * weights[0]
+    for j in range(1, k):
+        out += along_w[..., j:j + h_out, :] * weights[j]
+    return out
 
-    Scores use float64; the training loss's SSIM term uses float32 (differentiable, and a gradient
-    does not need the eighth digit)."""
+
+def ssim_per_frame(pred: torch.Tensor, truth: torch.Tensor, ssim: str = DEFAULT_SSIM) -> torch.Tensor:
+    """SSIM of each frame: pred/truth float (B, T, C, H, W) in [0, 1] -> (B, T) float64.
+
+    ``ssim``: which definition (an ``SSIM_KINDS`` key)."""
+    kind = SSIM_KINDS[ssim]
     b, t, c, h, w = pred.shape
-    if h < SSIM_WINDOW or w < SSIM_WINDOW:
-        raise FramecastError(f"SSIM needs frames of at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels, got {h}x{w}")
-    # float64: the variances are differences of near-equal means, which float32 blurs by ~1e-8,
-    # a visible error next to C2 = 9e-4 on flat regions.
-    x = pred.reshape(b * t, c, h, w).to(dtype)  # (B*T, C, H, W)
-    y = truth.reshape(b * t, c, h, w).to(dtype)
-    # The 2-D Gaussian is the outer product of a 1-D one: blurring by rows, then by columns, is the
-    # same filter for 2k instead of k*k multiplications a pixel (slow float64 convs add up in evaluate).
-    line = gaussian_line(dtype=x.dtype, device=x.device)  # (k,)
-    across = line.view(1, 1, 1, SSIM_WINDOW).expand(c, 1, 1, SSIM_WINDOW)  # (C, 1, 1, k): one filter per channel
-    down = line.view(1, 1, SSIM_WINDOW, 1).expand(c, 1, SSIM_WINDOW, 1)  # (C, 1, k, 1)
+    if h < kind.size or w < kind.size:
+        raise FramecastError(f"SSIM '{ssim}' needs frames of at least {kind.size}x{kind.size} pixels, got {h}x{w}")
+    x = pred.reshape(b * t * c, h, w).float()  # (N, H, W), one image per frame and channel
+    y = truth.reshape(b * t * c, h, w).float()
+    weights = kind.weights()
+    # On the CPU, a few images at a time, so the maps stay in cache across the shifted passes; on
+    # a GPU all at once (fewer kernel launches).
+    chunk = max(1, SSIM_CPU_CHUNK_VALUES // (5 * h * w)) if x.device.type == "cpu" else len(x)
+    per_image = torch.cat([_ssim_per_image(xs, ys, kind, weights) for xs, ys in zip(x.split(chunk), y.split(chunk))])
+    return per_image.reshape(b, t, c).mean(dim=2)  # (B, T)
 
-    def blur(z: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(F.conv2d(z, across, groups=c), down, groups=c)  # (B*T, C, H-k+1, W-k+1)
 
-    mu_x, mu_y = blur(x), blur(y)
-    var_x = blur(x * x) - mu_x * mu_x
-    var_y = blur(y * y) - mu_y * mu_y
-    cov = blur(x * y) - mu_x * mu_y
-    c1, c2 = SSIM_K1**2, SSIM_K2**2  # data range 1
+def _ssim_per_image(x: torch.Tensor, y: torch.Tensor, kind: SSIMKind, weights: list[float]) -> torch.Tensor:
+    """Mean SSIM over the valid positions of each image: x, y float32 (N, H, W) -> (N,) float64."""
+    # Shift both by one constant per image: variances and covariance are unchanged, and E[x^2] -
+    # E[x]^2 then cancels far less in float32 (the means get the shift back below).
+    shift = (x.mean(dim=(1, 2), keepdim=True) + y.mean(dim=(1, 2), keepdim=True)) / 2  # (N, 1, 1)
+    x, y = x - shift, y - shift
+    sums = _window_sums(torch.stack([x, y, x * x, y * y, x * y], dim=1), weights)  # (N, 5, h', w')
+    mu_x, mu_y, xx, yy, xy = sums.unbind(dim=1)  # each (N, h', w')
+    norm = kind.size**2 / (kind.size**2 - 1) if kind.sample_covariance else 1.0
+    var_x, var_y, cov = norm * (xx - mu_x * mu_x), norm * (yy - mu_y * mu_y), norm * (xy - mu_x * mu_y)
+    mu_x, mu_y = mu_x + shift, mu_y + shift
+    c1, c2 = (SSIM_K1 * kind.data_range) ** 2, (SSIM_K2 * kind.data_range) ** 2
     ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
-    return ssim_map.mean(dim=(1, 2, 3)).reshape(b, t)  # (B, T) in dtype
+    return ssim_map.mean(dim=(1, 2), dtype=torch.float64)  # (N,)
 
 
 def f1_per_frame(pred: torch.Tensor, truth: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -97,10 +155,11 @@ def f1_per_frame(pred: torch.Tensor, truth: torch.Tensor, threshold: float) -> t
     return torch.where(denominator > 0, 2 * tp / denominator.clamp_min(1), torch.ones_like(tp))
 
 
-def frame_metrics(pred: torch.Tensor, truth: torch.Tensor, f1_threshold: float | None = None) -> dict[str, torch.Tensor]:
+def frame_metrics(pred: torch.Tensor, truth: torch.Tensor, f1_threshold: float | None = None,
+                  ssim: str = DEFAULT_SSIM) -> dict[str, torch.Tensor]:
     """Every metric for every frame: pred/truth float (B, T, C, H, W) in [0, 1] -> {key: (B, T)}.
 
-    ``f1`` is included when ``f1_threshold`` is given (grey data)."""
+    ``f1`` is included when ``f1_threshold`` is given (grey data); ``ssim`` names the SSIM definition."""
     if pred.shape != truth.shape or pred.ndim != 5:
         raise ValueError(f"pred {tuple(pred.shape)} and truth {tuple(truth.shape)} must both be (B, T, C, H, W)")
     pred = pred.float()
@@ -117,7 +176,7 @@ def frame_metrics(pred: torch.Tensor, truth: torch.Tensor, f1_threshold: float |
         "mse_per_pixel": mse_pixel,
         "mae_per_pixel": mae_sum / values_per_frame,
         "psnr": psnr,
-        "ssim": ssim_per_frame(pred, truth),
+        "ssim": ssim_per_frame(pred, truth, ssim),
     }
     if f1_threshold is not None:
         metrics["f1"] = f1_per_frame(pred, truth, f1_threshold)
@@ -130,9 +189,10 @@ class LeadTimeMetrics:
     Only (T,) float64 sums live here, so evaluating a large split needs no more memory than a batch.
     """
 
-    def __init__(self, t_out: int, f1_threshold: float | None = None):
+    def __init__(self, t_out: int, f1_threshold: float | None = None, ssim: str = DEFAULT_SSIM):
         self.t_out = t_out
         self.f1_threshold = f1_threshold
+        self.ssim = ssim  # the SSIM definition (SSIM_KINDS)
         keys = METRIC_KEYS + (("f1",) if f1_threshold is not None else ())
         self.sums = {key: torch.zeros(t_out, dtype=torch.float64) for key in keys}
         self.count = 0  # sequences seen
@@ -141,7 +201,7 @@ class LeadTimeMetrics:
         """pred/truth float (B, T_out, C, H, W) in [0, 1]."""
         if pred.shape[1] != self.t_out:
             raise ValueError(f"expected {self.t_out} lead times, got {pred.shape[1]}")
-        for key, per_frame in frame_metrics(pred, truth, self.f1_threshold).items():
+        for key, per_frame in frame_metrics(pred, truth, self.f1_threshold, self.ssim).items():
             self.sums[key] += per_frame.sum(dim=0).cpu()  # (T,)
         self.count += pred.shape[0]
 

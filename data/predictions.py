@@ -56,10 +56,10 @@ def spread_path_for(npy_path: str | os.PathLike) -> Path:
     return npy.with_name(f"{npy.stem}{SPREAD_SUFFIX}")
 
 
-def spread_entry(npy_path: str | os.PathLike) -> dict[str, Any]:
+def spread_entry(npy_path: str | os.PathLike, definition: str = SPREAD_DEFINITION) -> dict[str, Any]:
     """The index's ``"spread"`` entry for the spread file of ``npy_path`` (its name, next to the .npy)."""
     return {"file": spread_path_for(npy_path).name, "dtype": np.dtype(SPREAD_DTYPE).name,
-            "definition": SPREAD_DEFINITION}
+            "definition": definition}
 
 
 def shard_path(out: str | os.PathLike, index: int, count: int) -> Path:

@@ -22,6 +22,7 @@ import submitit
 from submitit.helpers import Checkpointable, DelayedSubmission, TorchDistributedEnvironment
 
 from core.config import config_from_dict
+from core.threads import apply_threads
 from jobs.snapshot import CodeSnapshot
 from stages import registry
 from stages.registry import Stage
@@ -73,10 +74,11 @@ class StageJob(Checkpointable):
         # The code was imported from the snapshot already (this job started there, on its PYTHONPATH).
         os.chdir(self.workdir)
         setup_job_logging()
-        # One compute thread per CPU this task was given: torch would otherwise start one per CPU of
-        # the machine in every task, and the ranks of a multi-task job would fight over the cores.
-        cpus = int(os.environ.get("SLURM_CPUS_PER_TASK") or self.config["slurm"]["cpus_per_task"])
-        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, min(cpus, os.cpu_count() or 1))))
+        # One compute thread per CPU this task was given (run.threads, core/threads.py): torch would
+        # otherwise start one per CPU of the machine in every task, and the ranks of a multi-task job
+        # would fight over the cores.
+        cfg = config_from_dict(self.config)
+        threads = apply_threads(cfg.run.threads, job_cpus=cfg.slurm.cpus_per_task)
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:
             # Several tasks: one DDP rank each.  RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* are what
@@ -84,8 +86,8 @@ class StageJob(Checkpointable):
             TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
         restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
         print(f"framecast {self.label}: job {env.job_id}, task {env.global_rank} of {env.num_tasks}, "
-              f"restart {restarts}, {self.describe_code()}", flush=True)
-        result = registry.run_stage(self.stage, config_from_dict(self.config), self.shard)
+              f"restart {restarts}, {threads}, {self.describe_code()}", flush=True)
+        result = registry.run_stage(self.stage, cfg, self.shard)
         if isinstance(result, Path):  # what a file-writing stage (predict, merge, convert) wrote, as the CLI says
             LOG.info("%s wrote %s", self.label, result)
         return _plain(result)

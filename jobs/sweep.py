@@ -19,6 +19,13 @@ on this machine, then the comparison (the command returns when it has been submi
 
 Only ``data.*``, ``model.*`` and ``train.*`` settings can be swept (not ``train.seed``: use --seeds):
 those define what is trained, and the compare stage groups runs by exactly those.
+
+A grid over ``model.family`` gives each member its own family's section. ``model.*.KEY`` (in a
+--grid or a plain override) means KEY of whichever family a run builds, so one grid can hold a
+setting the families share: ``--grid model.family=convlstm,predrnn --grid model.*.sampling=linear,none
+model.*.sampling_stop_step=200`` trains convlstm and predrnn with each schedule, the schedule ending at
+step 200 in both. A family without KEY is an error naming it (``model.predrnn.KEY``), before anything
+is submitted. ``model.<family>.KEY`` still sets that family's section alone.
 ``<sweep>/sweep.json`` records the grid, each run's folder and job id.
 """
 from __future__ import annotations
@@ -45,6 +52,8 @@ from jobs.wait import JobEnd, wait_jobs
 from stages import registry
 
 MANIFEST_NAME = "sweep.json"
+# A key starting so names the section of the family each run builds (model.family, swept or not).
+ANY_FAMILY = "model.*."
 # Run folder names are run.name values: core.config allows letters, digits and . _ - + = ,
 NAME_MAX = 200  # characters, well below the 255 bytes of a file name
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
@@ -116,6 +125,16 @@ def parse_grid(items: list[str]) -> list[tuple[str, list[str]]]:
     return grid
 
 
+def family_of(config: str | Path, overrides: list[str]) -> str:
+    """The ``model.family`` that ``config`` with ``overrides`` builds (its ``model.*.`` ones aside)."""
+    return load_config(config, [o for o in overrides if not o.startswith(ANY_FAMILY)]).model.family
+
+
+def for_family(overrides: list[str], family: str) -> list[str]:
+    """``model.*.KEY=V`` -> ``model.<family>.KEY=V``; other overrides as they are."""
+    return [f"model.{family}.{o[len(ANY_FAMILY):]}" if o.startswith(ANY_FAMILY) else o for o in overrides]
+
+
 def value_text(raw: str) -> str:
     """A value as written, fit for a run folder name: ``1e-3`` stays, ``[8,8]`` -> ``8+8``, ``a b`` -> ``a_b``."""
     text = raw.strip().strip("'\"")
@@ -134,7 +153,8 @@ def plan_sweep(config: str | Path, overrides: list[str], grid_items: list[str], 
     grid = parse_grid(grid_items)
     if not grid and seeds == 1:
         raise FramecastError("nothing to sweep: give --grid KEY=V1,V2 and/or --seeds N with N > 1")
-    base = load_config(config, overrides)
+    # The base names the sweep and configures its jobs; model.*. settings are each run's, resolved there.
+    base = load_config(config, [o for o in overrides if not o.startswith(ANY_FAMILY)])
     names = short_names([key for key, _ in grid])
     # The sweep folder as written (a ${VAR} in run.out_dir stays one), and each run folder inside it.
     out_dir = f"{base.run.out_dir.rstrip('/')}/{base.run.name}"
@@ -143,7 +163,8 @@ def plan_sweep(config: str | Path, overrides: list[str], grid_items: list[str], 
     points = []
     for values in itertools.product(*(vals for _, vals in grid)):
         point = tuple(zip((key for key, _ in grid), values))
-        points.append((point, load_config(config, [*overrides, *(f"{key}={value}" for key, value in point)])))
+        point_overrides = [*overrides, *(f"{key}={value}" for key, value in point)]
+        points.append((point, load_config(config, for_family(point_overrides, family_of(config, point_overrides)))))
     _check_families(grid, [cfg for _, cfg in points])
     for point, point_cfg in _distinct_points(points):
         for k in range(seeds):
@@ -157,7 +178,9 @@ def plan_sweep(config: str | Path, overrides: list[str], grid_items: list[str], 
                                      f"(at most {NAME_MAX}); sweep fewer settings at once")
             seen[name] = point
             values_dict = config_to_dict(point_cfg)
-            values_dict["run"].update(out_dir=out_dir, name=name)
+            # The grid's settings and the seed are what this member's hparams are (TensorBoard, W&B).
+            hparams = [*values_dict["run"]["hparams"], *(key for key, _ in grid), SEED_KEY]
+            values_dict["run"].update(out_dir=out_dir, name=name, hparams=list(dict.fromkeys(hparams)))
             values_dict["train"]["seed"] = seed
             runs.append(SweepRun(name, point, seed, config_from_dict(values_dict)))
     compare_values = config_to_dict(base)

@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from core.errors import FramecastError
 from models.base import Forecast, RolloutModel, from_patches, mix_frames, start_at_copy_last, to_patches
 from models.cells import CELLS, ConvRNNCell, State, stack_time
 from models.heads import WarpHead
-from models.sampling import draw_linear_choices
+from models.sampling import describe_schedule, draw_choices
 
 if TYPE_CHECKING:
     from core.config import ModelConfig
@@ -33,6 +34,17 @@ HEAD_KERNEL = 1
 # State tensors per layer of each cell: ConvLSTM (h, c), ConvGRU (h). The rollout passes states to
 # the checkpointed step as one flat tuple of tensors and cuts it back into layers with this.
 STATE_TENSORS = {"lstm": 2, "gru": 1}
+
+
+def between_norm(kind: str, channels: int, groups: int) -> nn.Module:
+    """The ``model.convlstm.norm`` module for a (B, channels, h, w) hidden state."""
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":
+        return nn.GroupNorm(groups, channels)
+    if kind == "layer":  # GroupNorm with one group: LayerNorm over (C, h, w), free of the frame size
+        return nn.GroupNorm(1, channels)
+    return nn.Identity()
 
 
 class ConvLSTMStack(RolloutModel):
@@ -53,6 +65,8 @@ class ConvLSTMStack(RolloutModel):
             cell(self.frame_channels if layer == 0 else hidden[layer - 1], width, cfg.kernel_size, cfg.norm_groups)
             for layer, width in enumerate(hidden)
         )
+        # Between layer l and l + 1: what normalises layer l's hidden state on its way up.
+        self.between = nn.ModuleList(between_norm(cfg.norm, width, cfg.norm_between_groups) for width in hidden[:-1])
         if cfg.head == "warp":  # the frame read at each step, moved, in patch space
             self.head = WarpHead(hidden[-1], self.in_channels, scale=patch)
         else:
@@ -65,6 +79,14 @@ class ConvLSTMStack(RolloutModel):
     def stride(self) -> int:
         return self.cfg.patch_size
 
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        if enabled and self.cfg.norm == "batch":
+            # A recomputed step would update batch norm's running statistics a second time.
+            raise FramecastError("train.activation_checkpointing=true does not go with model.convlstm.norm=batch "
+                                 "(recomputed steps would update its running statistics twice); use norm group "
+                                 "or layer, or turn activation checkpointing off")
+        super().set_activation_checkpointing(enabled)
+
     def stride_reason(self) -> str:
         return f"model.convlstm.patch_size={self.cfg.patch_size}"
 
@@ -72,15 +94,13 @@ class ConvLSTMStack(RolloutModel):
     def summary(self) -> list[tuple[str, str]]:
         cfg = self.cfg
         cells = sorted({type(m).__name__ for m in self.modules() if isinstance(m, ConvRNNCell)})
-        sampling = (
-            f"linear, true-frame probability {cfg.sampling_start:g} at step 0 -> 0 at step {cfg.sampling_stop_step}"
-            if cfg.sampling == "linear" else "none (own predictions, as at inference)"
-        )
+        sampling = describe_schedule(cfg)
         return [
             *super().summary(),
             ("cell", f"{cfg.cell} (modules: {', '.join(cells)})"
                      + (f", GroupNorm {cfg.norm_groups} groups" if cfg.norm_groups else "")),
-            ("layers", str(len(cfg.hidden_channels))),
+            ("layers", str(len(cfg.hidden_channels))
+                       + ("" if cfg.norm == "none" else f", {cfg.norm} norm between them")),
             ("hidden", str(cfg.hidden_channels)),
             ("kernel", str(cfg.kernel_size)),
             ("patch", f"{cfg.patch_size} ({self.frame_channels} channels per patch)"),
@@ -98,8 +118,7 @@ class ConvLSTMStack(RolloutModel):
         step's probability (a pure function of ``step``), else the model's own prediction."""
         self.check_input(frames, targets)
         cfg = self.cfg
-        use_true = draw_linear_choices(cfg.sampling, cfg.sampling_start, cfg.sampling_stop_step, step,
-                                       frames.shape[0], self.t_out, frames.device)  # (B, t_out-1) or None
+        use_true = draw_choices(cfg, step, frames.shape[0], self.t_out, frames.device)  # (B, t_out-1) or None
         predicted, warmup = self._rollout(frames, targets if use_true is not None else None, use_true,
                                           self.supervise_inputs)
         return Forecast(predicted, {}, warmup)
@@ -160,7 +179,8 @@ class ConvLSTMStack(RolloutModel):
         n = self.state_tensors
         for layer, cell in enumerate(self.cells):
             if layer > 0:
-                gates = cell.input_conv(new_state[-n])  # h of the layer below -> (B, G*hidden_l, H/p, W/p)
+                below = self.between[layer - 1](new_state[-n])  # h of the layer below, normalised
+                gates = cell.input_conv(below)  # (B, G*hidden_l, H/p, W/p)
             layer_state: State | None = tuple(state[layer * n : (layer + 1) * n]) or None
             new_state.extend(cell.step(gates, layer_state))
         return tuple(new_state)

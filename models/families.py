@@ -6,6 +6,7 @@ config`` must not load torch. The models themselves live in their own modules, i
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -43,21 +44,28 @@ class Sampling:
     """Scheduled sampling, for the families that roll out frame by frame and train on their own outputs.
 
     While training, the chance of feeding the true next frame rather than the model's own prediction
-    falls linearly from ``sampling_start`` to 0 at ``sampling_stop_step`` (``none``: always the model's
-    own prediction, as when predicting). A pure function of the step, so a resumed run draws the same.
-    Short runs must end it early (a small ``sampling_stop_step``), or the model trains on true frames it
-    will not get when predicting.
+    falls from ``sampling_start`` at step 0 to exactly 0 at ``sampling_stop_step`` along the schedule
+    (Bengio et al. 2015's three shapes, models/sampling.py): ``linear``; ``exponential``, fast at first;
+    ``sigmoid`` (inverse sigmoid), holding near the start, then dropping around the midpoint
+    (``sampling_steepness`` bends the last two). ``none``: always the model's own prediction, as when
+    predicting. A pure function of the step, so a resumed run draws the same. Short runs must end it
+    early (a small ``sampling_stop_step``), or the model trains on true frames it will not get when
+    predicting.
     """
 
-    sampling: Literal["linear", "none"] = "linear"
+    sampling: Literal["linear", "exponential", "sigmoid", "none"] = "linear"
     sampling_start: float = 1.0
     sampling_stop_step: int = 50000
+    # k of exponential e^(-k x) and sigmoid 1 / (1 + e^(k (x - 1/2))), x = step / sampling_stop_step.
+    sampling_steepness: float = 5.0
 
     def check_sampling(self, where: str) -> None:
         if not 0.0 <= self.sampling_start <= 1.0:
             raise FramecastError(f"{where}.sampling_start must be in [0, 1], got {self.sampling_start}")
         if self.sampling_stop_step < 1:
             raise FramecastError(f"{where}.sampling_stop_step must be >= 1, got {self.sampling_stop_step}")
+        if not (math.isfinite(self.sampling_steepness) and self.sampling_steepness > 0):
+            raise FramecastError(f"{where}.sampling_steepness must be > 0, got {self.sampling_steepness}")
 
 
 # ----------------------------------------------------------------------------- each family's settings
@@ -123,12 +131,24 @@ class ConvLSTMConfig(Sampling, Residual):
     kernel_size: int = 5
     patch_size: int = 4  # frames are cut into patch x patch blocks stacked as channels
     norm_groups: int = 0  # GroupNorm on the gate pre-activations; 0 = none (OpenSTL uses none)
+    # Normalisation of each layer's hidden state where it feeds the layer above (the recurrence keeps
+    # it raw): "batch" as seed 002's stacked ConvLSTM, "group" (norm_between_groups groups), "layer"
+    # (one group: every channel and pixel of a video's frame), "none".
+    norm: Literal["none", "batch", "group", "layer"] = "none"
+    norm_between_groups: int = 4
 
     def check(self, where: str) -> None:
         check_positive(where, hidden_channels=self.hidden_channels, kernel_size=self.kernel_size,
                         patch_size=self.patch_size)
         check_odd(where, "kernel_size", self.kernel_size)
         _check_norm_groups(where, self.cell, self.hidden_channels, self.norm_groups)
+        if self.norm == "group":
+            check_positive(where, norm_between_groups=self.norm_between_groups)
+            for layer, width in enumerate(self.hidden_channels[:-1]):
+                if width % self.norm_between_groups:
+                    raise FramecastError(f"{where}.norm_between_groups={self.norm_between_groups} does not divide "
+                                         f"the {width} channels of layer {layer} ({where}.hidden_channels="
+                                         f"{self.hidden_channels})")
         self.check_sampling(where)
 
 
@@ -144,8 +164,9 @@ class PredRNNConfig(Sampling, Residual):
     decouple_weight: float = 0.1  # beta of the memory-decoupling loss; 0 disables it
     # "reverse": reverse scheduled sampling (true-frame probability on the INPUT steps rises towards 1
     # between reverse_start_step and reverse_stop_step, while the one on the predicted steps falls);
-    # "linear": plain scheduled sampling as in the ConvLSTM family; "none": always its own prediction.
-    sampling: Literal["reverse", "linear", "none"] = "reverse"
+    # "linear", "exponential", "sigmoid": plain scheduled sampling on the predicted steps as in the
+    # ConvLSTM family; "none": always its own prediction.
+    sampling: Literal["reverse", "linear", "exponential", "sigmoid", "none"] = "reverse"
     reverse_start_step: int = 25000
     reverse_stop_step: int = 50000
     reverse_exp_alpha: float = 5000.0

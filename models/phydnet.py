@@ -39,7 +39,7 @@ from torch.utils.checkpoint import checkpoint
 
 from models.base import Forecast, RolloutModel, mix_frames, start_at_copy_last
 from models.cells import ConvLSTMCell, stack_time
-from models.sampling import draw_linear_choices
+from models.sampling import describe_schedule, draw_choices
 
 if TYPE_CHECKING:
     from core.config import ModelConfig
@@ -182,10 +182,7 @@ class PhyDNet(RolloutModel):
         constrained = min(cfg.phycell_channels, k * k)
         moment = (f"weight {cfg.moment_weight:g}: the first {constrained} of {cfg.phycell_channels} filters of F "
                   f"~ d^(p+q)/dy^p dx^q, p, q < {k}" if cfg.moment_weight > 0 else "off (weight 0)")
-        sampling = (
-            f"linear, true-frame probability {cfg.sampling_start:g} at step 0 -> 0 at step {cfg.sampling_stop_step}"
-            if cfg.sampling == "linear" else "none (own predictions, as at inference)"
-        )
+        sampling = describe_schedule(cfg)
         return [
             *super().summary(),
             ("encoder", (f"conv blocks strides {list(ENCODER_STRIDES)} (total {STRIDE}) -> {cfg.encoder_channels} "
@@ -230,8 +227,7 @@ class PhyDNet(RolloutModel):
         step's probability, a pure function of ``step``), plus the weighted moment loss."""
         self.check_input(frames, targets)
         cfg = self.cfg
-        use_true = draw_linear_choices(cfg.sampling, cfg.sampling_start, cfg.sampling_stop_step, step,
-                                       frames.shape[0], self.t_out, frames.device)  # (B, t_out-1) or None
+        use_true = draw_choices(cfg, step, frames.shape[0], self.t_out, frames.device)  # (B, t_out-1) or None
         predicted, warm = self._rollout(frames, targets if use_true is not None else None, use_true,
                                         self.supervise_inputs)
         losses = {FORECAST_LOSS_TERM: cfg.moment_weight * self.moment_loss()} if cfg.moment_weight > 0 else {}

@@ -38,10 +38,7 @@ from models.base import (
 )
 from models.cells import FORGET_GATE_BIAS, stack_time
 from models.heads import WarpHead
-from models.sampling import (
-    linear_true_frame_probability,
-    reverse_true_frame_probabilities,
-)
+from models.sampling import describe_schedule, reverse_true_frame_probabilities, settings_probability
 
 if TYPE_CHECKING:
     from core.config import ModelConfig
@@ -185,10 +182,8 @@ class PredRNN(RolloutModel):
             sampling = (f"reverse (true input frames 1/2 -> 1 from step {cfg.reverse_start_step}, "
                         f"alpha {cfg.reverse_exp_alpha}; true predicted-step frames 1/2 -> 0 "
                         f"by step {cfg.reverse_stop_step})")
-        elif cfg.sampling == "linear":
-            sampling = f"linear (true predicted-step frames {cfg.sampling_start} -> 0 by step {cfg.sampling_stop_step})"
         else:
-            sampling = "none (always its own predictions, as at inference)"
+            sampling = describe_schedule(cfg) + ("" if cfg.sampling == "none" else " (on the predicted steps)")
         return [
             *super().summary(),
             ("layers", (f"{len(self.cells)} ST-LSTM, hidden {cfg.hidden_channels}, kernel {cfg.kernel_size}, "
@@ -220,8 +215,8 @@ class PredRNN(RolloutModel):
         cfg = self.cfg
         if cfg.sampling == "none":
             return self.inference_feeds()
-        if cfg.sampling == "linear":
-            p_input, p_predicted = 1.0, linear_true_frame_probability(step, cfg.sampling_start, cfg.sampling_stop_step)
+        if cfg.sampling != "reverse":  # linear, exponential, sigmoid: on the predicted steps only
+            p_input, p_predicted = 1.0, settings_probability(cfg, step)
         else:
             p_input, p_predicted = reverse_true_frame_probabilities(
                 step, cfg.reverse_start_step, cfg.reverse_stop_step, cfg.reverse_exp_alpha

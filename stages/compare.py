@@ -46,6 +46,7 @@ from core.config import CONFIG_NAME, Config, config_from_dict, config_to_dict, l
 from core.errors import FramecastError
 from core.grid import SEED_KEY, format_value, short_names, trained_settings
 from core.outputs import COMPARE_PLOT_NAME, REPORT_NAME, RUNS_CSV, TABLE_CSV, TABLE_MD, eval_dir
+from core.scores import SSIM_KINDS
 from stages import registry
 from training.metrics import METRICS_NAME, read_metrics
 
@@ -67,6 +68,9 @@ class RunScore:
     mse: float | None = None
     ssim: float | None = None
     copy_last_mse: float | None = None
+    copy_last_ssim: float | None = None
+    mean_of_inputs_mse: float | None = None  # the other baseline (evaluate's mean_of_inputs)
+    mean_of_inputs_ssim: float | None = None
     best_epoch: int | None = None
     parameters: int | None = None
     train_minutes: float | None = None
@@ -119,7 +123,7 @@ def _evaluation_config(saved: dict, run_dir: Path, best: Path, cfg: Config) -> C
     values.setdefault("run", {}).update(out_dir=str(run_dir.parent), name=run_dir.name, device=cfg.run.device)
     values.setdefault("predict", {})["checkpoint"] = str(best)
     values.setdefault("evaluate", {}).update(split=cfg.evaluate.split, max_videos=cfg.evaluate.max_videos,
-                                             samples=cfg.evaluate.samples, out="")
+                                             samples=cfg.evaluate.samples, ssim=cfg.evaluate.ssim, out="")
     return config_from_dict(values)
 
 
@@ -132,7 +136,8 @@ def _videos_to_score(run_cfg: Config) -> int:
 
 
 def _reusable_report(run_cfg: Config, best: Path) -> dict | None:
-    """The report already in ``<run>/eval/<split>/`` when it scored this best.pt on as many videos."""
+    """The report already in ``<run>/eval/<split>/`` when it scored this best.pt on as many videos, with
+    the same SSIM (a report from before ``evaluate.ssim`` existed used the Gaussian one)."""
     path = eval_dir(run_cfg) / REPORT_NAME
     try:
         report = json.loads(path.read_text())
@@ -141,7 +146,8 @@ def _reusable_report(run_cfg: Config, best: Path) -> dict | None:
         return None
     split = run_cfg.evaluate.split or run_cfg.data.val_split
     same = (fresh and report.get("split") == split and Path(str(report.get("checkpoint"))).resolve() == best.resolve()
-            and report.get("videos") == _videos_to_score(run_cfg))
+            and report.get("videos") == _videos_to_score(run_cfg)
+            and report.get("ssim", "gaussian") == run_cfg.evaluate.ssim)
     return report if same else None
 
 
@@ -174,6 +180,10 @@ def score_run(run_dir: Path, cfg: Config) -> RunScore:
         return score
     model, copy_last = report["model"]["mean"], report["copy_last_frame"]["mean"]
     score.mse, score.ssim, score.copy_last_mse = model[MSE_KEY], model["ssim"], copy_last[MSE_KEY]
+    score.copy_last_ssim = copy_last["ssim"]
+    if "mean_of_inputs" in report:
+        score.mean_of_inputs_mse = report["mean_of_inputs"]["mean"][MSE_KEY]
+        score.mean_of_inputs_ssim = report["mean_of_inputs"]["mean"]["ssim"]
     return score
 
 
@@ -210,6 +220,8 @@ class Point:
 
 
 def _sort_key(value: Any) -> tuple:
+    if value is None:  # not a setting of this point's family: after the points that have it
+        return (2, 0, "")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return (0, value, "")
     return (1, 0, format_value(value))
@@ -227,7 +239,10 @@ def group_points(runs: list[RunScore]) -> tuple[list[str], list[Point]]:
         groups.setdefault(key, []).append(run)
         settings[key] = trained
     keys = sorted({k for s in settings.values() for k in s})
-    varying = [k for k in keys if len({json.dumps(s.get(k), default=str) for s in settings.values()}) > 1]
+    # A setting varies when the points that have it differ in it: one of a family's section is missing
+    # from the points of another family (core.grid.trained_settings), which model.family tells apart.
+    varying = [k for k in keys
+               if len({json.dumps(s[k], default=str) for s in settings.values() if k in s}) > 1]
     for members in groups.values():
         first_of_seed: dict[str, RunScore] = {}
         for run in members:
@@ -241,7 +256,7 @@ def group_points(runs: list[RunScore]) -> tuple[list[str], list[Point]]:
 
 
 def point_label(point: Point, names: dict[str, str]) -> str:
-    return ",".join(f"{names[k]}={format_value(v)}" for k, v in point.values.items()) or "all runs"
+    return ",".join(f"{names[k]}={format_value(v)}" for k, v in point.values.items() if v is not None) or "all runs"
 
 
 # ----------------------------------------------------------------------------- output
@@ -286,14 +301,14 @@ def point_rows(varying: list[str], points: list[Point], names: dict[str, str]) -
 
 
 def markdown(varying: list[str], points: list[Point], runs: list[RunScore], names: dict[str, str],
-             split: str) -> str:
+             split: str, ssim: str = "gaussian") -> str:
     scored = [r for r in runs if r.ok]
     copy_last = _mean_std([r.copy_last_mse for r in scored])[0]
     lines = [
         f"# {len(runs)} runs, {len(points)} settings, scored on {split}",
         "",
-        ("MSE: squared error summed over a frame in [0, 1], mean over lead times (lower is better); SSIM: "
-         "higher is better. Each cell: mean ± sample standard deviation over seeds. Train time: minutes "
+        ("MSE: squared error summed over a frame in [0, 1], mean over lead times (lower is better); SSIM "
+         f"(evaluate.ssim={ssim}: {SSIM_KINDS[ssim].describe()}): higher is better. Each cell: mean ± sample standard deviation over seeds. Train time: minutes "
          "from the first to the last line of metrics.jsonl."),
         "",
         "| " + " | ".join([*(names[k] for k in varying), "seeds", "MSE", "SSIM", "parameters",
@@ -306,7 +321,11 @@ def markdown(varying: list[str], points: list[Point], runs: list[RunScore], name
             *(format_value(point.values[k]) for k in varying), f"{len(point.scored)}/{point.seeds}",
             _pm(*point.stats("mse")), _pm(*point.stats("ssim"), digits=4), f"{params:,}" if params else "",
             _pm(*point.stats("train_minutes"), digits=3)]) + " |")
-    lines += ["", f"Copy-last baseline MSE: {_num(copy_last)}.", "", "## Runs", "",
+    baselines = {name: tuple(_mean_std([getattr(r, f"{name}_{metric}") for r in scored])[0] for metric in ("mse", "ssim"))
+                 for name in ("copy_last", "mean_of_inputs")}
+    lines += ["", f"Copy-last baseline MSE: {_num(copy_last)}, SSIM {_num(baselines['copy_last'][1], 4)}; "
+                  f"mean-of-inputs baseline MSE: {_num(baselines['mean_of_inputs'][0])}, SSIM "
+                  f"{_num(baselines['mean_of_inputs'][1], 4)} (the same videos).", "", "## Runs", "",
               "| run | status | seed | MSE | SSIM | best epoch | train time (min) | report |", "|---|---|---|---|---|---|---|---|"]
     for run in runs:
         status = " ".join(run.status.replace("|", "/").split()) + (" (report reused)" if run.reused else "")
@@ -380,8 +399,9 @@ def run(cfg: Config) -> Path:
                  _num(r.ssim, 8), _num(r.copy_last_mse, 8), r.best_epoch or "", r.parameters or "",
                  _num(r.train_minutes, 4), r.report, r.reused] for r in scores]
     write_text_atomic(out / RUNS_CSV, _csv_text(run_header, run_rows))
-    table = markdown(varying, points, scores, names, split)
+    table = markdown(varying, points, scores, names, split, cfg.evaluate.ssim)
     write_text_atomic(out / TABLE_MD, table)
-    plot_points(points, names, out / COMPARE_PLOT_NAME, f"{len(scores)} runs on {split}, mean ± std over seeds")
+    plot_points(points, names, out / COMPARE_PLOT_NAME,
+                f"{len(scores)} runs on {split}, mean ± std over seeds, SSIM {cfg.evaluate.ssim}")
     print(table, end="")
     return out / TABLE_MD

@@ -14,7 +14,8 @@ the frame's size: the per-pixel standard deviation across members, averaged over
 channels, on a FIXED scale (``SPREAD_VMAX``) so maps of different frames, videos and runs compare:
 std 0 (the members agree) is the colormap's darkest colour, ``SPREAD_VMAX`` = 0.25 (a quarter of
 the intensity range) or more its brightest (``SPREAD_COLORMAP``, matplotlib's "inferno"), linear in
-between.
+between. Predicted with ``predict.calibration``, the spread file holds each pixel's calibrated interval
+half-width instead (its index says so), drawn on the same scale.
 """
 from __future__ import annotations
 

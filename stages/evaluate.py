@@ -19,6 +19,12 @@ members' per-pixel standard deviation per lead time, to hold against the ensembl
 (``sqrt(mse_per_pixel)``): a well-spread ensemble's are close. Its default folder is
 ``<run.out_dir>/ensembles/<name>/eval/<split>`` (core.outputs.output_dir).
 
+Uncertainty (``"uncertainty"`` in the report): with ``evaluate.calibration`` (``main.py calibrate``),
+per lead time each of its intervals' empirical coverage at every fitted level and mean width, and how
+well its per-pixel scale ranks the errors (AUROC for the largest errors, Spearman); for an ensemble
+without one, the same for its raw spread read as a Gaussian std. ``evaluate.skip_videos`` leaves
+out the first videos of the split (those a calibration was fitted on).
+
 Writes into ``out_dir`` (default ``<run_dir>/eval/<split>``):
 - ``report.json``: per-lead-time metrics and their means for the model and each baseline;
 - ``metrics_vs_lead_time.png``: model vs baselines per lead time, one panel per metric;
@@ -27,6 +33,7 @@ Writes into ``out_dir`` (default ``<run_dir>/eval/<split>``):
 """
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -39,14 +46,15 @@ from torch.utils.data import Subset
 from tqdm import tqdm
 
 from core.atomic import atomic_path, write_json_atomic
-from core.errors import FramecastError
 from core.outputs import GIF_NAME, PLOT_NAME, REPORT_NAME, STRIP_NAME, eval_dir
-from core.scores import DEFINITIONS, LeadTimeMetrics
-from data.datasets import VideoWindowDataset, check_channels, to_model_input
-from data.sources import open_split
+from core.scores import LeadTimeMetrics, definitions
+from data.datasets import to_model_input
+from training.calibration import Calibration, IntervalScores, ScaleFunction, likelihood_factor
 from training.inference import Ensemble, to_uint8_frames
 from training.figures import sample_strip, write_gif
 from training.step import split_video
+
+log = logging.getLogger(__name__)
 
 # Presentation only: how the sample strip and GIF are laid out.
 # Forecasts any useful model must beat: inputs (B, t_in, C, H, W) -> (B, t_out, C, H, W).
@@ -76,37 +84,31 @@ def run(cfg, split: str | None = None, out_dir: str | Path | None = None, max_vi
     samples = samples if samples is not None else ec.samples
     ensemble = Ensemble.load(cfg)
     t_in, t_out = ensemble.t_in, ensemble.t_out
-    source = open_split(cfg.data, split)
-    if source.num_frames < t_in + t_out:
-        raise FramecastError(
-            f"{source.describe()}: videos have {source.num_frames} frames, but evaluating "
-            f"{ensemble.first.checkpoint} needs t_in + t_out = {t_in} + {t_out} (targets); use a labeled split such as val"
-        )
-    if max_videos is not None and max_videos < 1:
-        raise FramecastError(f"max_videos must be >= 1, got {max_videos}")
-    dataset = VideoWindowDataset(source, t_in, t_out)  # the first t_in + t_out frames of each video
-    check_channels(dataset, ensemble.in_channels)
-    ensemble.check_frames(*dataset.frame_shape[:2], source.describe())
-    count = len(dataset) if max_videos is None else min(len(dataset), max_videos)
-    names = [dataset.video_name(i) for i in range(min(samples, count))]
+    dataset, rows, described = ensemble.labeled_windows(split, ec.skip_videos, max_videos)
+    count = len(rows)
+    names = [dataset.video_name(i) for i in rows[:samples]]
+    several = len(ensemble.members) > 1
+    uncertainty = uncertainty_scores(cfg, ensemble, split)
 
     grey = ensemble.in_channels == 1
     f1_threshold = ec.f1_threshold if grey else None
-    scores = {name: LeadTimeMetrics(t_out, f1_threshold) for name in ("model", *BASELINES)}
-    several = len(ensemble.members) > 1
+    scores = {name: LeadTimeMetrics(t_out, f1_threshold, ec.ssim) for name in ("model", *BASELINES)}
     # Each member's own scores (one member's are the model's); the spread's per-lead-time sums.
-    member_scores = [LeadTimeMetrics(t_out, f1_threshold) for _ in ensemble.members] if several else []
+    member_scores = [LeadTimeMetrics(t_out, f1_threshold, ec.ssim) for _ in ensemble.members] if several else []
     spread_sum = torch.zeros(t_out, dtype=torch.float64)
     kept: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # uint8 sample videos
     kept_count = 0
     device, channels_last = ensemble.precision.device, ensemble.precision.channels_last
-    for batch in tqdm(ensemble.loader(Subset(dataset, range(count))), desc=f"evaluate {split}", unit="batch",
+    for batch in tqdm(ensemble.loader(Subset(dataset, rows)), desc=f"evaluate {split}", unit="batch",
                       disable=None):
         video = to_model_input(batch, device, channels_last, ensemble.in_channels)  # (B, T, C, H, W)
         inputs, truth = split_video(video, t_in)  # (B, t_in, C, H, W), (B, t_out, C, H, W)
         each = (lambda k, clipped, truth=truth: member_scores[k].update(clipped, truth)) if several else None
         forecast, std = ensemble(inputs, spread=several, each=each)  # mean, std of the clipped outputs; (B, t_out, C, H, W)
         scores["model"].update(forecast, truth)
+        if uncertainty is not None:
+            scores_of_intervals, scale_of, _ = uncertainty
+            scores_of_intervals.update(forecast, truth, scale_of(inputs, forecast, std))
         if std is not None:
             spread_sum += std.double().mean(dim=(2, 3, 4)).sum(dim=0).cpu()  # (t_out,)
         for name, baseline in BASELINES.items():
@@ -135,7 +137,8 @@ def run(cfg, split: str | None = None, out_dir: str | Path | None = None, max_vi
         "epoch": ensemble.epoch,
         "family": ensemble.family,
         "split": split,
-        "source": source.describe(),
+        "source": described,
+        "skipped_videos": ec.skip_videos,
         "videos": count,
         "t_in": t_in,
         "t_out": t_out,
@@ -145,11 +148,14 @@ def run(cfg, split: str | None = None, out_dir: str | Path | None = None, max_vi
         "autocast": ensemble.precision.describe(),
         "scored": ("mean of the members' outputs clipped to [0, 1]" if several else "model output clipped to [0, 1]")
                   + ", float (not quantized to 8 bits)" + ("; grey data: one channel" if grey else ""),
-        "definitions": {k: v for k, v in DEFINITIONS.items() if grey or k != "f1"},
+        "ssim": ec.ssim,  # which SSIM (evaluate.ssim; "definitions" says what it is)
+        "definitions": {k: v for k, v in definitions(ec.ssim).items() if grey or k != "f1"},
         **({"f1_threshold": f1_threshold} if grey else {}),
         **results,
         "members": members,
         **spread,
+        **({"uncertainty": {**uncertainty[0].compute(), **uncertainty[2]}}
+           if uncertainty is not None else {}),
         "files": {key: str(path) for key, path in files.items()},
     }
     report = _json_safe(report)
@@ -161,6 +167,49 @@ def run(cfg, split: str | None = None, out_dir: str | Path | None = None, max_vi
         write_gif(inputs_u8, truth_u8, pred_u8, names, t_in, files["gif"], gif_frame_ms)
     print_summary(report)
     return report
+
+
+def uncertainty_scores(cfg, ensemble: Ensemble, split: str
+                       ) -> tuple[IntervalScores, ScaleFunction, dict[str, Any]] | None:
+    """The intervals scored, the per-pixel scale they multiply, and what they are: ``evaluate.calibration``'s,
+    else an ensemble's raw spread with Gaussian intervals (what reading the spread as a std would
+    claim); None for one model without a calibration."""
+    ec = cfg.evaluate
+    if ec.calibration:
+        calibration = Calibration.load(ec.calibration)
+        calibration.check_fits(ec.calibration, ensemble.t_in, ensemble.t_out, ensemble.in_channels,
+                               len(ensemble.members), [str(m.checkpoint) for m in ensemble.members])
+        if calibration.split == split and ec.skip_videos < calibration.videos:
+            log.warning("%s was fitted on the first %d videos of %s, and evaluate.skip_videos=%d: its coverage "
+                        "is measured on videos it was fitted on", ec.calibration, calibration.videos, split,
+                        ec.skip_videos)
+        factors = {"conformal": calibration.factor_table()}
+        sets = {"conformal": f"forecast +- factor * scale, the factor per lead time and level fitted split-conformally "
+                             f"on {calibration.videos} videos of {calibration.split} ({ec.calibration})"}
+        if calibration.method == "scale_head":
+            factors["likelihood"] = calibration.likelihood_table()
+            sets["likelihood"] = f"the head's own {calibration.likelihood} intervals, before rescaling"
+            scale_text = f"the scale head's per-pixel scale ({calibration.likelihood} likelihood)"
+        else:
+            scale_text = f"the ensemble's per-pixel std + {calibration.spread_floor:g}"
+        method, levels = calibration.method, calibration.levels
+        scale = calibration.scale_function(ensemble.precision.device)
+    elif len(ensemble.members) > 1:
+        levels, method, scale_text = cfg.calibrate.levels, "raw spread", "the ensemble's per-pixel std (raw)"
+        factors = {"gaussian": torch.tensor([[likelihood_factor("gaussian", p) for p in levels]] * ensemble.t_out)}
+        sets = {"gaussian": "forecast +- z * std, as if the spread were a Gaussian std (uncalibrated)"}
+        scale = lambda inputs, forecast, std: std  # noqa: E731
+    else:
+        return None
+    description = {
+        "method": method, "scale": scale_text, "interval_sets": sets,
+        "definition": "coverage: share of pixel values (every channel) inside the interval; mean_width: its "
+                      "mean full width in [0, 1] units; auroc_large_errors: how well the scale tells the pixels "
+                      f"whose |error| is in the top {ec.large_error_fraction:g} of the lead time's from the others "
+                      "(0.5 = chance), and spearman its rank correlation with |error|, both on "
+                      f"{ec.rank_pixels_per_video} random pixels per video and lead time"}
+    scores = IntervalScores(ensemble.t_out, levels, factors, ec.rank_pixels_per_video, ec.large_error_fraction)
+    return scores, scale, description
 
 
 def _json_safe(value: Any) -> Any:
@@ -183,7 +232,8 @@ def print_summary(report: dict[str, Any]) -> None:
         print(f"{key:22s}" + "".join(f"{_fmt(report[c]['mean'][key]):>16s}" for c in columns))
     model, copy = report["model"]["mean"], report["copy_last_frame"]["mean"]
     change = model["mse_per_frame_sum"] / copy["mse_per_frame_sum"] - 1 if copy["mse_per_frame_sum"] else math.nan
-    print(f"vs copy-last: MSE {change:+.1%}, SSIM {_fmt(model['ssim'])} vs {_fmt(copy['ssim'])}")
+    # A report written before evaluate.ssim existed holds the Gaussian SSIM.
+    print(f"vs copy-last: MSE {change:+.1%}, SSIM ({report.get('ssim', 'gaussian')}) {_fmt(model['ssim'])} vs {_fmt(copy['ssim'])}")
     members = report.get("members", [])
     if len(members) > 1:
         print(f"ensemble of {len(members)} members (model = their mean); each member alone:")
@@ -194,6 +244,13 @@ def print_summary(report: dict[str, Any]) -> None:
         if "ensemble_spread" in report:
             print(f"mean spread (std) {_fmt(report['ensemble_spread']['mean'])} vs RMSE per pixel "
                   f"{_fmt(math.sqrt(model['mse_per_pixel']))}")
+    if "uncertainty" in report:
+        unc = report["uncertainty"]
+        print(f"uncertainty ({unc['method']}): AUROC of the scale for large errors {_fmt(unc['auroc_large_errors_mean'])}, "
+              f"Spearman {_fmt(unc['spearman_mean'])}")
+        for name, levels in unc["intervals"].items():
+            print(f"  {name:12s}" + "  ".join(f"{float(level):.0%}: covers {_fmt(v['coverage_mean'])}, width "
+                                             f"{_fmt(v['mean_width_mean'])}" for level, v in levels.items()))
     print(f"report: {report['files']['report']}")
 
 

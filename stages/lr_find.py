@@ -16,8 +16,14 @@ nothing in the run folder is read or written, no lock is taken, so it may run be
 the same run.
 
 The suggested lr is where the smoothed loss falls fastest (the steepest negative slope against
-log lr, before the minimum); ``lr_find.json`` also gives the minimum's lr / 10, the other common rule.
-Both are starting points for ``train.lr`` (with ``train.schedule: onecycle``, it is the peak lr).
+log lr, before the minimum), once the first ``lr_find.skip_start`` of the steps are left out as fastai
+does (a fresh model's first losses would otherwise point at the sweep's first lr); ``lr_find.json``
+also gives the minimum's lr / 10, the other common rule. Both are starting points for ``train.lr``
+(with ``train.schedule: onecycle``, it is the peak lr). A curve that does not fall by
+``lr_find.min_drop`` gets no suggestion, and one line saying so.
+
+Without a terminal (a job's log, a pipe) there is no progress bar; a line is logged every
+``train.log_every_steps`` steps instead.
 """
 from __future__ import annotations
 
@@ -64,28 +70,40 @@ def learning_rates(start: float, end: float, steps: int) -> list[float]:
     return [start * (end / start) ** (i / (steps - 1)) for i in range(steps)]
 
 
-def suggest(lrs: list[float], smoothed: list[float]) -> dict[str, Any]:
-    """The steepest descent of the smoothed loss (against log lr, up to its minimum) and minimum / 10."""
+def suggest(lrs: list[float], smoothed: list[float], *, planned_steps: int, skip_start: float = 0.1,
+            min_drop: float = 0.05) -> dict[str, Any]:
+    """Where the smoothed loss falls fastest (against log lr), between the first step kept and its
+    lowest point; also the lowest point's lr / 10, the other common rule.
+
+    The first ``skip_start`` of the ``planned_steps`` (at least one step, so never the sweep's first
+    lr) are not looked at, as fastai skips them. No suggestion (``suggested_lr`` None, ``rule`` says
+    why in one line) when too few steps ran or the smoothed loss fell by less than ``min_drop`` of its
+    value at the first step kept: a flat or rising curve has no descent to point at.
+    """
+    skip = max(1, int(skip_start * planned_steps))
+    result: dict[str, Any] = {"suggested_lr": None, "steepest_lr": None, "min_loss_lr": None, "min_loss": None,
+                              "min_lr_over_10": None, "skipped_steps": skip}
     if not smoothed:
-        return {"suggested_lr": None, "rule": "no finite loss recorded", "steepest_lr": None,
-                "min_loss_lr": None, "min_lr_over_10": None}
+        return {**result, "rule": "no finite loss was recorded; lower lr_find.start_lr"}
+    if len(smoothed) < skip + 3:
+        return {**result, "rule": f"only {len(smoothed)} steps ran, {skip} of them skipped (lr_find.skip_start="
+                                  f"{skip_start:g}): too few to see a descent; lower lr_find.start_lr or run more "
+                                  "lr_find.steps"}
     values = np.asarray(smoothed, dtype=np.float64)
     x = np.log10(np.asarray(lrs[:len(values)], dtype=np.float64))
-    lowest = int(np.argmin(values))
-    result: dict[str, Any] = {"min_loss_lr": lrs[lowest], "min_loss": float(values[lowest]),
-                              "min_lr_over_10": lrs[lowest] / 10, "steepest_lr": None}
-    if lowest >= 2:
-        slope = np.gradient(values[:lowest + 1], x[:lowest + 1])
-        steepest = int(np.argmin(slope))
-        if slope[steepest] < 0:
-            result["steepest_lr"] = lrs[steepest]
-            result["steepest_slope"] = float(slope[steepest])
-    if result["steepest_lr"] is not None:
-        result.update(suggested_lr=result["steepest_lr"], rule="steepest descent of the smoothed loss")
-    else:
-        result.update(suggested_lr=result["min_lr_over_10"],
-                      rule="the minimum's lr / 10 (the loss did not fall before its minimum)")
-    return result
+    lowest = skip + int(np.argmin(values[skip:]))
+    result.update(min_loss_lr=lrs[lowest], min_loss=float(values[lowest]), min_lr_over_10=lrs[lowest] / 10)
+    drop = (values[skip] - values[lowest]) / abs(values[skip]) if values[skip] else 0.0
+    slope = np.gradient(values, x)  # d smoothed loss / d log10 lr, central differences inside
+    steepest = skip + int(np.argmin(slope[skip:lowest + 1]))
+    if lowest == skip or drop < min_drop or slope[steepest] >= 0:
+        return {**result, "rule": (
+            f"no descent: from step {skip} (lr {lrs[skip]:.3g}) the smoothed loss fell {max(drop, 0.0):.1%} to its "
+            f"lowest, less than lr_find.min_drop={min_drop:g}; widen the sweep (lr_find.start_lr, lr_find.end_lr) "
+            "or check the data and the model")}
+    return {**result, "suggested_lr": lrs[steepest], "steepest_lr": lrs[steepest],
+            "steepest_slope": float(slope[steepest]), "drop": float(drop),
+            "rule": f"steepest descent of the smoothed loss after the first {skip} steps"}
 
 
 def _forever(loader) -> Iterator[torch.Tensor]:
@@ -161,6 +179,10 @@ def run(cfg: Config) -> Path:
             curve.append({"step": step, "lr": lr, "loss": loss, "smoothed_loss": smoothed})
             lowest = min(lowest, smoothed)
             bar.set_postfix(lr=f"{lr:.2e}", loss=f"{smoothed:.4g}", refresh=False)
+            if bar.disable and ((step + 1) % tc.log_every_steps == 0 or step + 1 == lf.steps):
+                # No terminal (a job log, a pipe): no bar, so a line every train.log_every_steps steps.
+                log.info("lr-find: step %d/%d, lr %.3g, smoothed loss %.5g, %.1f s", step + 1, lf.steps, lr,
+                         smoothed, time.perf_counter() - started)
             if smoothed > lf.diverge_factor * lowest:
                 stop = (f"the smoothed loss diverged at lr {lr:.3g} ({smoothed:.4g} > "
                         f"lr_find.diverge_factor={lf.diverge_factor:g} x its minimum {lowest:.4g})")
@@ -169,7 +191,8 @@ def run(cfg: Config) -> Path:
         bar.close()
         loader.end_workers()
 
-    suggestion = suggest([p["lr"] for p in curve], [p["smoothed_loss"] for p in curve])
+    suggestion = suggest([p["lr"] for p in curve], [p["smoothed_loss"] for p in curve], planned_steps=lf.steps,
+                         skip_start=lf.skip_start, min_drop=lf.min_drop)
     report = {
         "run": cfg.run.name,
         "family": cfg.model.family,
@@ -181,7 +204,8 @@ def run(cfg: Config) -> Path:
         "optimizer": tc.optimizer,
         "grad_clip": tc.grad_clip,
         "settings": {"start_lr": lf.start_lr, "end_lr": lf.end_lr, "steps": lf.steps,
-                     "smoothing": lf.smoothing, "diverge_factor": lf.diverge_factor},
+                     "smoothing": lf.smoothing, "diverge_factor": lf.diverge_factor,
+                     "skip_start": lf.skip_start, "min_drop": lf.min_drop},
         "steps_run": len(curve),
         "stopped": stop,
         "seconds": round(time.perf_counter() - started, 3),
@@ -199,7 +223,7 @@ def run(cfg: Config) -> Path:
 def _print_summary(report: dict[str, Any]) -> None:
     print(f"lr-find: {report['steps_run']} steps; stopped because {report['stopped']}", flush=True)
     if report["suggested_lr"] is None:
-        print("lr-find: no suggestion (no finite loss); lower lr_find.start_lr", flush=True)
+        print(f"lr-find: no suggestion: {report['rule']}", flush=True)
         return
     print(f"lr-find: suggested lr {report['suggested_lr']:.3g} ({report['rule']}); "
           f"the minimum's lr / 10: {report['min_lr_over_10']:.3g} (minimum at {report['min_loss_lr']:.3g})",

@@ -24,6 +24,7 @@ joins them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -39,15 +40,45 @@ from data.predictions import (SPREAD_DTYPE, merge_shards, npy_rows, shard_path, 
                               spread_path_for, write_index)
 from data.sources import open_split
 from core.outputs import predictions_path
+from training.calibration import Calibration, ScaleFunction
 from training.inference import Ensemble, Predictor, to_spread_frames, to_uint8_frames
 
 log = logging.getLogger(__name__)
 
 
+@dataclasses.dataclass
+class Interval:
+    """``predict.calibration``'s interval of coverage ``predict.interval_level``: its per-pixel half-width."""
+
+    factors: Any  # (t_out,) float32 tensor: the level's factor per lead time
+    scale: ScaleFunction
+    definition: str
+
+    @classmethod
+    def of(cls, cfg: Config, ensemble: Ensemble) -> "Interval":
+        path, level = cfg.predict.calibration, cfg.predict.interval_level
+        calibration = Calibration.load(path)
+        calibration.check_fits(path, ensemble.t_in, ensemble.t_out, ensemble.in_channels, len(ensemble.members),
+                               [str(m.checkpoint) for m in ensemble.members])
+        matches = [k for k, fitted in enumerate(calibration.levels) if abs(fitted - level) < 1e-9]
+        if not matches:
+            raise FramecastError(f"predict.interval_level={level:g}: {path} was fitted for the levels "
+                                 f"{calibration.levels} (calibrate.levels)")
+        definition = (f"per-pixel half-width of the calibrated {level:.0%} interval around the .npy's forecast "
+                      f"({calibration.method}, split-conformal per lead time on {calibration.videos} videos of "
+                      f"{calibration.split}; {path})")
+        return cls(calibration.factor_table()[:, matches[0]].to(ensemble.precision.device),
+                   calibration.scale_function(ensemble.precision.device), definition)
+
+    def half_width(self, inputs, forecast, std):
+        return self.scale(inputs, forecast, std) * self.factors.view(1, -1, 1, 1, 1)
+
+
 def write_predictions(predictor: Predictor | Ensemble, dataset: VideoWindowDataset | Subset, out: Path,
-                      index: dict[str, Any], spread: bool = False) -> Path:
+                      index: dict[str, Any], spread: bool = False, interval: Interval | None = None) -> Path:
     """Predict every sample of ``dataset`` (uint8 (t_in, H, W, C) each) into ``out`` + its index,
-    and with ``spread`` the members' per-pixel std into ``spread_path_for(out)``.
+    and with ``spread`` the members' per-pixel std into ``spread_path_for(out)`` (with ``interval``
+    instead its calibrated half-width per pixel).
 
     Rows are appended to the ``.npy`` in loader order as batches arrive, so the host holds one batch
     at a time whatever N is.
@@ -59,6 +90,8 @@ def write_predictions(predictor: Predictor | Ensemble, dataset: VideoWindowDatas
     channels_last = ensemble.precision.channels_last
     loader = ensemble.loader(dataset)
     ensemble.nonfinite.zero_()
+    spread = spread or interval is not None
+    several = len(ensemble.members) > 1
     spread_out = spread_path_for(out)
     with contextlib.ExitStack() as stack:
         # The spread file is renamed into place after the array, whose rename drops the old index first.
@@ -67,8 +100,10 @@ def write_predictions(predictor: Predictor | Ensemble, dataset: VideoWindowDatas
         handle = stack.enter_context(npy_rows(out, shape))
         for batch in tqdm(loader, desc=f"predict {out.name}", unit="batch", disable=None):
             inputs = to_model_input(batch, device, channels_last, ensemble.in_channels)  # (B, t_in, C, H, W)
-            mean, std = ensemble(inputs, spread=spread)  # (B, t_out, C, H, W) each
+            mean, std = ensemble(inputs, spread=spread and (interval is None or several))  # (B, t_out, C, H, W) each
             handle.write(to_uint8_frames(mean).cpu().numpy())  # (B, t_out, H, W, 3) uint8, no extra copy
+            if interval is not None:
+                std = interval.half_width(inputs, mean, std)  # (B, t_out, C, H, W)
             if spread_handle is not None:
                 spread_handle.write(to_spread_frames(std).cpu().numpy())  # (B, t_out, H, W, 3) float16
         ensemble.raise_if_nonfinite(out)
@@ -76,7 +111,8 @@ def write_predictions(predictor: Predictor | Ensemble, dataset: VideoWindowDatas
             spread_out.unlink(missing_ok=True)  # a former ensemble's, which the new index won't name
     loader.end_workers()  # now, rather than at garbage collection
     index = {**index, "members": index.get("members", ensemble.describe()),
-             "spread": spread_entry(out) if spread else None}
+             "spread": (spread_entry(out, *([interval.definition] if interval is not None else [])) if spread
+                        else None)}
     write_index(out, index, shape)
     return out
 
@@ -116,8 +152,10 @@ def run(cfg: Config, shard: tuple[int, int] = (0, 1)) -> Path:
         "total_videos": len(dataset),
         "config": config_to_dict(ensemble.cfg),
     }
+    interval = Interval.of(cfg, ensemble) if cfg.predict.calibration else None
     with signals_stop(f"predict {out}"):
-        return write_predictions(ensemble, Subset(dataset, rows), out, index, spread=cfg.predict.spread)
+        return write_predictions(ensemble, Subset(dataset, rows), out, index, spread=cfg.predict.spread,
+                                 interval=interval)
 
 
 def merge(cfg: Config) -> Path:

@@ -147,6 +147,14 @@ TOOLS = (
                 Arg("--out", "lr_find.out", "folder for lr_find.png and lr_find.json "
                     "(default: <run.out_dir>/lr-find/<run.name>)")),
           config_required=True),
+    Stage("calibrate", "fit a per-pixel predictive interval for a checkpoint or ensemble (an ensemble's spread or "
+          "a scale head, rescaled per lead time split-conformally) whose coverage holds on held-out videos",
+          "stages.calibrate:run", ONE_GPU,
+          args=(Arg("--checkpoint", "predict.checkpoint", _CHECKPOINT_HELP, repeat=True),
+                Arg("--split", "calibrate.split", "labeled split to fit the coverage on (default: calibrate.split, val)"),
+                Arg("--method", "calibrate.method", "spread (an ensemble's) or scale_head"),
+                Arg("--out", "calibrate.out", "calibration file (default: runs/<name>/calibration.pt; an "
+                    "ensemble's in runs/ensembles/<name>/)"))),
     Stage("compare", "evaluate runs' best.pt (or reuse their reports) and tabulate them: mean +/- std "
           "over seeds per setting, CSV, Markdown and a plot", "stages.compare:run", ONE_GPU,
           args=(Arg("--runs", "compare.runs", "run folders, a quoted glob such as 'runs/sweep/*'", glob_list),

@@ -35,6 +35,7 @@ from core.errors import FramecastError
 from core.precision import Precision, compile_cache_dir, use_compile_cache
 from core.runlock import RunLock
 from core.seeding import capture_rng_state, restore_rng_state, seed_everything
+from core.threads import describe_threads
 from data.datasets import build_datasets, check_channels, make_loader
 from models import TrainingForward, build_model, count_parameters
 from training.metrics import SAMPLES_TAG, MetricsLog, lead_time_record, scored_validation
@@ -161,9 +162,10 @@ class Trainer:
             train_set, tc.batch_size, shuffle=False, sampler=self.train_sampler, **loader_args
         )
         self.val_loader = make_loader(val_set, tc.batch_size, shuffle=False, sampler=val_sampler, **loader_args)
-        # run.tensorboard: the validation videos of its sample strip (this process's first ones).
+        # run.tensorboard / run.wandb: the validation videos of its sample strip (this process's first ones).
+        self._scored = cfg.run.tensorboard or cfg.run.wandb
         self._sample_names = ([val_set.video_name(i) for i in list(val_sampler)[:cfg.evaluate.samples]]
-                              if cfg.run.tensorboard else [])
+                              if self._scored else [])
 
         # ---- model, optimizer, schedule (seeded: every run of this config starts from the same weights)
         seed_everything(tc.seed)
@@ -199,7 +201,9 @@ class Trainer:
             )
         else:
             self.train_model = training_pass
-        self.metrics = MetricsLog(self.run_dir, enabled=ctx.is_main, tensorboard=cfg.run.tensorboard)
+        self.metrics = MetricsLog(self.run_dir, enabled=ctx.is_main, tensorboard=cfg.run.tensorboard,
+                                  wandb=cfg.run.wandb, config=config_to_dict(cfg), hparams=cfg.run.hparams,
+                                  wandb_project=cfg.run.wandb_project)
         self._stop_signal = ""  # set by the signal handler in this process
         self._stop_signal_anywhere = False  # any process got one (agreed at each log interval)
         self._chained_handlers: dict[int, Callable] = {}  # submitit's own handlers, run after saving
@@ -340,9 +344,10 @@ class Trainer:
                      self.resumed_from["epoch"], self.step)
         log.info(
             "training %s: %s, %s parameters, %d train / %d val videos, %d steps per epoch, "
-            "%d process(es) on %s, %s",
+            "%d process(es) on %s, %s, %s",
             self.run_dir, self.model.title, f"{self.num_parameters:,}", self.train_videos, self.val_videos,
             self.progress.steps_per_epoch, self.ctx.world_size, self.device, self.precision.describe(),
+            describe_threads(),
         )
         self.train_model.train()
         for epoch in range(self.start_epoch, tc.epochs):
@@ -454,12 +459,12 @@ class Trainer:
         """Mean per-video loss over the whole validation split (all processes together)."""
         progress = self.progress
         self.forward_model.eval()
-        tensorboard = self.cfg.run.tensorboard
-        if tensorboard:  # the same loss, plus per-lead-time scores and sample videos from the same pass
+        scored = self._scored
+        if scored:  # the same loss, plus per-lead-time scores and sample videos from the same pass
             sums, scores, shown = scored_validation(
                 self.forward_model, self.val_loader, t_in=self.t_in, t_out=self.t_out,
                 in_channels=self.in_channels, precision=self.precision, loss=self.loss,
-                max_batches=self.tc.max_val_batches, samples=len(self._sample_names),
+                max_batches=self.tc.max_val_batches, samples=len(self._sample_names), ssim=self.cfg.evaluate.ssim,
             )
         else:
             sums = validation_sums(
@@ -489,9 +494,9 @@ class Trainer:
         self.metrics.append({
             "kind": "val", "epoch": epoch_number(epoch), "step": self.step, "val_loss": val_loss,
             "best_val_loss": progress.best_val_loss, "lr": lr, "time": time.time(),
-            **(lead_time_record(scores, self.ctx) if tensorboard else {}),
+            **(lead_time_record(scores, self.ctx) if scored else {}),
         })
-        if tensorboard and shown and self.ctx.is_main:
+        if scored and shown and self.ctx.is_main:
             self.metrics.image(SAMPLES_TAG, self.step, self._sample_strip(*shown))
         self.metrics.plot()
         log.info(

@@ -150,6 +150,17 @@ def test_bench_predict_runs_the_predict_path_of_a_family():
     assert run["videos"] == 3 and run["videos_per_s"] > 0 and run["output_mb"] >= 0
 
 
+def test_bench_ssim_times_each_way_and_checks_they_agree():
+    done = run_script("bench_ssim.py", "--videos", "1", "--frames", "2", "--height", "16", "--width", "24",
+                      "--repeats", "1")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["seconds"]["framecast_gaussian"]["median"] > 0 and result["speedup_gaussian_vs_dense_float64"] > 0
+    # Every pair it reports agrees to ~1e-7: the faster SSIM is the same SSIM.
+    assert len(result["max_abs_difference_per_frame"]) == 3
+    assert all(d < 1e-6 for d in result["max_abs_difference_per_frame"].values())
+
+
 def direct_baselines(pack: Path, t_in: int, t_out: int) -> dict[str, list[float]]:
     """Copy-last and mean-of-inputs MSE (summed over a frame) per lead time, straight from the pack."""
     from data.sources import H5VideoSource

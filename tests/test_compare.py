@@ -79,6 +79,9 @@ def test_compare_tabulates_mean_and_std_over_seeds_per_point(sweep):
     assert float(runs["lr=1e-3,seed=0"]["mse"]) == pytest.approx(mse["lr=1e-3,seed=0"], rel=1e-6)
     text = table.read_text()
     assert "| lr | seeds | MSE | SSIM |" in text and " ± " in text and "no best.pt" in text
+    # both baselines, on the same videos (every run's report scores the same val split)
+    baseline = reports["lr=1e-3,seed=0"]["mean_of_inputs"]["mean"]
+    assert f"mean-of-inputs baseline MSE: {baseline['mse_per_frame_sum']:.5g}, SSIM {baseline['ssim']:.4g}" in text
     with Image.open(out / outputs.COMPARE_PLOT_NAME) as image:
         assert image.format == "PNG"
 
@@ -114,6 +117,37 @@ def test_nothing_to_compare_is_one_clear_error(tmp_path):
         compare.run(load_config(None, [f"compare.runs=['{tmp_path}/*']"]))
     with pytest.raises(FramecastError, match="none of these folders exists"):
         compare.run(load_config(None, [f"compare.runs=['{tmp_path}/a', '{tmp_path}/b']"]))
+
+
+def test_points_of_different_families_are_named_by_what_varies_within_each():
+    from stages.compare import RunScore, group_points
+
+    def run(family: str, sampling: str, seed: int) -> RunScore:
+        section = {"hidden_channels": [8, 8], "sampling": sampling}
+        return RunScore(Path(f"{family}-{sampling}-{seed}"), "ok", settings={
+            "model.family": family, **{f"model.{family}.{k}": v for k, v in section.items()}, "train.seed": seed})
+
+    runs = [run(f, s, seed) for f in ("predrnn", "convlstm") for s in ("none", "linear") for seed in (0, 1)]
+    varying, points = group_points(runs)
+    # hidden_channels is the same within each family: no column; each family's sampling varies
+    assert varying == ["model.convlstm.sampling", "model.family", "model.predrnn.sampling"]
+    assert [(p.values["model.family"], p.values["model.convlstm.sampling"] or p.values["model.predrnn.sampling"])
+            for p in points] == [("convlstm", "linear"), ("convlstm", "none"), ("predrnn", "linear"), ("predrnn", "none")]
+    assert all(len(p.runs) == 2 for p in points)
+
+
+def test_compare_scores_with_the_ssim_it_is_given_and_says_which(sweep):
+    report = sweep / "lr=3e-3,seed=1" / "eval" / "val" / "report.json"
+    if not report.exists():
+        compare.run(compare_config(sweep))
+    gaussian = json.loads(report.read_text())["model"]["mean"]["ssim"]
+    table = compare.run(compare_config(sweep, "evaluate.ssim=openstl", f"compare.out={sweep / 'openstl'}"))
+    assert "(report reused)" not in table.read_text()  # a Gaussian-SSIM report is not an OpenSTL one
+    assert "SSIM (evaluate.ssim=openstl: 7x7 uniform window" in table.read_text()
+    scored = json.loads(report.read_text())
+    assert scored["ssim"] == "openstl" and scored["model"]["mean"]["ssim"] != pytest.approx(gaussian, abs=1e-4)
+    run_row = {r["run"]: r for r in rows(sweep / "openstl" / outputs.RUNS_CSV)}["lr=3e-3,seed=1"]
+    assert float(run_row["ssim"]) == pytest.approx(scored["model"]["mean"]["ssim"], rel=1e-6)
 
 
 def test_runs_of_the_same_settings_and_seed_count_once(tmp_path):

@@ -1,6 +1,7 @@
 """evaluate: per-lead-time metrics that match a direct computation, a baseline, and readable artefacts."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -75,3 +76,18 @@ def test_max_videos_and_split_errors(cfg, tmp_path: Path):
     with pytest.raises(FramecastError, match=r"hidden: videos have 4 frames, but evaluating .* needs t_in \+ t_out = 4 \+ 4"):
         evaluate.run(cfg, "hidden", out_dir=tmp_path / "h")
     assert evaluate._json_safe({"psnr": [float("inf"), 1.5]}) == {"psnr": ["inf", 1.5]}
+
+
+def test_evaluate_ssim_setting_picks_the_ssim_and_the_report_names_it(cfg, tmp_path: Path):
+    from skimage.metrics import structural_similarity
+
+    cfg = dataclasses.replace(cfg, evaluate=dataclasses.replace(cfg.evaluate, ssim="skimage"))
+    report = evaluate.run(cfg, "val", out_dir=tmp_path / "eval", samples=0)
+    assert report["ssim"] == "skimage" and "7x7 uniform" in report["definitions"]["ssim"]
+    # The copy-last baseline's SSIM, as OpenSTL-style code computes it with scikit-image.
+    videos = sorted((Path(cfg.data.root) / "val").iterdir(), key=lambda p: int(p.name[6:]))
+    frames = np.stack([read_first_frames(v, T_IN + T_OUT) for v in videos]).astype(np.float64) / 255  # (N, T, H, W, 3)
+    last, truth = frames[:, T_IN - 1], frames[:, T_IN:]
+    want = [np.mean([structural_similarity(last[i], truth[i, k], channel_axis=-1, data_range=1.0)
+                     for i in range(len(videos))]) for k in range(T_OUT)]
+    np.testing.assert_allclose(report["copy_last_frame"]["per_lead_time"]["ssim"], want, atol=1e-6, rtol=0)

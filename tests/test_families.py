@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from core.checkpoint import load_checkpoint, save_checkpoint
-from core.config import ModelConfig, config_to_dict, load_config, model_config_class
+from core.config import MODEL_FIELDS, ModelConfig, config_to_dict, load_config, model_config_class
 from core.errors import FramecastError
 from core.families import families, family_names
 from models.loading import load_model
@@ -49,7 +49,7 @@ def trained(data_root, tmp_path_factory):
 def test_every_declared_family_is_built_configured_and_shipped_as_declared():
     """The family table is the one declaration: the config's model.<name> sections, the model class
     (which names its family), the tiny model and the ready configs all come from it."""
-    sections = {f.name for f in dataclasses.fields(model_config_class())} - {"family", "in_channels", "size"}
+    sections = {f.name for f in dataclasses.fields(model_config_class())} - set(MODEL_FIELDS)
     assert sections == set(FAMILY_NAMES) == set(FAMILIES) == set(TINY)
     for family in families():
         assert FAMILIES[family.name].family == family.name and family.tiny, family.name

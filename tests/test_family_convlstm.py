@@ -123,3 +123,25 @@ def test_learns_moving_squares():
     assert mse.after < 0.5 * mse.before
     assert mse.after < mse.blank  # better than predicting an empty frame
     assert mse.after < mse.copy_last  # and than copying the last frame
+
+
+@pytest.mark.parametrize("norm", ["batch", "group", "layer"])
+def test_norm_between_layers_is_there_learns_and_reaches_every_parameter(norm):
+    model = tiny(3, 2, f"model.convlstm.norm={norm}", "model.convlstm.sampling_stop_step=30")
+    [between] = model.between  # 2 layers: one place between them
+    kind = {"batch": (torch.nn.BatchNorm2d, None), "group": (torch.nn.GroupNorm, 4), "layer": (torch.nn.GroupNorm, 1)}
+    assert (type(between), getattr(between, "num_groups", None)) == kind[norm]
+    assert norm in dict(model.summary())["layers"]
+    x, y = videos(t=3), videos(t=2, seed=1)
+    F.mse_loss(model.training_forward(x, y, step=0).frames, y).backward()
+    assert not without_gradient(model)
+    model.zero_grad()
+    mse = learn(model, moving_squares(16, 5, motion="bounce"), t_in=3, steps=40, lr=1e-2, eval_after=True)
+    assert mse.after < 0.5 * mse.before and mse.after < mse.copy_last
+
+
+def test_norm_settings_that_cannot_work_are_one_line_naming_them():
+    with pytest.raises(FramecastError, match=r"model\.convlstm\.norm_between_groups=3 does not divide the 8"):
+        tiny(3, 2, "model.convlstm.norm=group", "model.convlstm.norm_between_groups=3")
+    with pytest.raises(FramecastError, match=r"activation_checkpointing.*model\.convlstm\.norm=batch"):
+        tiny(3, 2, "model.convlstm.norm=batch").set_activation_checkpointing(True)

@@ -43,11 +43,33 @@ def test_learning_rates_are_log_spaced():
 def test_the_suggestion_is_the_steepest_descent_before_the_minimum():
     lrs = learning_rates(1e-5, 1.0, 11)
     smoothed = [1.0, 0.99, 0.97, 0.9, 0.6, 0.3, 0.25, 0.24, 0.5, 2.0, 9.0]  # falls fastest at index 4
-    result = suggest(lrs, smoothed)
+    result = suggest(lrs, smoothed, planned_steps=11)
     assert result["suggested_lr"] == result["steepest_lr"] == lrs[4]
     assert result["min_loss_lr"] == lrs[7] and math.isclose(result["min_lr_over_10"], lrs[7] / 10)
-    rising = suggest(lrs[:3], [1.0, 2.0, 3.0])  # no descent: the minimum's lr / 10
-    assert rising["steepest_lr"] is None and rising["suggested_lr"] == lrs[0] / 10
+
+
+def test_the_first_steps_never_give_the_suggestion():
+    # A fresh model's first losses drop fastest of all (the reported bug: "suggested lr 1e-06", the
+    # sweep's first lr); the real descent comes later.
+    lrs = learning_rates(1e-6, 1.0, 40)
+    smoothed = [2.0, 1.0, 0.98] + [0.97 - 0.001 * i for i in range(17)] + [0.95 - 0.1 * i for i in range(8)] + \
+               [0.2] * 4 + [0.4, 1.0, 3.0, 9.0, 20.0, 40.0, 80.0, 160.0]
+    result = suggest(lrs, smoothed, planned_steps=40, skip_start=0.1)
+    assert result["skipped_steps"] == 4
+    assert result["suggested_lr"] != lrs[0] and lrs[20] <= result["suggested_lr"] <= lrs[27]
+    # skip_start 0 still leaves out the first point: its one-sided slope is no descent of the sweep's.
+    assert suggest(lrs, smoothed, planned_steps=40, skip_start=0.0)["suggested_lr"] != lrs[0]
+
+
+def test_no_descent_gives_no_suggestion_and_says_why():
+    lrs = learning_rates(1e-5, 1.0, 20)
+    rising = suggest(lrs, [1.0 + 0.1 * i for i in range(20)], planned_steps=20)
+    flat = suggest(lrs, [1.0, 0.999, 1.001, 0.998] * 5, planned_steps=20)  # noise, under min_drop
+    for result in (rising, flat):
+        assert result["suggested_lr"] is None and result["rule"].startswith("no descent")
+        assert "lr_find.min_drop" in result["rule"] and "\n" not in result["rule"]
+    too_short = suggest(lrs[:3], [1.0, 0.5, 0.2], planned_steps=20)
+    assert too_short["suggested_lr"] is None and "too few" in too_short["rule"]
 
 
 def test_lr_find_writes_its_plot_and_curve_and_leaves_the_run_untouched(tmp_path):
@@ -69,6 +91,8 @@ def test_lr_find_writes_its_plot_and_curve_and_leaves_the_run_untouched(tmp_path
     assert done.returncode == 0, done.stderr
     out = tmp_path / "runs" / LR_FIND_DIR / "tiny-lr"
     assert f"wrote {out}" in done.stdout and "lr-find: suggested lr " in done.stdout
+    # No terminal here (captured output): progress lines instead of a bar, every train.log_every_steps.
+    assert "lr-find: step 1/40, lr 1e-05" in done.stderr and "lr-find: step 2/40" in done.stderr
 
     assert (out / PLOT_NAME).read_bytes()[:8] == PNG_MAGIC
     report = json.loads((out / CURVE_NAME).read_text())
@@ -77,7 +101,8 @@ def test_lr_find_writes_its_plot_and_curve_and_leaves_the_run_untouched(tmp_path
     assert curve[0]["lr"] == pytest.approx(1e-5)
     assert all(b["lr"] > a["lr"] for a, b in zip(curve, curve[1:]))
     assert all(math.isfinite(p["loss"]) and math.isfinite(p["smoothed_loss"]) for p in curve)
-    assert report["suggested_lr"] is not None and curve[0]["lr"] <= report["suggested_lr"] <= curve[-1]["lr"]
+    assert report["suggested_lr"] is not None and curve[4]["lr"] <= report["suggested_lr"] <= curve[-1]["lr"]
+    assert report["skipped_steps"] == 4  # lr_find.skip_start 0.1 of 40 steps
     assert report["family"] == "encoder_forecaster" and report["batch_size"] == 2 and report["loss"] == "mse"
 
     assert snapshot(run_dir) == before  # not a byte, not an mtime of the run changed

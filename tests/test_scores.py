@@ -98,3 +98,52 @@ def test_infinite_psnr_survives_the_mean():
     acc.update(x, x)
     out = acc.compute()
     assert math.isinf(out["mean"]["psnr"]) and out["mean"]["ssim"] == pytest.approx(1.0)
+
+
+def test_gaussian_ssim_keeps_float64_values_on_bright_nearly_flat_frames():
+    # Bright, low-contrast frames are where float32 loses most to E[x^2] - E[x]^2 cancellation:
+    # without the per-image shift the float32 filtering was off by ~3e-6 here.
+    gen = torch.Generator().manual_seed(0)
+    truth = (0.98 + 0.002 * torch.randn(2, 3, 3, 24, 30, generator=gen)).clamp(0, 1)
+    pred = (truth + 0.002 * torch.randn(truth.shape, generator=gen)).clamp(0, 1)
+    got = frame_metrics(pred, truth)["ssim"]  # (B, T) float64
+    want = np.array([[numpy_ssim_frame(pred[i, j].double().numpy(), truth[i, j].double().numpy())
+                      for j in range(3)] for i in range(2)])
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-7, rtol=0)
+
+
+@pytest.mark.parametrize("kind, data_range", [("skimage", 1.0), ("openstl", 2.0)])
+def test_skimage_and_openstl_ssim_match_scikit_image(kind, data_range):
+    from skimage.metrics import structural_similarity
+
+    rng = np.random.default_rng(1)
+    truth = rng.random((2, 2, 3, 20, 26))  # (B, T, C, H, W)
+    pred = np.clip(truth + rng.normal(0, 0.15, truth.shape), 0, 1)
+    got = frame_metrics(torch.from_numpy(pred).float(), torch.from_numpy(truth).float(), ssim=kind)["ssim"]
+    # scikit-image's defaults (7x7 uniform window, sample covariance), in float64, channels averaged.
+    want = np.array([[structural_similarity(pred[i, j].astype(np.float32).astype(np.float64),
+                                            truth[i, j].astype(np.float32).astype(np.float64),
+                                            channel_axis=0, data_range=data_range)
+                      for j in range(2)] for i in range(2)])
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-6, rtol=0)
+    # The three definitions are different figures: quoting one as another would mislead.
+    gaussian = frame_metrics(torch.from_numpy(pred).float(), torch.from_numpy(truth).float())["ssim"]
+    assert (got - gaussian).abs().max() > 1e-3  # far above the 1e-6 they match scikit-image to
+
+
+def test_each_ssim_is_named_in_its_definition_and_in_the_config():
+    import typing
+
+    from core.config import EvaluateConfig, load_config
+    from core.errors import FramecastError
+    from core.scores import SSIM_KINDS, definitions
+
+    assert set(typing.get_args(typing.get_type_hints(EvaluateConfig)["ssim"])) == set(SSIM_KINDS)
+    assert "11x11 Gaussian" in definitions("gaussian")["ssim"]
+    assert "7x7 uniform" in definitions("skimage")["ssim"] and "data range 1" in definitions("skimage")["ssim"]
+    assert "data range 2" in definitions("openstl")["ssim"]
+    assert load_config(None, ["evaluate.ssim=skimage"]).evaluate.ssim == "skimage"
+    with pytest.raises(FramecastError, match="evaluate.ssim"):
+        load_config(None, ["evaluate.ssim=box"])
+    with pytest.raises(FramecastError, match="7x7"):  # too small for the window: one clear line
+        frame_metrics(torch.rand(1, 1, 1, 6, 20), torch.rand(1, 1, 1, 6, 20), ssim="skimage")

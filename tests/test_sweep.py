@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from core.config import config_from_dict
+from core.config import config_from_dict, config_to_dict, load_config
 from core.errors import FramecastError
 from jobs import submit
 from jobs.snapshot import CodeSnapshot
 from jobs.sweep import MANIFEST_NAME, parse_grid, plan_sweep, split_values, value_text
-from core.grid import short_names
+from core.grid import short_names, trained_settings
 from tests import slurm_helpers
 
 REPO = Path(__file__).resolve().parent.parent
@@ -227,3 +227,24 @@ def test_local_sweep_trains_the_seeds_one_after_another_then_compares(tmp_path):
     assert row["seeds"] == "0 1" and row["runs_scored"] == "2" and row["mse_std"] != ""
     manifest = json.loads((sweep / MANIFEST_NAME).read_text())
     assert [r["name"] for r in manifest["runs"]] == ["seed=0", "seed=1"]
+
+
+def test_a_family_grid_gives_each_member_its_own_section_and_any_family_keys_follow_it(tmp_path):
+    sweep = plan_sweep("configs/tiny.yaml", [f"run.out_dir={tmp_path}", "run.name=fam", "model.*.sampling_stop_step=7"],
+                       ["model.family=convlstm,predrnn", "model.*.sampling=linear,none"], 1)
+    assert [r.name for r in sweep.runs] == ["family=convlstm,sampling=linear,seed=0", "family=convlstm,sampling=none,seed=0",
+                                            "family=predrnn,sampling=linear,seed=0", "family=predrnn,sampling=none,seed=0"]
+    defaults = load_config("configs/tiny.yaml").model
+    for run, (family, sampling) in zip(sweep.runs, itertools.product(["convlstm", "predrnn"], ["linear", "none"])):
+        model = run.cfg.model
+        other = "predrnn" if family == "convlstm" else "convlstm"
+        assert model.family == family
+        assert (model.section.sampling, model.section.sampling_stop_step) == (sampling, 7)
+        assert getattr(model, other) == getattr(defaults, other)  # the other family's section untouched
+        # what the comparison groups by: the built family's settings only
+        settings = trained_settings(config_to_dict(run.cfg))
+        assert settings[f"model.{family}.sampling"] == sampling
+        assert not any(key.startswith(f"model.{other}.") for key in settings)
+    # a shared key one of the families lacks: one line naming that family's setting, before any submission
+    with pytest.raises(FramecastError, match=r"unknown setting model\.predrnn\.cell"):
+        plan_sweep("configs/tiny.yaml", [f"run.out_dir={tmp_path}"], ["model.family=convlstm,predrnn", "model.*.cell=gru"], 1)

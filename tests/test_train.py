@@ -56,8 +56,10 @@ def assert_same_run(run_dir: Path, reference_dir: Path) -> None:
     assert losses(run_dir) == losses(reference_dir)
     ours, theirs = load_checkpoint(run_dir / "last.pt"), load_checkpoint(reference_dir / "last.pt")
     assert state_digest(ours["model"]) == state_digest(theirs["model"])
-    for a, b in zip(ours["optimizer"]["state"].values(), theirs["optimizer"]["state"].values()):
-        assert torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
+    for a, b in zip(ours["optimizer"]["state"].values(), theirs["optimizer"]["state"].values(), strict=True):
+        assert a.keys() == b.keys()
+        for key in a:  # Adam's moments, RMSprop's square average and momentum, ...
+            assert torch.equal(torch.as_tensor(a[key]), torch.as_tensor(b[key])), key
     ours, theirs = ours["progress"], theirs["progress"]
     assert (ours["step"], ours["epoch"], ours["best_val_loss"]) == (theirs["step"], theirs["epoch"], theirs["best_val_loss"])
 
@@ -216,6 +218,30 @@ def test_validation_every_n_steps_resumes_mid_epoch_to_the_same_losses(data_root
     run_killed_after(cfg, step=3)
     assert load_checkpoint(cfg.run_dir / "last.pt")["progress"]["batches_done"] == 3  # part-way through epoch 1
     assert run(cfg)["resumed_from"]["step"] == 3
+    assert_same_run(cfg.run_dir, uninterrupted.run_dir)
+
+
+def test_an_optimiser_with_momentum_resumes_to_the_same_losses_and_state(data_root, tmp_path):
+    extra = ("train.epochs=2", "train.optimizer=rmsprop", "train.momentum=0.9", "train.lr=1e-3")
+    uninterrupted = tiny_config(data_root, tmp_path, "rmsprop", *extra)
+    run(uninterrupted)
+    cfg = tiny_config(data_root, tmp_path, "rmsprop-killed", *extra)
+    run_killed_after(cfg, epoch=1)
+    assert set(load_checkpoint(cfg.run_dir / "last.pt")["optimizer"]["state"][0]) >= {"square_avg", "momentum_buffer"}
+    assert run(cfg)["resumed_from"]["epoch"] == 1
+    assert_same_run(cfg.run_dir, uninterrupted.run_dir)
+
+
+@pytest.mark.parametrize("family, schedule", [("convlstm", "sigmoid"), ("predrnn", "exponential"),
+                                              ("phydnet", "exponential")])
+def test_a_sampling_schedule_resumes_to_the_same_losses(data_root, tmp_path, family, schedule):
+    """The schedule is a function of the step and the draws come from the checkpointed generator."""
+    extra = ("train.epochs=2", f"model.{family}.sampling={schedule}", f"model.{family}.sampling_stop_step=8")
+    uninterrupted = tiny_config(data_root, tmp_path, "whole", *extra, family=family)
+    run(uninterrupted)
+    cfg = tiny_config(data_root, tmp_path, "killed", *extra, family=family)
+    run_killed_after(cfg, epoch=1)
+    assert run(cfg)["resumed_from"]["epoch"] == 1
     assert_same_run(cfg.run_dir, uninterrupted.run_dir)
 
 

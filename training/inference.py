@@ -29,7 +29,8 @@ from core.config import Config, config_to_dict
 from core.distributed import pick_device
 from core.errors import FramecastError
 from core.precision import Precision, compile_cache_dir, use_compile_cache
-from data.datasets import WindowLoader, make_loader
+from data.datasets import VideoWindowDataset, WindowLoader, check_channels, make_loader
+from data.sources import open_split
 from models.base import FamilyModel
 from models.loading import load_model
 
@@ -255,6 +256,28 @@ class Ensemble:
                     f"{member.checkpoint}: {where} has frames of {height}x{width}, not divisible by the "
                     f"model's total stride {stride} ({member.model.stride_reason()})"
                 )
+
+    def labeled_windows(self, split: str, skip: int = 0, limit: int | None = None, doing: str = "evaluating"
+                        ) -> tuple[VideoWindowDataset, list[int], str]:
+        """The first t_in + t_out frames of each video of a labeled ``split`` (the targets included),
+        checked against the members: (dataset, the indices of the videos after the first ``skip``, at
+        most ``limit`` of them, the split's description)."""
+        source = open_split(self.cfg.data, split)
+        if source.num_frames < self.t_in + self.t_out:
+            raise FramecastError(
+                f"{source.describe()}: videos have {source.num_frames} frames, but {doing} "
+                f"{self.first.checkpoint} needs t_in + t_out = {self.t_in} + {self.t_out} (targets); use a labeled "
+                "split such as val"
+            )
+        if limit is not None and limit < 1:
+            raise FramecastError(f"max_videos must be >= 1, got {limit}")
+        dataset = VideoWindowDataset(source, self.t_in, self.t_out)  # the first t_in + t_out frames of each video
+        check_channels(dataset, self.in_channels)
+        self.check_frames(*dataset.frame_shape[:2], source.describe())
+        end = len(dataset) if limit is None else min(len(dataset), skip + limit)
+        if skip >= end:
+            raise FramecastError(f"{source.describe()}: {len(dataset)} videos, none left after skipping {skip}")
+        return dataset, list(range(skip, end)), source.describe()
 
     def __call__(self, inputs: torch.Tensor, spread: bool = False,
                  each: Callable[[int, torch.Tensor], None] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -13,14 +13,25 @@ hold nothing that is not in it but the images. A resumed run opens its writer wi
 ``purge_step = <checkpoint step> + 1``, so TensorBoard's reader drops the events an interrupted run
 wrote after its checkpoint, and the events read like those of an uninterrupted run.
 
-The per-lead-time validation scores TensorBoard shows need the predictions themselves, not only the
-loss: ``scored_validation`` computes them in the same pass as the loss; the trainer uses it only when
-TensorBoard is on.
+With ``run.hparams`` (a sweep sets its grid's settings) the TensorBoard events also hold those
+settings as hparams (the HParams plugin's session), whose metrics are the validation scalars
+(``HPARAM_METRICS``): the HParams tab of ``tensorboard --logdir <sweep folder>`` sets the members
+side by side.
+
+With ``run.wandb`` the same records go to a Weights & Biases run (``WANDB_RUN_DIR`` under the run
+folder; ``WANDB_MODE=offline`` keeps it there until ``wandb sync``), with the whole config as its
+config, the record's step as its x-axis, the sample strip as an image, and the best validation's
+scores in its summary. A resumed run logs to the same W&B run (its id is kept in ``WANDB_ID_NAME``).
+
+The per-lead-time validation scores TensorBoard and W&B show need the predictions themselves, not
+only the loss: ``scored_validation`` computes them in the same pass as the loss; the trainer uses it
+only when one of them is on.
 """
 from __future__ import annotations
 
 import json
 import math
+import secrets
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,6 +61,10 @@ SCALAR_TAGS = {
             "val_ssim_per_lead_time": "val_ssim_by_lead_time"},
 }
 SAMPLES_TAG = "val/samples"
+# The scalar tags the HParams plugin shows as each run's metrics (their last values).
+HPARAM_METRICS = ("val/best_loss", "val/mse_per_frame_sum", "val/ssim")
+WANDB_RUN_DIR = "wandb"  # <run_dir>/wandb/: W&B's own files (offline runs until synced)
+WANDB_ID_NAME = "wandb_id.txt"  # <run_dir>/wandb_id.txt: the W&B run a resumed run continues
 # The per-lead-time scores in validation records: core.scores key -> (record field of the list, one
 # value per lead time; record field of their mean). MSE summed over a frame (the literature's), SSIM.
 LEAD_TIME_FIELDS = {"mse_per_frame_sum": ("val_mse_per_lead_time", "val_mse_per_frame_sum"),
@@ -67,6 +82,34 @@ def summary_writer_class() -> type:
             "needs it): pip install tensorboard (requirements.txt pins the version), or set run.tensorboard=false"
         ) from None
     return SummaryWriter
+
+
+def wandb_module() -> Any:
+    """The ``wandb`` package, or one clear error when it is missing."""
+    try:
+        import wandb
+    except ImportError:
+        raise FramecastError(
+            "run.wandb is true but the wandb package is not installed: pip install 'framecast[wandb]' "
+            "(or pip install wandb), or set run.wandb=false"
+        ) from None
+    return wandb
+
+
+def hparam_values(config: dict[str, Any], keys: list[str]) -> dict[str, Any]:
+    """{dotted setting: its value} of ``keys`` in a config dict, as TensorBoard hparams take them (a
+    list or mapping as its text); an unknown setting is an error naming ``run.hparams``."""
+    from core.grid import format_value
+
+    values: dict[str, Any] = {}
+    for key in keys:
+        node: Any = config
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise FramecastError(f"run.hparams: {key!r} is not a setting of this config")
+            node = node[part]
+        values[key] = node if isinstance(node, (bool, int, float, str)) else format_value(node)
+    return values
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
@@ -89,18 +132,28 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 class MetricsLog:
     """Writes the run's records (only on the main process: ``enabled=False`` elsewhere).
 
-    ``tensorboard``: also write them as TensorBoard events (checked on every process, so a missing
-    package stops all of them at once). A context manager: leaving it closes the event file.
+    ``tensorboard`` / ``wandb``: also write them as TensorBoard events / to a W&B run (each package
+    checked on every process, so a missing one stops all of them at once). ``config``: the run's config
+    as a dict (W&B's config; where ``hparams``, its dotted settings, are read). A context manager:
+    leaving it closes the event file and ends the W&B run.
     """
 
-    def __init__(self, run_dir: str | Path, enabled: bool, tensorboard: bool = False):
-        self.path = Path(run_dir) / METRICS_NAME
-        self.curve_path = Path(run_dir) / CURVE_NAME
-        self.tensorboard_dir = Path(run_dir) / TENSORBOARD_DIR
+    def __init__(self, run_dir: str | Path, enabled: bool, tensorboard: bool = False, wandb: bool = False,
+                 config: dict[str, Any] | None = None, hparams: list[str] | None = None,
+                 wandb_project: str = "framecast"):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / METRICS_NAME
+        self.curve_path = self.run_dir / CURVE_NAME
+        self.tensorboard_dir = self.run_dir / TENSORBOARD_DIR
         self.enabled = enabled
         self.records: list[dict[str, Any]] = []
+        self.config = config or {}
+        self.hparams = hparam_values(self.config, hparams or [])
+        self.wandb_project = wandb_project
         self._writer_class = summary_writer_class() if tensorboard else None
         self._writer: Any = None  # the SummaryWriter, from start() to close()
+        self._wandb = wandb_module() if wandb else None
+        self._wandb_run: Any = None  # the W&B run, from start() to close()
 
     def start(self, resume_step: int | None) -> None:
         """Fresh run (``None``): drop any old log. Resumed run: keep the records up to its step."""
@@ -120,6 +173,34 @@ class MetricsLog:
             self._writer = self._writer_class(
                 log_dir=str(self.tensorboard_dir), purge_step=None if resume_step is None else resume_step + 1
             )
+            if self.hparams:
+                self._write_hparams()
+        if self._wandb is not None:
+            self._start_wandb(resumed=resume_step is not None)
+
+    def _write_hparams(self) -> None:
+        """The HParams plugin's experiment and session records, in this run's own event file: its
+        metrics are the validation scalars this run logs anyway (their last values)."""
+        from torch.utils.tensorboard.summary import hparams
+
+        experiment, session_start, session_end = hparams(self.hparams, {tag: 0.0 for tag in HPARAM_METRICS})
+        for summary in (experiment, session_start, session_end):
+            self._writer.file_writer.add_summary(summary)
+
+    def _start_wandb(self, resumed: bool) -> None:
+        """A new W&B run (a fresh training), or the one this run logged to before (a resumed one)."""
+        id_file = self.run_dir / WANDB_ID_NAME
+        run_id = id_file.read_text().strip() if resumed and id_file.is_file() else ""
+        if not run_id:
+            run_id = secrets.token_hex(6)  # W&B run ids: letters and digits
+            write_text_atomic(id_file, run_id + "\n")
+        (self.run_dir / WANDB_RUN_DIR).mkdir(parents=True, exist_ok=True)
+        self._wandb_run = self._wandb.init(
+            project=self.wandb_project, dir=str(self.run_dir), id=run_id, resume="allow",
+            name=self.run_dir.name, group=self.run_dir.parent.name if self.hparams else None,
+            config=self.config)
+        self._wandb_run.define_metric("step")
+        self._wandb_run.define_metric("*", step_metric="step")
 
     def append(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -141,17 +222,40 @@ class MetricsLog:
                     self._writer.add_scalar(tag, value, record["step"])
             # On disk with the jsonl line: a kill after the next checkpoint loses no event before it.
             self._writer.flush()
+        if self._wandb_run is not None:
+            self._wandb_run.log(self._wandb_values(record))
+            if record.get("kind") == "val" and record.get("val_loss") == record.get("best_val_loss"):
+                # The summary: the scores of the best validation (what best.pt holds), not the last.
+                self._wandb_run.summary.update({f"best/{k}": v for k, v in record.items()
+                                                if isinstance(v, (int, float)) and k != "time"})
+
+    @staticmethod
+    def _wandb_values(record: dict[str, Any]) -> dict[str, Any]:
+        """A record's scalars under the TensorBoard tags (a list: one per lead time), with its step."""
+        values: dict[str, Any] = {"step": record["step"]}
+        for field, tag in SCALAR_TAGS.get(record.get("kind"), {}).items():
+            value = record.get(field)
+            if isinstance(value, list):
+                values.update({f"{tag}/lead_time_{lead:02d}": item for lead, item in enumerate(value, start=1)})
+            elif value is not None:
+                values[tag] = value
+        return values
 
     def image(self, tag: str, step: int, image: np.ndarray) -> None:
         """A uint8 (H, W, 3) image as a TensorBoard image at ``step`` (nothing without TensorBoard)."""
         if self._writer is not None:
             self._writer.add_image(tag, image, step, dataformats="HWC")
             self._writer.flush()
+        if self._wandb_run is not None:
+            self._wandb_run.log({"step": step, tag: self._wandb.Image(image)})
 
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        if self._wandb_run is not None:
+            self._wandb_run.finish()
+            self._wandb_run = None
 
     def __enter__(self) -> MetricsLog:
         return self
@@ -196,12 +300,12 @@ class MetricsLog:
 
 def scored_validation(model: Any, batches: Any, *, t_in: int, t_out: int, in_channels: int,
                       precision: Precision, loss: str, max_batches: int = 0, samples: int = 0,
-                      ) -> tuple[torch.Tensor, LeadTimeMetrics, list[torch.Tensor]]:
+                      ssim: str = "gaussian") -> tuple[torch.Tensor, LeadTimeMetrics, list[torch.Tensor]]:
     """``training.step.validation_sums`` and, from the same predictions, per-lead-time scores.
 
     Returns (the loss sums exactly as ``validation_sums`` computes them: tensor (2,) float64 on the
     device; ``core.scores.LeadTimeMetrics`` of the predictions clipped to [0, 1], as the evaluate stage
-    scores them; the first ``samples`` videos as [inputs (S, t_in, C, H, W), truth (S, t_out, C, H, W),
+    scores them, SSIM as ``ssim`` (evaluate.ssim) defines it; the first ``samples`` videos as [inputs (S, t_in, C, H, W), truth (S, t_out, C, H, W),
     prediction (S, t_out, C, H, W)], float on the CPU, empty when ``samples`` is 0).
     """
     import torch
@@ -209,7 +313,7 @@ def scored_validation(model: Any, batches: Any, *, t_in: int, t_out: int, in_cha
     from core.scores import LeadTimeMetrics
     from training.step import validation_sums
 
-    scores = LeadTimeMetrics(t_out)
+    scores = LeadTimeMetrics(t_out, ssim=ssim)
     kept: list[list[torch.Tensor]] = []
 
     def observe(inputs: torch.Tensor, targets: torch.Tensor, prediction: torch.Tensor) -> None:

@@ -19,15 +19,27 @@ from data.datasets import to_model_input
 
 # Binary cross-entropy needs probabilities strictly inside (0, 1): raw outputs are clipped this close.
 BCE_EPS = 1e-4
+# The optimisers torch has a fused CUDA kernel for (one kernel launch per step for all parameters).
+FUSED_OPTIMIZERS = ("adam", "adamw", "sgd")
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """Adam or AdamW; the fused CUDA kernel on GPU, the multi-tensor (foreach) one elsewhere."""
-    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    return cls(
-        model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, **fast
-    )
+    """``train.optimizer`` with its settings; the fused CUDA kernel on GPU where torch has one (Adam,
+    AdamW, SGD), the multi-tensor (foreach) one elsewhere."""
+    params, lr, decay = model.parameters(), cfg.lr, cfg.weight_decay
+    fused = device.type == "cuda" and cfg.optimizer in FUSED_OPTIMIZERS
+    fast = {"fused": True} if fused else {"foreach": True}
+    if cfg.optimizer in ("adam", "adamw"):
+        cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        return cls(params, lr=lr, betas=tuple(cfg.betas), weight_decay=decay, **fast)
+    if cfg.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, alpha=cfg.rho, momentum=cfg.momentum, weight_decay=decay, **fast)
+    if cfg.optimizer == "adadelta":
+        return torch.optim.Adadelta(params, lr=lr, rho=cfg.rho, weight_decay=decay, **fast)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=decay,
+                               **fast)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
 
 
 def build_grad_scaler(precision: Precision) -> torch.amp.GradScaler | None:
@@ -71,9 +83,9 @@ def pixel_loss(kind: str, prediction: torch.Tensor, targets: torch.Tensor) -> to
 
 
 def ssim_loss(prediction: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """1 - mean SSIM of (..., C, H, W) frames (the scores' SSIM, in float32 so it trains fast)."""
+    """1 - mean SSIM of (..., C, H, W) frames (the scores' default SSIM; differentiable)."""
     shape = (-1, 1, *prediction.shape[-3:])  # every frame its own (B, T) entry
-    return 1 - ssim_per_frame(prediction.reshape(shape), targets.reshape(shape), dtype=torch.float32).mean()
+    return 1 - ssim_per_frame(prediction.reshape(shape), targets.reshape(shape)).mean().float()
 
 
 def gradient_difference_loss(prediction: torch.Tensor, targets: torch.Tensor, alpha: int = 1) -> torch.Tensor:
