@@ -83,7 +83,17 @@ def cmd_make_data(args: argparse.Namespace) -> None:
     )
     if args.png_level is not None:
         common["compress_level"] = args.png_level
-    if args.kind == "shapes":
+    if args.from_video:
+        from data.video import make_video_dataset
+
+        given = {key: value for key, value in (("holdout", args.holdout), ("unlabeled_share", args.unlabeled_share),
+                                               ("hidden_share", args.hidden_share), ("compress_level", args.png_level))
+                 if value is not None}  # the rest keep data.video's defaults
+        path = make_video_dataset(
+            args.from_video, args.out, frames=args.frames, stride=args.stride, height=args.height, width=args.width,
+            frame_step=args.frame_step, hidden_frames=args.hidden_frames, overwrite=args.overwrite, **given,
+        )
+    elif args.kind == "shapes":
         from data.synthetic import make_shapes_dataset
 
         path = make_shapes_dataset(height=args.height, width=args.width, **common)
@@ -332,6 +342,22 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    help="zlib level of the PNGs (default 1: fastest to write; 6, what most tools write, "
                         "gives smaller files that decode faster)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing data set in --out")
+    v = p.add_argument_group("real videos (--from-video replaces --kind; --train/--val/... counts do not apply)")
+    v.add_argument("--from-video", nargs="+", metavar="FILE_OR_GLOB",
+                   help="cut these videos (.mp4, .avi, ...: whatever FFmpeg reads) into --frames-frame windows, "
+                        "scaled and centre-cropped to --height x --width; each video's early part goes to "
+                        "train/unlabeled, its late part to val/hidden (no shared frames); <out>/windows.json "
+                        "records what was cut from where")
+    v.add_argument("--stride", type=int, default=None,
+                   help="frames between window starts (default --frames: windows do not overlap)")
+    v.add_argument("--frame-step", type=int, default=1, help="keep every n-th frame of the video (default 1)")
+    v.add_argument("--holdout", type=float, default=None,
+                   help="share of each video's time, at its end, for val/hidden (default 0.25)")
+    v.add_argument("--unlabeled-share", type=float, default=None,
+                   help="share of the early windows written to unlabeled/ rather than train/ (default 0.5)")
+    v.add_argument("--hidden-share", type=float, default=None,
+                   help="share of the late windows written to hidden/ (--hidden-frames long) rather than val/ "
+                        "(default 0.25)")
     p.set_defaults(func=cmd_make_data)
 
     p = commands.add_parser("pack", help="pack PNG split folders into one HDF5 file per split")

@@ -13,6 +13,9 @@ videos of ``t_in + t_out`` frames, generated and packed into ``OUT/data`` (or in
 DIR``, where a data set made by an earlier run with the same arguments is used as it is; one
 without this script's ``bench_quality.json`` stamp, e.g. from ``main.py make-data``, is used as
 found). Frames default to 48x64 for shapes and 64x64 for Moving MNIST (its canvas is square).
+Real footage: ``--reuse-data`` a set made by ``benchmarks/make_real_set.sh`` (or ``main.py make-data
+--from-video``) with ``--height``/``--width``/``--t-in``/``--t-out`` matching it, and
+``data.train_splits=[train,unlabeled]`` to train on both of its training splits.
 
 Model: ``--family`` at its config defaults, or the sizes of ``--preset`` (see ``bench_train.py``;
 only the model settings of the preset are used here, the frames are this script's), plus any
@@ -233,8 +236,9 @@ def run(args: argparse.Namespace, work: Path, keep: bool) -> dict:
         "epochs": summary["epochs_run"],
         "stopped": summary["stopped"],
         "batch_size": cfg.train.batch_size,
-        "train_settings": {key: getattr(cfg.train, key) for key in ("optimizer", "lr", "schedule", "loss", "amp",
-                                                                       "grad_clip", "seed")},
+        "train_settings": {key: getattr(cfg.train, key) for key in ("optimizer", "lr", "schedule", "loss", "ssim_weight",
+                                                                       "gdl_weight", "gdl_alpha", "supervise_inputs",
+                                                                       "amp", "grad_clip", "seed")},
         "train_wall_seconds": round(wall, 2),
         "train_videos_per_s": round(summary["steps"] * cfg.train.batch_size / wall, 3),
         "step_videos_per_s": round(statistics.median(intervals), 3) if intervals else None,

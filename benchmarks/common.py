@@ -32,7 +32,7 @@ from core.errors import FramecastError
 from core.precision import Precision
 from models import TrainingForward, build_model
 from models.base import FamilyModel
-from training.step import build_grad_scaler, build_optimizer, frame_loss, train_step
+from training.step import FrameLoss, build_grad_scaler, build_optimizer, frame_loss, train_step
 
 
 @dataclass(frozen=True)
@@ -220,7 +220,7 @@ def count_flops(cfg: Config, batch: int, height: int, width: int, *, step: int =
     with counter:
         forecast = TrainingForward(model)(frames, targets, step)
         forward = counter.get_total_flops()
-        total = frame_loss(cfg.train.loss, forecast.frames, targets)
+        total = frame_loss(FrameLoss.from_config(cfg.train), forecast.frames, targets)
         for term in forecast.losses.values():
             total = total + term.float()
         total.backward()
@@ -243,7 +243,7 @@ class Training:
         """One optimizer step on uint8 (B, T, H, W, C) ``batch`` -> (frame loss, extra loss) on the device."""
         tc = self.cfg.train
         return train_step(self.step_model, self.optimizer, batch, step=step, t_in=self.cfg.data.t_in,
-                          in_channels=self.cfg.model.in_channels, precision=self.precision, loss=tc.loss,
+                          in_channels=self.cfg.model.in_channels, precision=self.precision, loss=FrameLoss.from_config(tc),
                           grad_clip=tc.grad_clip, scaler=self.scaler)
 
 
@@ -254,6 +254,7 @@ def build_training(cfg: Config, device: torch.device, seed: int | None = None) -
     torch.manual_seed(tc.seed if seed is None else seed)
     model = build_model(cfg.model, cfg.data.t_in, cfg.data.t_out).to(device)
     model.set_activation_checkpointing(tc.activation_checkpointing)  # FramecastError where unsupported
+    model.set_input_supervision(tc.supervise_inputs)
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, tc, device)
@@ -304,7 +305,7 @@ def count_saved_activations(cfg: Config, batch: int, height: int, width: int, *,
     model.set_activation_checkpointing(cfg.train.activation_checkpointing)
     with SavedActivations() as saved:
         forecast = TrainingForward(model)(frames, targets, step)
-        frame_loss(cfg.train.loss, forecast.frames, targets)  # the loss saves its inputs too
+        frame_loss(FrameLoss.from_config(cfg.train), forecast.frames, targets)  # the loss saves its inputs too
     return saved.mb
 
 

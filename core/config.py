@@ -291,14 +291,28 @@ class TrainConfig:
     # Recompute each recurrent step in the backward pass instead of storing its gates: far fewer
     # stored activations for some more conv FLOPs (benchmarks/RESULTS.md); same results.
     activation_checkpointing: bool = False
+    # Frame-by-frame families (convlstm, predrnn, phydnet): also score the next-frame predictions the
+    # model makes while reading its inputs (frames 1..t_in-1), each prediction weighted alike, as
+    # OpenSTL trains its recurrent methods; false scores only the t_out forecast frames.
+    supervise_inputs: bool = False
     # Per-pixel training loss: "mse", "l1", "mse+l1" (their sum) or "bce" (binary cross-entropy on
     # frames in [0, 1], for near-binary data such as Moving MNIST).
     loss: Literal["mse", "l1", "mse+l1", "bce"] = "mse"
+    # Terms that keep structure, added to train.loss with these weights (0 = off): an MSE-trained
+    # model wins MSE by blurring. ssim_weight x (1 - SSIM) (the scores' 11x11 Gaussian SSIM) ...
+    ssim_weight: float = 0.0
+    # ... and gdl_weight x the gradient-difference loss (Mathieu, Couprie & LeCun 2016): the mean
+    # |(|dY| - |dY_hat|)|^gdl_alpha of the vertical and horizontal neighbour differences, summed, so
+    # predicted edges must be as sharp as the true ones wherever those are.
+    gdl_weight: float = 0.0
+    gdl_alpha: int = 1  # the exponent above: 1 penalises a mismatch linearly, 2 squares it
     seed: int = 0
     log_every_steps: int = 10
 
     def check(self, where: str) -> None:
-        check_positive(where, epochs=self.epochs, batch_size=self.batch_size, log_every_steps=self.log_every_steps)
+        check_positive(where, epochs=self.epochs, batch_size=self.batch_size, log_every_steps=self.log_every_steps,
+                       gdl_alpha=self.gdl_alpha)
+        check_at_least(where, 0, ssim_weight=self.ssim_weight, gdl_weight=self.gdl_weight)
         check_at_least(where, 0, lr=self.lr, max_minutes=self.max_minutes, weight_decay=self.weight_decay, grad_clip=self.grad_clip,
                         early_stop_patience=self.early_stop_patience, val_every_steps=self.val_every_steps,
                         max_steps_per_epoch=self.max_steps_per_epoch, max_val_batches=self.max_val_batches,

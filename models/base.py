@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 class Forecast(NamedTuple):
     frames: Tensor  # (B, t_out, C, H, W) raw predicted frames
     losses: dict[str, Tensor]  # extra training loss terms, already weighted; summed into the loss
+    # With train.supervise_inputs, a frame-by-frame family's next-frame predictions of the input
+    # phase: input frames 1..t_in-1, each predicted from the frames before it (B, t_in - 1, C, H, W).
+    inputs: Tensor | None = None
 
 
 class FamilyModel(nn.Module):
@@ -36,6 +39,7 @@ class FamilyModel(nn.Module):
 
     family: ClassVar[str]  # the model.family name this class is registered under
     title: ClassVar[str]  # what a person calls it, for summaries
+    warp_head: ClassVar[bool] = False  # whether model.<family>.head=warp is built (models/heads.py)
 
     def __init__(self, model_cfg: ModelConfig, t_in: int, t_out: int):
         super().__init__()
@@ -43,6 +47,9 @@ class FamilyModel(nn.Module):
             raise FramecastError(f"data.t_in and data.t_out must be >= 1 (got {t_in}, {t_out})")
         self.model_cfg = model_cfg
         self.cfg = getattr(model_cfg, self.family)  # this family's own section
+        if getattr(self.cfg, "head", "residual") == "warp" and not self.warp_head:
+            raise FramecastError(f"model.{self.family}.head=warp is not available for this family "
+                                 "(unet, simvp, convlstm and predrnn have it); use head=residual")
         self.t_in, self.t_out = t_in, t_out
         self.in_channels = model_cfg.in_channels
 
@@ -88,6 +95,15 @@ class FamilyModel(nn.Module):
         if enabled:
             raise FramecastError(f"train.activation_checkpointing is not available for model.family={self.family}")
 
+    def set_input_supervision(self, enabled: bool) -> None:
+        """Families rolled out frame by frame also return their input phase's next-frame predictions
+        (``train.supervise_inputs``); the others have none and refuse, naming the setting."""
+        if enabled:
+            raise FramecastError(
+                f"train.supervise_inputs is for the frame-by-frame families (convlstm, predrnn, phydnet); "
+                f"model.family={self.family} makes no next-frame predictions of its inputs"
+            )
+
     def summary(self) -> list[tuple[str, str]]:
         """(label, value) lines describing the architecture, for ``load_model.py``."""
         return [("family", f"{self.family} ({self.title})")]
@@ -101,9 +117,14 @@ class RolloutModel(FamilyModel):
     """
 
     checkpoint_steps: bool = False
+    # Training passes also return the input steps' predictions of the next input frame (Forecast.inputs).
+    supervise_inputs: bool = False
 
     def set_activation_checkpointing(self, enabled: bool) -> None:
         self.checkpoint_steps = enabled
+
+    def set_input_supervision(self, enabled: bool) -> None:
+        self.supervise_inputs = enabled
 
     def recomputing(self) -> bool:
         """Whether this pass recomputes its steps in backward (only when there is a backward)."""

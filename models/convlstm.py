@@ -6,7 +6,7 @@ layer 0 takes the (patched) frame, layer l > 0 the hidden state of layer l - 1, 
 the top hidden state to the next frame. The rollout runs t_in + t_out - 1 steps: the true frame is
 the input while there is one, then the model's own previous prediction (in training, with scheduled
 sampling, sometimes the true frame instead). Only the steps from t_in - 1 on predict a returned
-frame, so the head runs there only.
+frame, so the head runs there only (every step with ``train.supervise_inputs``).
 
 Layer 0's input conv over the true input frames does not depend on the recurrence: it is ONE call
 over the (B*t_in, C*p*p, H/p, W/p) batch. Everything else is per step, since each layer's input is
@@ -22,6 +22,7 @@ from torch.utils.checkpoint import checkpoint
 from core.errors import FramecastError
 from models.base import Forecast, RolloutModel, from_patches, mix_frames, start_at_copy_last, to_patches
 from models.cells import CELLS, ConvRNNCell, State, stack_time
+from models.heads import WarpHead
 from models.sampling import describe_schedule, draw_choices
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ class ConvLSTMStack(RolloutModel):
     """Maps t_in frames (B, t_in, C, H, W) in [0, 1] to t_out raw predicted frames (B, t_out, C, H, W)."""
 
     family = "convlstm"
+    warp_head = True
     title = "stacked ConvLSTM/ConvGRU with scheduled sampling"
 
     def __init__(self, model_cfg: ModelConfig, t_in: int, t_out: int):
@@ -65,9 +67,12 @@ class ConvLSTMStack(RolloutModel):
         )
         # Between layer l and l + 1: what normalises layer l's hidden state on its way up.
         self.between = nn.ModuleList(between_norm(cfg.norm, width, cfg.norm_between_groups) for width in hidden[:-1])
-        self.head = nn.Conv2d(hidden[-1], self.frame_channels, HEAD_KERNEL)
-        if cfg.residual:
-            start_at_copy_last(self.head)
+        if cfg.head == "warp":  # the frame read at each step, moved, in patch space
+            self.head = WarpHead(hidden[-1], self.in_channels, scale=patch)
+        else:
+            self.head = nn.Conv2d(hidden[-1], self.frame_channels, HEAD_KERNEL)
+            if cfg.residual:
+                start_at_copy_last(self.head)
         self.state_tensors = STATE_TENSORS[cfg.cell]
 
     @property
@@ -100,12 +105,13 @@ class ConvLSTMStack(RolloutModel):
             ("kernel", str(cfg.kernel_size)),
             ("patch", f"{cfg.patch_size} ({self.frame_channels} channels per patch)"),
             ("sampling", sampling),
-            ("output", "change from the frame fed in" if cfg.residual else "frames"),
+            ("output", "the frame fed in, warped (displacement, mask, residual)" if cfg.head == "warp"
+                       else "change from the frame fed in" if cfg.residual else "frames"),
         ]
 
     def forward(self, frames: Tensor) -> Tensor:
         self.check_input(frames)
-        return self._rollout(frames, None, None)
+        return self._rollout(frames, None, None, False)[0]
 
     def training_forward(self, frames: Tensor, targets: Tensor, step: int) -> Forecast:
         """Scheduled sampling on the predicted steps: per video and step, the true frame with the
@@ -113,11 +119,17 @@ class ConvLSTMStack(RolloutModel):
         self.check_input(frames, targets)
         cfg = self.cfg
         use_true = draw_choices(cfg, step, frames.shape[0], self.t_out, frames.device)  # (B, t_out-1) or None
-        return Forecast(self._rollout(frames, targets if use_true is not None else None, use_true), {})
+        predicted, warmup = self._rollout(frames, targets if use_true is not None else None, use_true,
+                                          self.supervise_inputs)
+        return Forecast(predicted, {}, warmup)
 
-    def _rollout(self, frames: Tensor, targets: Tensor | None, use_true: Tensor | None) -> Tensor:
+    def _rollout(self, frames: Tensor, targets: Tensor | None, use_true: Tensor | None,
+                 warmup: bool) -> tuple[Tensor, Tensor | None]:
         """The t_in + t_out - 1 recurrent steps; ``targets`` with ``use_true`` (B, t_out - 1) feed true
-        frames on the predicted steps (scheduled sampling), without them the own predictions."""
+        frames on the predicted steps (scheduled sampling), without them the own predictions.
+
+        Returns the t_out predictions (B, t_out, C, H, W) and, with ``warmup``, the input steps'
+        predictions of input frames 1..t_in-1 (B, t_in - 1, C, H, W), else None."""
         batch, patch = frames.shape[0], self.cfg.patch_size
         patches = to_patches(frames, patch)  # (B, t_in, C*p*p, H/p, W/p)
         # Layer 0's input-to-state conv over every true input frame at once.
@@ -132,6 +144,7 @@ class ConvLSTMStack(RolloutModel):
         recompute = self.recomputing()
         state: tuple[Tensor, ...] = ()  # flat states of every layer; empty = zero initial state
         predictions: list[Tensor] = []  # t_out x (B, C*p*p, H/p, W/p)
+        warm: list[Tensor] = []  # with warmup: (t_in - 1) x (B, C*p*p, H/p, W/p)
         for t in range(self.t_in + self.t_out - 1):
             if t < self.t_in:
                 gates, frame = input_gates[t], patches[:, t]
@@ -145,12 +158,17 @@ class ConvLSTMStack(RolloutModel):
                 state = checkpoint(self._step, gates, frame, *state, use_reentrant=False, preserve_rng_state=False)
             else:
                 state = self._step(gates, frame, *state)
-            if t >= self.t_in - 1:
+            if warmup or t >= self.t_in - 1:
                 top_hidden = state[-self.state_tensors]  # (B, hidden_L, H/p, W/p) h of the top layer
-                change = self.head(top_hidden)  # (B, C*p*p, H/p, W/p)
-                predictions.append(frame + change if self.cfg.residual else change)
+                if isinstance(self.head, WarpHead):
+                    predicted = self.head.in_patches(top_hidden, frame)  # (B, C*p*p, H/p, W/p)
+                else:
+                    change = self.head(top_hidden)  # (B, C*p*p, H/p, W/p)
+                    predicted = frame + change if self.cfg.residual else change
+                (predictions if t >= self.t_in - 1 else warm).append(predicted)
         stacked = stack_time(predictions)  # (B, t_out, C*p*p, H/p, W/p)
-        return from_patches(stacked, patch)  # (B, t_out, C, H, W)
+        inputs = from_patches(stack_time(warm), patch) if warm else None  # (B, t_in - 1, C, H, W)
+        return from_patches(stacked, patch), inputs  # (B, t_out, C, H, W)
 
     def _step(self, gates: Tensor | None, frame: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
         """One step of every layer: layer 0 from its precomputed input gates, else from ``frame``

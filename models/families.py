@@ -27,9 +27,16 @@ class Residual:
     itself, with the output head initialised to zero: an untrained model is exactly copy-last, so
     training starts from that baseline instead of from grey frames, and a static background stays
     sharp while the model learns what moves.
+
+    ``head: warp`` (unet, simvp, convlstm, predrnn) replaces that readout by a motion head
+    (models/heads.py): a per-pixel displacement reads the frame the model reads (bilinear sampling),
+    blended through a mask with a residual for what appears, so moving texture is moved, not repainted
+    and blurred. It too starts exactly at copy-last, whatever ``residual`` says (``residual`` is the
+    readout head's setting).
     """
 
     residual: bool = False
+    head: Literal["residual", "warp"] = "residual"
 
 
 @dataclass
@@ -205,6 +212,9 @@ class SimVPConfig(Residual):
     # TAU's differential divergence regularisation: KL between the softmax over time of the true and
     # predicted frame-to-frame differences, this weight times it added to the loss (0 disables it).
     divergence_weight: float = 0.1
+    # Initial weights: "pytorch" (PyTorch's defaults) or "published" (as the SimVP reference code:
+    # truncated normal, std 0.02, in the encoder/decoder convs; He fan-out normal in the translator blocks).
+    init: Literal["pytorch", "published"] = "pytorch"
 
     def check(self, where: str) -> None:
         check_positive(where, spatial_channels=self.spatial_channels, temporal_channels=self.temporal_channels,
@@ -312,7 +322,7 @@ BUILTIN = (
            configs=("mfmnist/simvp.yaml", "mfmnist/tau.yaml")),
     Family("unet", "a UNet from the stacked input frames to the stacked future frames", UNetConfig,
            "models.unet:UNet", tiny={"base_channels": 8, "levels": 2, "norm_groups": 4},
-           configs=("demo.yaml", "mfmnist/unet.yaml")),
+           configs=("demo.yaml", "real.yaml", "mfmnist/unet.yaml")),
     Family("phydnet", "PhyDNet: a PhyCell (moment-constrained kernels: a learned PDE) beside a ConvLSTM branch",
            PhyDNetConfig, "models.phydnet:PhyDNet",
            tiny={"encoder_channels": 8, "phycell_channels": 9, "kernel_size": 3, "convlstm_channels": [8],

@@ -75,7 +75,10 @@ def describe(path: str | Path, model: FamilyModel, cfg: Config, state: dict[str,
         ("epoch", f"{progress.get('epoch')} (step {progress.get('step')})"),
         ("validation loss", loss(progress.get("val_loss"))),
         ("best val loss", f"{loss(progress.get('best_val_loss'))} (epoch {progress.get('best_epoch')})"),
-        ("trained with", f"train.task={cfg.train.task}, train.loss={cfg.train.loss}, train.amp={cfg.train.amp}"),
+        ("trained with", ", ".join([f"train.task={cfg.train.task}", f"train.loss={cfg.train.loss}"]
+                                   + [f"train.{key}={getattr(cfg.train, key):g}"
+                                      for key in ("ssim_weight", "gdl_weight") if getattr(cfg.train, key)]
+                                   + [f"train.amp={cfg.train.amp}"])),
         ("run", cfg.run.name),
     ]
     width = max(len(label) for label, _ in rows) + 2

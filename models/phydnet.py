@@ -220,7 +220,7 @@ class PhyDNet(RolloutModel):
 
     def forward(self, frames: Tensor) -> Tensor:
         self.check_input(frames)
-        return self._rollout(frames, None, None)
+        return self._rollout(frames, None, None)[0]
 
     def training_forward(self, frames: Tensor, targets: Tensor, step: int) -> Forecast:
         """Scheduled sampling on the predicted steps (per video and step the true frame with the
@@ -228,9 +228,10 @@ class PhyDNet(RolloutModel):
         self.check_input(frames, targets)
         cfg = self.cfg
         use_true = draw_choices(cfg, step, frames.shape[0], self.t_out, frames.device)  # (B, t_out-1) or None
-        predicted = self._rollout(frames, targets if use_true is not None else None, use_true)
+        predicted, warm = self._rollout(frames, targets if use_true is not None else None, use_true,
+                                        self.supervise_inputs)
         losses = {FORECAST_LOSS_TERM: cfg.moment_weight * self.moment_loss()} if cfg.moment_weight > 0 else {}
-        return Forecast(predicted, losses)
+        return Forecast(predicted, losses, warm)
 
     def _encode(self, frames: Tensor) -> tuple[Tensor, Tensor]:
         """frames (N, C, H, W) -> the PhyCell's input (N, F, H/4, W/4) and the ConvLSTM's bottom input
@@ -238,9 +239,12 @@ class PhyDNet(RolloutModel):
         features = self.encoder(frames)  # (N, F, H/4, W/4)
         return self.phys_encoder(features), self.lstm[0].input_conv(self.lstm_encoder(features))
 
-    def _rollout(self, frames: Tensor, targets: Tensor | None, use_true: Tensor | None) -> Tensor:
+    def _rollout(self, frames: Tensor, targets: Tensor | None, use_true: Tensor | None,
+                 warmup: bool = False) -> tuple[Tensor, Tensor | None]:
         """The t_in + t_out - 1 steps; ``targets`` with ``use_true`` (B, t_out - 1) feed true frames
-        on the predicted steps (scheduled sampling), without them the own predictions."""
+        on the predicted steps (scheduled sampling), without them the own predictions. Returns the
+        t_out predictions (B, t_out, C, H, W) and, with ``warmup``, the input steps' predictions of
+        input frames 1..t_in-1 (B, t_in - 1, C, H, W), else None."""
         batch = frames.shape[0]
         phys_in, lstm_gates = self._encode(frames.flatten(0, 1))  # (B*t_in, F, h, w), (B*t_in, 4*hidden_0, h, w)
         # unbind, not [:, t]: its backward is one stack, not a zero-filled full tensor per step.
@@ -254,6 +258,7 @@ class PhyDNet(RolloutModel):
         recompute = self.recomputing()
         state: tuple[Tensor, ...] = ()  # PhyCell h per layer, then ConvLSTM (h, c) per layer; () = zeros
         predictions: list[Tensor] = []  # t_out x (B, C, H, W)
+        warm: list[Tensor] = []  # with warmup: (t_in - 1) x (B, C, H, W)
         for t in range(self.t_in + self.t_out - 1):
             if t < self.t_in:
                 inputs: tuple[Tensor | None, ...] = (phys_in[t], lstm_gates[t], None)
@@ -263,7 +268,7 @@ class PhyDNet(RolloutModel):
                 if true_next is not None and chosen is not None:
                     frame = mix_frames(true_next[t - self.t_in], frame, chosen[t - self.t_in])
                 inputs, read = (None, None, frame), frame
-            decode = t >= self.t_in - 1
+            decode = warmup or t >= self.t_in - 1
             step_fn = partial(self._step, decode)
             if recompute:
                 # Tensors passed one by one so autograd saves them as tensors; nothing random to replay.
@@ -272,10 +277,11 @@ class PhyDNet(RolloutModel):
                 result = step_fn(*inputs, *state)
             if decode:
                 # residual: the change from the frame this step read
-                predictions.append(read + result[-1] if self.cfg.residual else result[-1])
+                (predictions if t >= self.t_in - 1 else warm).append(
+                    read + result[-1] if self.cfg.residual else result[-1])
                 result = result[:-1]
             state = tuple(result)
-        return stack_time(predictions)  # (B, t_out, C, H, W)
+        return stack_time(predictions), (stack_time(warm) if warm else None)  # (B, t_out, C, H, W), ...
 
     def _step(self, decode: bool, phys_in: Tensor | None, lstm_gates: Tensor | None, frame: Tensor | None,
               *state: Tensor) -> tuple[Tensor, ...]:

@@ -37,6 +37,7 @@ from models.base import (
     to_patches,
 )
 from models.cells import FORGET_GATE_BIAS, stack_time
+from models.heads import WarpHead
 from models.sampling import describe_schedule, reverse_true_frame_probabilities, settings_probability
 
 if TYPE_CHECKING:
@@ -142,6 +143,7 @@ class PredRNN(RolloutModel):
     """Maps t_in frames (B, t_in, C, H, W) in [0, 1] to t_out raw predicted frames (B, t_out, C, H, W)."""
 
     family = "predrnn"
+    warp_head = True
     title = "PredRNN-V2, stacked spatiotemporal LSTMs"
     def __init__(self, model_cfg: ModelConfig, t_in: int, t_out: int):
         super().__init__(model_cfg, t_in, t_out)
@@ -153,9 +155,12 @@ class PredRNN(RolloutModel):
             SpatioTemporalLSTMCell(frame_channels if layer == 0 else width, width, cfg.kernel_size, cfg.layer_norm)
             for layer in range(len(hidden))
         )
-        self.head = nn.Conv2d(width, frame_channels, POINTWISE_KERNEL)  # top hidden -> next frame's patches
-        if cfg.residual:
-            start_at_copy_last(self.head)
+        if cfg.head == "warp":  # the frame read at each step, moved, in patch space
+            self.head = WarpHead(width, self.in_channels, scale=cfg.patch_size)
+        else:
+            self.head = nn.Conv2d(width, frame_channels, POINTWISE_KERNEL)  # top hidden -> next frame's patches
+            if cfg.residual:
+                start_at_copy_last(self.head)
         # The memory-decoupling loss compares delta_c and delta_m after this shared map (no bias: a
         # bias would make two zero increments look alike). Absent without the loss, so no parameter
         # goes without a gradient (DDP would stop at it).
@@ -185,7 +190,8 @@ class PredRNN(RolloutModel):
                         f"patch {cfg.patch_size}, {norm}")),
             ("sampling", sampling),
             ("decouple weight", f"{cfg.decouple_weight}" + (" (off)" if cfg.decouple_weight == 0 else "")),
-            ("output", "change from the frame read" if cfg.residual else "frames"),
+            ("output", "the frame read, warped (displacement, mask, residual)" if cfg.head == "warp"
+                       else "change from the frame read" if cfg.residual else "frames"),
         ]
 
     # -- the rollout ------------------------------------------------------------------------------
@@ -259,10 +265,12 @@ class PredRNN(RolloutModel):
         unit_c, unit_m = unit.chunk(2, dim=0)  # 2 x (L*B, hidden, h*w)
         return (unit_c * unit_m).sum(dim=2).abs().mean()  # cos per (layer, video, channel) -> scalar
 
-    def _rollout(self, seq: Tensor, feeds: list[Feed], decouple: bool) -> tuple[Tensor, Tensor | None]:
+    def _rollout(self, seq: Tensor, feeds: list[Feed], decouple: bool,
+                 warmup: bool = False) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """Run every step; seq: the true frames in patch space (B, S, C*p*p, h, w), read at the steps
-        ``feeds`` marks true or drawn. Returns the t_out predictions (B, t_out, C*p*p, h, w) and the
-        decoupling loss (mean over steps) when ``decouple``."""
+        ``feeds`` marks true or drawn. Returns the t_out predictions (B, t_out, C*p*p, h, w), the
+        decoupling loss (mean over steps) when ``decouple``, and with ``warmup`` the input steps'
+        predictions of input frames 1..t_in-1 (B, t_in - 1, C*p*p, h, w)."""
         batch = seq.shape[0]
         bottom = self.cells[0].conv_x
         # The bottom layer's gates of every step that reads a true frame: ONE conv over all of them.
@@ -276,7 +284,7 @@ class PredRNN(RolloutModel):
         top = len(self.cells) - 1
         state: tuple[Tensor, ...] = ()
         prediction: Tensor | None = None  # the previous step's predicted frame (B, C*p*p, h, w)
-        outputs, terms = [], []
+        outputs, terms, warm = [], [], []
         for t, feed in enumerate(feeds):
             if feed is True:
                 x_gates, frame = precomputed[t], seq[:, t]
@@ -296,27 +304,33 @@ class PredRNN(RolloutModel):
             is_output = t >= self.t_in - 1
             fed_back = t + 1 < len(feeds) and feeds[t + 1] is not True
             prediction = None
-            if is_output or fed_back:
-                prediction = self.head(state[top])  # (B, C*p*p, h, w)
-                if self.cfg.residual:
-                    prediction = frame + prediction  # the change from the frame this step read
+            if is_output or fed_back or warmup:
+                if isinstance(self.head, WarpHead):
+                    prediction = self.head.in_patches(state[top], frame)  # the frame this step read, moved
+                else:
+                    prediction = self.head(state[top])  # (B, C*p*p, h, w)
+                    if self.cfg.residual:
+                        prediction = frame + prediction  # the change from the frame this step read
             if is_output:
                 outputs.append(prediction)
+            elif warmup:
+                warm.append(prediction)
         loss = torch.stack(terms).mean() if decouple else None
-        return stack_time(outputs), loss  # (B, t_out, C*p*p, h, w)
+        return stack_time(outputs), loss, (stack_time(warm) if warm else None)  # (B, t_out, C*p*p, h, w), ...
 
     def forward(self, frames: Tensor) -> Tensor:
         self.check_input(frames)
         patch = self.cfg.patch_size
         seq = to_patches(frames, patch)  # (B, t_in, C*p*p, H/p, W/p)
-        predicted, _ = self._rollout(seq, self.inference_feeds(), decouple=False)
+        predicted, _, _ = self._rollout(seq, self.inference_feeds(), decouple=False)
         return from_patches(predicted, patch)  # (B, t_out, C, H, W)
 
     def training_forward(self, frames: Tensor, targets: Tensor, step: int) -> Forecast:
         """Scheduled sampling from ``step`` (torch's global RNG draws) plus the decoupling loss.
 
         Returns the same t_out predictions as ``forward``; the predictions made on the input steps
-        only feed the next step (reverse sampling) and get no loss of their own.
+        feed the next step (reverse sampling) and, with ``train.supervise_inputs``, are returned to be
+        scored too (Forecast.inputs).
         """
         self.check_input(frames, targets)
         patch = self.cfg.patch_size
@@ -325,6 +339,7 @@ class PredRNN(RolloutModel):
         seq = to_patches(video, patch)  # (B, steps, C*p*p, H/p, W/p)
         feeds = self.training_feeds(step, frames.shape[0], frames.device)
         weight = self.cfg.decouple_weight
-        predicted, decouple = self._rollout(seq, feeds, decouple=weight > 0)
+        predicted, decouple, warm = self._rollout(seq, feeds, decouple=weight > 0, warmup=self.supervise_inputs)
         losses = {"decouple": weight * decouple} if decouple is not None else {}
-        return Forecast(from_patches(predicted, patch), losses)  # frames (B, t_out, C, H, W)
+        inputs = from_patches(warm, patch) if warm is not None else None  # (B, t_in - 1, C, H, W)
+        return Forecast(from_patches(predicted, patch), losses, inputs)  # frames (B, t_out, C, H, W)

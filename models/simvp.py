@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from models.families import SIMVP_NORM_GROUPS
 from models.base import FamilyModel, Forecast, start_at_copy_last
+from models.heads import WarpHead
 
 if TYPE_CHECKING:
     from core.config import ModelConfig
@@ -46,6 +47,8 @@ SE_MIN_HIDDEN = 4  # ... but at least 4
 # TAU's differential divergence: softmax over time of frame differences divided by this
 # temperature (TAU's 0.1: frame differences of [0, 1] frames are small, so sharpen them).
 DIVERGENCE_TEMPERATURE = 0.1
+# model.simvp.init: published: the reference code's std of its truncated-normal weights.
+PUBLISHED_STD = 0.02
 
 
 def strided_layers(spatial_layers: int) -> list[bool]:
@@ -249,10 +252,34 @@ class Translator(nn.Module):
         return self.blocks(x)
 
 
+def published_init(model: "SimVP") -> None:
+    """``model.simvp.init: published``: the initialisation of the SimVP reference code. Encoder and
+    decoder block convs: truncated normal (std ``PUBLISHED_STD``), zero bias. The translator blocks'
+    attention and MLP: convs normal with He's fan-out variance 2 / (k*k*out/groups), linears truncated
+    normal (std ``PUBLISHED_STD``), zero biases. Everything else (readout, reductions, norms) keeps
+    PyTorch's defaults, as there."""
+    for block in (*model.encoder.blocks, *model.decoder.blocks):
+        nn.init.trunc_normal_(block.conv.weight, std=PUBLISHED_STD)
+        nn.init.zeros_(block.conv.bias)
+    for meta in model.translator.blocks.children():
+        for module in (*meta.attention.modules(), *meta.mlp.modules()):
+            if isinstance(module, nn.Conv2d):
+                k_h, k_w = module.kernel_size
+                fan_out = k_h * k_w * module.out_channels // module.groups
+                nn.init.normal_(module.weight, 0.0, (2.0 / fan_out) ** 0.5)
+            elif isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=PUBLISHED_STD)
+            else:
+                continue
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+
 class SimVP(FamilyModel):
     """Maps t_in frames (B, t_in, C, H, W) in [0, 1] to t_out raw predicted frames (B, t_out, C, H, W)."""
 
     family = "simvp"
+    warp_head = True
     title = "SimVP with a gSTA or TAU translator"
 
     def __init__(self, model_cfg: ModelConfig, t_in: int, t_out: int):
@@ -262,7 +289,13 @@ class SimVP(FamilyModel):
         self.translator = Translator(t_in * cfg.spatial_channels, cfg.temporal_channels, cfg.temporal_layers,
                                      cfg.translator, cfg.mlp_ratio, cfg.drop_path)
         self.decoder = Decoder(self.in_channels, cfg.spatial_channels, cfg.spatial_layers, cfg.spatial_kernel)
-        if cfg.residual:
+        if cfg.init == "published":
+            published_init(self)
+        self.warp = None
+        if cfg.head == "warp":  # the decoder's features drive a warp of the last input frame instead
+            self.decoder.readout = nn.Identity()
+            self.warp = WarpHead(cfg.spatial_channels, self.in_channels)
+        elif cfg.residual:
             start_at_copy_last(self.decoder.readout)
 
     @property
@@ -301,7 +334,9 @@ class SimVP(FamilyModel):
             ("encoder/decoder", f"{cfg.spatial_layers} layers each, kernel {cfg.spatial_kernel}, stride {self.stride}"),
             ("rollout", f"{rollout} -> {self.t_out} frames"),
             ("divergence loss", divergence),
-            ("output", "change from the last input frame" if cfg.residual else "frames"),
+            ("output", "the last input frame warped (displacement, mask, residual)" if cfg.head == "warp"
+                       else "change from the last input frame" if cfg.residual else "frames"),
+            ("init", cfg.init),
         ]
 
     def _one_pass(self, x: Tensor) -> Tensor:
@@ -310,7 +345,11 @@ class SimVP(FamilyModel):
         features, skip = self.encoder(x.flatten(0, 1))  # (B*t_in, hid_S, H', W'), (B*t_in, hid_S, H, W)
         stacked = features.unflatten(0, (batch, frames)).flatten(1, 2)  # (B, t_in*hid_S, H', W')
         translated = self.translator(stacked).unflatten(1, (frames, -1)).flatten(0, 1)  # (B*t_in, hid_S, H', W')
-        out = self.decoder(translated, skip).unflatten(0, (batch, frames))  # (B, t_in, C, H, W)
+        decoded = self.decoder(translated, skip)  # (B*t_in, C, H, W), or (B*t_in, hid_S, H, W) for the warp
+        if self.warp is not None:  # each of the pass's frames: its last input frame moved
+            last = x[:, -1].repeat_interleave(frames, dim=0)  # (B*t_in, C, H, W)
+            return self.warp(decoded, last).unflatten(0, (batch, frames)).squeeze(2)  # (B, t_in, C, H, W)
+        out = decoded.unflatten(0, (batch, frames))  # (B, t_in, C, H, W)
         return x[:, -1:] + out if self.cfg.residual else out  # residual: the change from the last frame
 
     def forward(self, x: Tensor) -> Tensor:

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from models.base import FamilyModel, start_at_copy_last
+from models.heads import WarpHead
 
 if TYPE_CHECKING:
     from core.config import ModelConfig
@@ -54,6 +55,7 @@ class UNet(FamilyModel):
     """
 
     family = "unet"
+    warp_head = True
     title = "UNet over the stacked frames"
 
     def __init__(self, model_cfg: ModelConfig, t_in: int, t_out: int):
@@ -72,9 +74,12 @@ class UNet(FamilyModel):
             nn.ConvTranspose2d(widths[i + 1], widths[i], SCALE, stride=SCALE) for i in range(cfg.levels)
         )
         self.merge = nn.ModuleList(ConvBlock(2 * widths[i], widths[i], groups) for i in range(cfg.levels))
-        self.head = nn.Conv2d(widths[0], t_out * self.in_channels, 1)
-        if cfg.residual:
-            start_at_copy_last(self.head)
+        if cfg.head == "warp":  # every future frame: the last input frame moved, blended with a residual
+            self.head = WarpHead(widths[0], self.in_channels, frames=t_out)
+        else:
+            self.head = nn.Conv2d(widths[0], t_out * self.in_channels, 1)
+            if cfg.residual:
+                start_at_copy_last(self.head)
 
     @property
     def stride(self) -> int:
@@ -91,7 +96,8 @@ class UNet(FamilyModel):
             ("channels", (f"{' -> '.join(map(str, self.widths))} (stacked input {self.t_in * self.in_channels}, "
                           f"output {self.t_out * self.in_channels})")),
             ("norm", f"GroupNorm {cfg.norm_groups} groups" if cfg.norm_groups else "none"),
-            ("output", "change from the last frame" if cfg.residual else "frames"),
+            ("output", "the last frame warped (displacement, mask, residual)" if cfg.head == "warp"
+                       else "change from the last frame" if cfg.residual else "frames"),
         ]
 
     def forward(self, x: Tensor) -> Tensor:
@@ -106,6 +112,8 @@ class UNet(FamilyModel):
         for level in reversed(range(len(self.up))):
             up = self.up[level](features)  # (B, widths[level], H/2^level, W/2^level)
             features = self.merge[level](torch.cat([up, skips[level]], dim=1))  # skip by concatenation: (B, 2*w, h, w)
+        if isinstance(self.head, WarpHead):
+            return self.head(features, x[:, -1])  # (B, t_out, C, H, W)
         frames = self.head(features).unflatten(1, (self.t_out, channels))  # (B, t_out, C, H, W)
         if self.cfg.residual:
             return x[:, -1:] + frames  # the last input frame (B, 1, C, H, W) plus the predicted change

@@ -47,7 +47,7 @@ from core.seeding import seed_everything
 from data.datasets import VideoWindowDataset, check_channels, make_loader
 from data.sources import open_split
 from models import TrainingForward, build_model, count_parameters
-from training.step import build_grad_scaler, build_optimizer, train_step
+from training.step import FrameLoss, build_grad_scaler, build_optimizer, train_step
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +148,7 @@ def run(cfg: Config) -> Path:
     seed_everything(tc.seed)  # the weights a training of this config starts from
     model = build_model(cfg.model, data.t_in, data.t_out).to(device)
     model.set_activation_checkpointing(tc.activation_checkpointing)
+    model.set_input_supervision(tc.supervise_inputs)
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
     forward = TrainingForward(model).train()  # not compiled: minutes of compiling for a short sweep
@@ -167,7 +168,7 @@ def run(cfg: Config) -> Path:
                 group["lr"] = lr
             batch = next(batches)  # uint8 (B, T, H, W, C)
             losses = train_step(forward, optimizer, batch, step=step, t_in=data.t_in,
-                                in_channels=cfg.model.in_channels, precision=precision, loss=tc.loss,
+                                in_channels=cfg.model.in_channels, precision=precision, loss=FrameLoss.from_config(tc),
                                 grad_clip=tc.grad_clip, scaler=scaler)
             loss = float(losses.sum())  # frame loss + the family's extra terms, as training minimises
             if not math.isfinite(loss):

@@ -48,7 +48,7 @@ from training.progress import Progress, epoch_number
 from training.sampler import EpochSampler
 from training.schedule import LRSchedule
 from training.segmentation import segment_train_step, segment_validation
-from training.step import build_grad_scaler, build_optimizer, train_step, validation_sums
+from training.step import FrameLoss, build_grad_scaler, build_optimizer, train_step, validation_sums
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,7 @@ class Trainer:
         self.cfg, self.ctx, self.on_checkpoint = cfg, ctx, on_checkpoint
         tc = cfg.train
         self.tc = tc
+        self.loss = FrameLoss.from_config(tc)  # train.loss and its structure terms
         self.device = ctx.device
         self.run_dir = cfg.run_dir
         self.last_path = self.run_dir / LAST_NAME
@@ -199,6 +200,7 @@ class Trainer:
             if resume is None:
                 self._start_from_forecaster()
         self.model.set_activation_checkpointing(tc.activation_checkpointing)
+        self.model.set_input_supervision(tc.supervise_inputs)  # FramecastError where the family has none
         if self.precision.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.num_parameters = count_parameters(self.model)
@@ -435,7 +437,7 @@ class Trainer:
                 else:
                     losses = train_step(
                         self.train_model, self.optimizer, batch, step=self.step, t_in=self.t_in,
-                        in_channels=self.in_channels, precision=self.precision, loss=tc.loss,
+                        in_channels=self.in_channels, precision=self.precision, loss=self.loss,
                         grad_clip=tc.grad_clip, scaler=self.scaler, segmenter=self.segmenter,
                         mask_weight=self.mask_weight,
                     )
@@ -531,13 +533,13 @@ class Trainer:
         elif scored:  # the same loss, plus per-lead-time scores and sample videos from the same pass
             sums, scores, shown = scored_validation(
                 self.forward_model, self.val_loader, t_in=self.t_in, t_out=self.t_out,
-                in_channels=self.in_channels, precision=self.precision, loss=self.tc.loss,
+                in_channels=self.in_channels, precision=self.precision, loss=self.loss,
                 max_batches=self.tc.max_val_batches, samples=len(self._sample_names), ssim=self.cfg.evaluate.ssim,
             )
         else:
             sums = validation_sums(
                 self.forward_model, self.val_loader, t_in=self.t_in, in_channels=self.in_channels,
-                precision=self.precision, loss=self.tc.loss, max_batches=self.tc.max_val_batches,
+                precision=self.precision, loss=self.loss, max_batches=self.tc.max_val_batches,
             )
         total, count = all_reduce_sum(sums, self.ctx).tolist()
         self.train_model.train()

@@ -164,7 +164,7 @@ def test_decouple_loss_is_present_bounded_and_scaled():
     for weight in (0.1, 0.3, 0.0):
         model = tiny(3, 2, f"model.predrnn.decouple_weight={weight}")  # same seed: same weights
         torch.manual_seed(5)  # same draws
-        frames[weight], losses[weight] = model.training_forward(x, y, step=0)
+        frames[weight], losses[weight], _ = model.training_forward(x, y, step=0)
     assert losses[0.0] == {}
     small, large = losses[0.1]["decouple"], losses[0.3]["decouple"]
     assert small.dim() == 0 and torch.isfinite(small) and 0 <= small <= 0.1  # weight x mean |cos|

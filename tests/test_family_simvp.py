@@ -129,3 +129,22 @@ def test_summary_names_translator_widths_and_layers():
     assert "2 layers each" in lines["encoder/decoder"] and "stride 2" in lines["encoder/decoder"]
     assert "2 autoregressive passes" in lines["rollout"]
     assert "weight 0.1" in lines["divergence loss"]
+
+
+@pytest.mark.parametrize("translator", ["gsta", "tau"])
+def test_published_init_draws_the_reference_code_s_distributions(translator):
+    """model.simvp.init=published: encoder/decoder convs ~ std 0.02, translator convs He fan-out,
+    zero biases; a residual model still starts at copy-last."""
+    model = simvp(translator=translator, init="published", spatial_channels=32, temporal_channels=64)
+    default = simvp(translator=translator, spatial_channels=32, temporal_channels=64)
+    for block in (*model.encoder.blocks, *model.decoder.blocks):
+        assert abs(block.conv.weight.std().item() - 0.02) < 0.003 and not block.conv.bias.any()
+    meta = next(iter(model.translator.blocks.children()))
+    depthwise = meta.attention.core.convs[0]  # fan-out k*k*out/groups = 5*5*1
+    assert abs(depthwise.weight.std().item() - (2 / 25) ** 0.5) < 0.03 and not depthwise.bias.any()
+    up = meta.mlp.up  # 1x1: fan-out = out channels
+    assert abs(up.weight.std().item() - (2 / up.out_channels) ** 0.5) < 0.1 * (2 / up.out_channels) ** 0.5
+    assert model.encoder.blocks[0].conv.weight.std() < 0.5 * default.encoder.blocks[0].conv.weight.std()
+    x = videos(t=3)
+    residual = simvp(init="published", residual=True)
+    assert torch.equal(residual(x), x[:, -1:].expand(-1, 3, -1, -1, -1))

@@ -5,6 +5,7 @@ caller decides when to read them (``.item()`` only at log intervals).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
@@ -13,6 +14,7 @@ from torch import nn
 
 from core.config import TrainConfig
 from core.precision import Precision
+from core.scores import ssim_per_frame
 from data.datasets import to_model_input
 
 # Binary cross-entropy needs probabilities strictly inside (0, 1): raw outputs are clipped this close.
@@ -52,9 +54,23 @@ def split_video(video: torch.Tensor, t_in: int) -> tuple[torch.Tensor, torch.Ten
     return video[:, :t_in], video[:, t_in:]
 
 
-def frame_loss(kind: str, prediction: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """``train.loss`` between predicted and true frames, averaged over every value (fp32 scalar)."""
-    prediction = prediction.float()
+@dataclass(frozen=True)
+class FrameLoss:
+    """The training loss between predicted and true frames: ``train.loss`` plus the weighted structure
+    terms (SSIM, gradient difference), read from the config once."""
+
+    kind: str = "mse"
+    ssim_weight: float = 0.0
+    gdl_weight: float = 0.0
+    gdl_alpha: int = 1
+
+    @classmethod
+    def from_config(cls, tc: TrainConfig) -> "FrameLoss":
+        return cls(tc.loss, tc.ssim_weight, tc.gdl_weight, tc.gdl_alpha)
+
+
+def pixel_loss(kind: str, prediction: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``train.loss`` alone, averaged over every value (fp32 scalar)."""
     if kind == "mse":
         return F.mse_loss(prediction, targets)
     if kind == "l1":
@@ -66,8 +82,40 @@ def frame_loss(kind: str, prediction: torch.Tensor, targets: torch.Tensor) -> to
     raise ValueError(f"unknown loss {kind!r}")
 
 
+def ssim_loss(prediction: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """1 - mean SSIM of (..., C, H, W) frames (the scores' default SSIM; differentiable)."""
+    shape = (-1, 1, *prediction.shape[-3:])  # every frame its own (B, T) entry
+    return 1 - ssim_per_frame(prediction.reshape(shape), targets.reshape(shape)).mean().float()
+
+
+def gradient_difference_loss(prediction: torch.Tensor, targets: torch.Tensor, alpha: int = 1) -> torch.Tensor:
+    """Mathieu et al.'s gradient-difference loss of (..., H, W) frames: the mean over pixels of
+    | |dY| - |dY_hat| |^alpha for the vertical neighbour differences, plus the same horizontally."""
+    total = prediction.new_zeros(())
+    for dim in (-2, -1):
+        true_edges = targets.diff(dim=dim).abs()
+        predicted_edges = prediction.diff(dim=dim).abs()
+        total = total + (true_edges - predicted_edges).abs().pow(alpha).mean()
+    return total
+
+
+def frame_loss(loss: FrameLoss | str, prediction: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The training loss between predicted and true (..., C, H, W) frames (fp32 scalar); a plain
+    string is ``train.loss`` with no structure terms."""
+    if isinstance(loss, str):
+        loss = FrameLoss(loss)
+    prediction = prediction.float()
+    targets = targets.float()
+    total = pixel_loss(loss.kind, prediction, targets)
+    if loss.ssim_weight:
+        total = total + loss.ssim_weight * ssim_loss(prediction, targets)
+    if loss.gdl_weight:
+        total = total + loss.gdl_weight * gradient_difference_loss(prediction, targets, loss.gdl_alpha)
+    return total
+
+
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: torch.Tensor | tuple, *, step: int,
-               t_in: int, in_channels: int, precision: Precision, loss: str, grad_clip: float,
+               t_in: int, in_channels: int, precision: Precision, loss: FrameLoss | str, grad_clip: float,
                scaler: torch.amp.GradScaler | None = None, segmenter: nn.Module | None = None,
                mask_weight: float = 0.0) -> torch.Tensor:
     """Forward (the family's training pass), loss, backward, clip, update.
@@ -85,7 +133,11 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: torch.
     with precision.autocast():
         forecast = model(inputs, targets, step)  # frames (B, t_out, C, H, W)
         logits = segmenter(forecast.frames.clamp(0, 1).flatten(0, 1)) if segmenter is not None else None
-    main = frame_loss(loss, forecast.frames, targets)
+    if forecast.inputs is None:
+        main = frame_loss(loss, forecast.frames, targets)
+    else:  # train.supervise_inputs: every next-frame prediction scored alike, the input phase's too
+        main = frame_loss(loss, torch.cat([forecast.inputs, forecast.frames], dim=1),
+                          torch.cat([inputs[:, 1:], targets], dim=1))
     extra = sum((term.float() for term in forecast.losses.values()), torch.zeros((), device=main.device))
     if logits is not None:
         future = masks[:, t_in:].to(precision.device, non_blocking=True).long().flatten(0, 1)  # (B*t_out, H, W)
@@ -118,7 +170,7 @@ BatchObserver = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
 
 @torch.no_grad()
 def validation_sums(model: nn.Module, batches: Iterable[torch.Tensor], *, t_in: int, in_channels: int,
-                    precision: Precision, loss: str, max_batches: int = 0,
+                    precision: Precision, loss: FrameLoss | str, max_batches: int = 0,
                     observe: BatchObserver | None = None) -> torch.Tensor:
     """Sum over videos of each video's ``loss`` (as at inference: no true future frames fed in), and
     the video count: tensor (2,) float64 on the device. ``observe`` sees every batch's predictions
