@@ -135,7 +135,7 @@ def cmd_stage(args: argparse.Namespace) -> None:
 
     stage = args.declared_stage
     cfg = _load(args, stage.flag_keys())
-    logging.getLogger("framecast").info("%s: %s", stage.name, apply_threads(cfg.run.threads))
+    apply_threads(cfg.run.threads)  # the run says how many in its own first lines (train: "training ...")
     result = registry.run_stage(stage, cfg, args.shard)
     if isinstance(result, Path):
         print(f"wrote {result}")

@@ -179,7 +179,8 @@ def plan_sweep(config: str | Path, overrides: list[str], grid_items: list[str], 
             seen[name] = point
             values_dict = config_to_dict(point_cfg)
             # The grid's settings and the seed are what this member's hparams are (TensorBoard, W&B).
-            hparams = [*values_dict["run"]["hparams"], *(key for key, _ in grid), SEED_KEY]
+            swept = for_family([key for key, _ in grid], point_cfg.model.family)  # model.*.KEY: this run's family
+            hparams = [*values_dict["run"]["hparams"], *swept, SEED_KEY]
             values_dict["run"].update(out_dir=out_dir, name=name, hparams=list(dict.fromkeys(hparams)))
             values_dict["train"]["seed"] = seed
             runs.append(SweepRun(name, point, seed, config_from_dict(values_dict)))

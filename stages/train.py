@@ -200,7 +200,8 @@ class Trainer:
             if resume is None:
                 self._start_from_forecaster()
         self.model.set_activation_checkpointing(tc.activation_checkpointing)
-        self.model.set_input_supervision(tc.supervise_inputs)  # FramecastError where the family has none
+        if not self.segmenting:  # the segmenter predicts no frames to supervise
+            self.model.set_input_supervision(tc.supervise_inputs)  # FramecastError where the family has none
         if self.precision.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.num_parameters = count_parameters(self.model)
