@@ -135,7 +135,10 @@ def cmd_stage(args: argparse.Namespace) -> None:
 
     stage = args.declared_stage
     cfg = _load(args, stage.flag_keys())
-    apply_threads(cfg.run.threads)  # the run says how many in its own first lines (train: "training ...")
+    from core.paths import expand_config
+
+    expand_config(cfg)  # an unset ${VAR} in a path setting is the one line said, before anything else
+    logging.getLogger("framecast").info("%s: %s", stage.name, apply_threads(cfg.run.threads))
     result = registry.run_stage(stage, cfg, args.shard)
     if isinstance(result, Path):
         print(f"wrote {result}")
