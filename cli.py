@@ -138,7 +138,9 @@ def cmd_stage(args: argparse.Namespace) -> None:
     from core.paths import expand_config
 
     expand_config(cfg)  # an unset ${VAR} in a path setting is the one line said, before anything else
-    logging.getLogger("framecast").info("%s: %s", stage.name, apply_threads(cfg.run.threads))
+    threads = apply_threads(cfg.run.threads)
+    if stage.resources.distributed:  # a training says how many threads on its first line; other stages' errors stay one line
+        logging.getLogger("framecast").info("%s: %s", stage.name, threads)
     result = registry.run_stage(stage, cfg, args.shard)
     if isinstance(result, Path):
         print(f"wrote {result}")
