@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# framecast train (CLI) on the demo data for 32 steps at run.threads=$1; prints load and videos/s.
-cd /work/bench-25b/short-t0-b0
+# framecast train (CLI) on the demo data for 16 steps at run.threads=$1; prints the load and videos/s.
+# Run from the repository root: DEMO_DIR=<a folder holding datasets/demo> bash <this file> THREADS
+REPO=$(pwd)
+cd "${DEMO_DIR:?set DEMO_DIR to a folder holding datasets/demo (a main.py demo run)}"
 T=$1
 rm -rf runs/cli-t$T
 before=$(cut -d' ' -f1-3 /proc/loadavg); start=$(date +%s.%N)
-env -u OMP_NUM_THREADS timeout 240 /work/main/.venv/bin/python /work/wt-25b/main.py train --config configs/demo.yaml \
+env -u OMP_NUM_THREADS timeout 400 "$REPO/.venv/bin/python" "$REPO/main.py" train --config configs/demo.yaml \
   run.name=cli-t$T run.threads=$T train.epochs=1 train.max_steps_per_epoch=16 train.log_every_steps=4 data.source=h5 \
   > runs-cli-t$T.log 2>&1
 status=$?; end=$(date +%s.%N); after=$(cut -d' ' -f1-3 /proc/loadavg)
