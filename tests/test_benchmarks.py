@@ -35,8 +35,14 @@ def family_args(name: str) -> list[str]:
     return ["--family", "simvp" if name == "tau" else name, *FAMILIES[name]]
 
 
+# check_gpu draws fresh weights and inputs unless given a seed. bf16's error on models this small has a
+# long tail across draws (PredRNN's gradient passed its tolerance in 22 of 24 seeds), and these tests
+# are about which paths are checked against what, not about one draw: they pin it.
+CHECK_GPU_SEED = "0"
+
+
 def test_check_gpu_compares_every_path_with_the_float64_reference():
-    done = run_script("check_gpu.py", "--device", "cpu", "--height", "16", "--width", "24",
+    done = run_script("check_gpu.py", "--device", "cpu", "--seed", CHECK_GPU_SEED, "--height", "16", "--width", "24",
                       "--t-in", "2", "--t-out", "2", "--batch", "1", "--families", "encoder_forecaster")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
@@ -54,7 +60,7 @@ def test_check_gpu_compares_every_path_with_the_float64_reference():
 
 
 def test_check_gpu_checks_every_other_family_including_its_own_loss_terms():
-    done = run_script("check_gpu.py", "--device", "cpu", "--height", "16", "--width", "24", "--t-in", "3",
+    done = run_script("check_gpu.py", "--device", "cpu", "--seed", CHECK_GPU_SEED, "--height", "16", "--width", "24", "--t-in", "3",
                       "--t-out", "3", "--batch", "1", "--preset", "tiny", "--families", "convlstm", "predrnn", "simvp")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
