@@ -135,12 +135,7 @@ def cmd_stage(args: argparse.Namespace) -> None:
 
     stage = args.declared_stage
     cfg = _load(args, stage.flag_keys())
-    from core.paths import expand_config
-
-    expand_config(cfg)  # an unset ${VAR} in a path setting is the one line said, before anything else
-    threads = apply_threads(cfg.run.threads)
-    if stage.resources.distributed:  # a training says how many threads on its first line; other stages' errors stay one line
-        logging.getLogger("framecast").info("%s: %s", stage.name, threads)
+    apply_threads(cfg.run.threads)  # said by the run's own first line (a training's), not here
     result = registry.run_stage(stage, cfg, args.shard)
     if isinstance(result, Path):
         print(f"wrote {result}")

@@ -96,7 +96,6 @@ def check_odd(where: str, name: str, value: int) -> None:
 # family table (core/families.py); this module names none of them.
 
 SIZES = ("full", "tiny")
-MODEL_FIELDS = ("family", "in_channels", "size", "plugins")  # besides one section per family
 
 
 class _ModelSections:
@@ -142,6 +141,26 @@ class _ModelSections:
 _model_classes: dict[tuple, type] = {}
 
 
+def _model_own_fields(default_family: str) -> list[tuple[str, type, Any]]:
+    """The model section's fields besides one per family (fresh ``field`` objects for each class made)."""
+    return [
+        # Which model is built; its settings are the section of the same name.
+        ("family", str, field(default=default_family)),
+        # Channels the model sees per frame: 3 for colour, 1 for grey data (frames stored as RGB on
+        # disk are then read as their first channel, and predictions written back as grey RGB).
+        ("in_channels", int, field(default=3)),
+        # "tiny": every family's section starts from the family's declared tiny model (seconds on a
+        # CPU), the settings written in the config still applying on top; "full": its defaults.
+        ("size", str, field(default="full")),
+        # Modules that declare more model families (plug-ins: core/families.py), imported before the
+        # rest of the config is read; saved with the run, so its jobs and checkpoints find them too.
+        ("plugins", list[str], field(default_factory=list)),
+    ]
+
+
+MODEL_FIELDS = tuple(name for name, _, _ in _model_own_fields(""))  # besides one section per family
+
+
 def model_config_class() -> type:
     """The ``model:`` section's dataclass: ``family`` (default: the first declared family),
     ``in_channels``, ``size`` and one field per declared family, of its settings class. Made again when
@@ -152,20 +171,8 @@ def model_config_class() -> type:
     key = tuple((f.name, f.settings) for f in table)
     cls = _model_classes.get(key)
     if cls is None:
-        fields = [
-            # Which model is built; its settings are the section of the same name.
-            ("family", str, field(default=table[0].name)),
-            # Channels the model sees per frame: 3 for colour, 1 for grey data (frames stored as RGB on
-            # disk are then read as their first channel, and predictions written back as grey RGB).
-            ("in_channels", int, field(default=3)),
-            # "tiny": every family's section starts from the family's declared tiny model (seconds on a
-            # CPU), the settings written in the config still applying on top; "full": its defaults.
-            ("size", str, field(default="full")),
-            # Modules that declare more model families (plug-ins: core/families.py), imported before the
-            # rest of the config is read; saved with the run, so its jobs and checkpoints find them too.
-            ("plugins", list[str], field(default_factory=list)),
-            *((f.name, f.settings, field(default_factory=f.settings)) for f in table),
-        ]
+        fields = [*_model_own_fields(table[0].name),
+                  *((f.name, f.settings, field(default_factory=f.settings)) for f in table)]
         cls = dataclasses.make_dataclass("ModelConfig", fields, bases=(_ModelSections,))
         cls.__module__ = __name__
         _model_classes[key] = cls

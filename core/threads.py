@@ -51,6 +51,10 @@ def resolve_threads(setting: int, job_cpus: int | None = None) -> tuple[int, str
     return usable, "the CPUs this process may use"
 
 
+# Where the count ``apply_threads`` last set came from, for ``describe_threads`` (None: not set here).
+_source: str | None = None
+
+
 def apply_threads(setting: int, job_cpus: int | None = None) -> str:
     """Set torch's intra-op (and, where not yet started, inter-op) threads; returns the one-line
     description a run's first log line shows, e.g. ``"2 CPU threads (the CPUs this process may use)"``.
@@ -66,12 +70,15 @@ def apply_threads(setting: int, job_cpus: int | None = None) -> str:
     except RuntimeError:  # only possible before the first inter-op work of the process; it keeps its pool
         pass
     os.environ["OMP_NUM_THREADS"] = str(threads)
+    global _source
+    _source = source
     return f"{threads} CPU thread{'s' if threads != 1 else ''} ({source})"
 
 
 def describe_threads() -> str:
-    """The thread counts torch computes with now, for a log line."""
+    """The thread counts torch computes with now and where the count came from, for a log line."""
     import torch
 
     threads = torch.get_num_threads()
-    return f"{threads} CPU thread{'s' if threads != 1 else ''} (inter-op {torch.get_num_interop_threads()})"
+    source = f"{_source}; " if _source else ""
+    return f"{threads} CPU thread{'s' if threads != 1 else ''} ({source}inter-op {torch.get_num_interop_threads()})"

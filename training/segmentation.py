@@ -12,7 +12,6 @@ from typing import Any, Iterable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics.classification import MulticlassJaccardIndex
 
 from core.precision import Precision
 from data.datasets import to_model_input
@@ -25,6 +24,10 @@ class MaskScore:
     Under DDP ``compute`` adds up every process's counts (torchmetrics syncs its state)."""
 
     def __init__(self, num_classes: int, device: torch.device | str = "cpu"):
+        # Imported here: torchmetrics loads all its domains (SciPy's signal module among them) on
+        # import, a cost every forecasting job would otherwise pay for a score it never computes.
+        from torchmetrics.classification import MulticlassJaccardIndex
+
         self.num_classes = num_classes
         self.metric = MulticlassJaccardIndex(num_classes=num_classes, average="macro").to(device)
 
