@@ -118,19 +118,22 @@ def _ignore_job_signals(worker_id: int) -> None:
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
 
 
-_loaders_with_workers: weakref.WeakSet = weakref.WeakSet()
+# The worker iterators (torch's) of every loader that started workers. Their own: a loader can be gone
+# while its iterator lives on in a reference cycle (a generator's frame, a traceback), workers and all.
+_iterators_with_workers: weakref.WeakSet = weakref.WeakSet()
 
 
 @atexit.register
 def _end_workers_at_exit() -> None:
-    """Shut down the workers of loaders still alive when the interpreter exits.
+    """Shut down the workers still alive when the interpreter exits.
 
     Otherwise multiprocessing's own exit hook (registered earlier, so run later) sends them SIGTERM,
-    which they ignore, and then waits for them forever. Runs before torch's exit hook, while torch
-    still shuts workers down the normal way (a stop message each, then join).
+    which they ignore, and then waits for them forever: a job that finished its work and never ends.
+    Runs before torch's exit hook, while torch still shuts workers down the normal way (a stop message
+    each, then join).
     """
-    for loader in list(_loaders_with_workers):
-        loader.end_workers()
+    for iterator in list(_iterators_with_workers):
+        iterator._shutdown_workers()
 
 
 class WindowLoader(DataLoader):
@@ -149,7 +152,7 @@ class WindowLoader(DataLoader):
         batches = super().__iter__()
         if self.num_workers == 0:
             return batches
-        _loaders_with_workers.add(self)
+        _iterators_with_workers.add(batches)
         if not self.pin_memory:
             batches = _received_in_thread(batches)
         return self._ending_workers_on_error(batches)

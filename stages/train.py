@@ -86,6 +86,10 @@ def run(cfg: Config, *, on_checkpoint: CheckpointHook | None = None) -> dict[str
                 with trainer.stop_signals(), trainer.metrics:  # leaving closes the TensorBoard events
                     summary = trainer.fit()
             finally:
+                # The loaders' workers end now, not at garbage collection: a caller that goes on
+                # (bench_quality's evaluate, a local sweep) keeps no idle workers.
+                trainer.train_loader.end_workers()
+                trainer.val_loader.end_workers()
                 # Also on a stop, a requeue (SystemExit) or an error: what this process computed,
                 # so the work redone after a restart can be counted from the job logs.
                 log.info("steps run in this process: %d (step %d to %d)", trainer.step - first_step,

@@ -151,6 +151,22 @@ def test_a_script_ends_with_its_loader_workers_still_running(dataset):
     assert done.stdout.startswith("done")
 
 
+def test_a_script_whose_loader_is_gone_but_not_its_workers_still_exits(dataset):
+    """A loader collected while torch's worker iterator lives on (held in a reference cycle, as a
+    generator frame or traceback holds it): its workers must still end at exit, or the process (a
+    job whose work is done) waits on them forever."""
+    body = """
+for _ in loader:
+    pass
+kept = loader._iterator
+del loader
+print('done')
+"""
+    done = run_loader_script(dataset / "train", body)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("done")
+
+
 @pytest.fixture
 def broken_png(tmp_path) -> Path:
     """A frame of train/video_1 corrupted after the layout was validated: found only when read."""

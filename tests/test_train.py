@@ -83,6 +83,20 @@ def test_training_lowers_validation_loss_and_writes_the_run(reference):
     assert [row[2] for row in train_rows] == [2, 4, 6, 8, 10, 12, 14, 16]  # every log_every_steps
 
 
+def test_training_ends_its_loader_workers_however_it_ends(data_root, tmp_path):
+    """Ended by an error, whose traceback still holds the trainer and its loaders: their worker
+    processes are gone all the same (a caller that goes on keeps none idle, and none holds the
+    process at exit)."""
+    import multiprocessing
+
+    def fail(info):
+        raise RuntimeError("stopped by the test")
+
+    with pytest.raises(RuntimeError, match="stopped by the test") as raised:
+        run(tiny_config(data_root, tmp_path, "workers", "train.epochs=1", "data.num_workers=1"), on_checkpoint=fail)
+    assert raised.traceback and multiprocessing.active_children() == []
+
+
 def test_best_checkpoint_holds_the_epoch_with_the_lowest_validation_loss(reference):
     cfg, _ = reference
     vals = val_losses(cfg.run_dir)
