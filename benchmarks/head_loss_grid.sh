@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Which head and which loss: the demo's residual UNet with head {residual, warp} x loss {mse,
+# Which head and which loss: the demo's UNet with head {residual, warp} x loss {mse,
 # mse+ssim, mse+gdl} for one step budget on one data set, one JSON each (bench_quality.py: the train
 # and evaluate stages, against copy-last and mean-of-inputs, MSE and SSIM per lead time):
 #
@@ -7,7 +7,7 @@
 #
 # shapes: the generated set at 48x64 (made once in OUT_DIR/data); REAL_SET_DIR: a set made by
 # benchmarks/make_real_set.sh at 48x64 (trained on its train/ and unlabeled/ windows). 11 -> 11
-# frames, batch 8, lr 3e-3, one-cycle over STEPS (default 300) steps, as configs/demo.yaml but shorter.
+# frames, batch 8, lr 3e-3, one-cycle over STEPS (default 300) steps and no early stop, as configs/demo.yaml.
 # CELL names (default all six): residual-mse residual-ssim residual-gdl warp-mse warp-ssim warp-gdl.
 # SSIM_WEIGHT (default 0.1) and GDL_WEIGHT (default 0.5) set the structure terms' weights.
 set -u
@@ -28,8 +28,8 @@ else
     splits=("data.train_splits=[train,unlabeled]")
 fi
 options=(--family unet --height 48 --width 64 --t-in 11 --t-out 11 --steps "$steps" "${source_options[@]}")
-settings=(train.batch_size=8 train.lr=3e-3 data.num_workers=1 model.unet.base_channels=16 model.unet.levels=3
-          model.unet.norm_groups=8 model.unet.residual=true "${splits[@]}")
+settings=(train.batch_size=8 train.lr=3e-3 train.early_stop_patience=0 data.num_workers=1 model.unet.base_channels=16
+          model.unet.levels=3 model.unet.norm_groups=8 model.unet.residual=true "${splits[@]}")
 declare -A losses=([mse]="train.loss=mse" [ssim]="train.ssim_weight=${SSIM_WEIGHT:-0.1}"
                    [gdl]="train.gdl_weight=${GDL_WEIGHT:-0.5}")
 cells=${*:-residual-mse residual-ssim residual-gdl warp-mse warp-ssim warp-gdl}

@@ -3,7 +3,17 @@
 several threads (distributed, benchmarks, data loading) keep them."""
 from __future__ import annotations
 
+import os
+
 import pytest
+
+
+def pytest_configure(config):
+    """Under pytest-xdist each worker computes with one thread (and so do the processes it starts):
+    two workers of two threads each on two cores leave OpenMP threads waiting on each other, several
+    times slower than one thread each."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
 
 
 @pytest.fixture(scope="module")
@@ -19,3 +29,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def pytest_collection_modifyitems(items):
+    """The real-Slurm tests run one after another on one pytest-xdist worker (pytest.ini: ``-n``,
+    ``--dist loadgroup``): the one-node Slurm has two CPUs, and two of these tests at once would
+    leave each other's jobs pending past their timeouts. Every other test is spread over the workers."""
+    for item in items:
+        if item.get_closest_marker("slurm"):
+            item.add_marker(pytest.mark.xdist_group("slurm"))
