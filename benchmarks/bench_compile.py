@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
                          f"run.name={attempt}", f"run.device={args.device}", "train.compile=true",
                          f"train.compile_cache={cache}", "train.epochs=1", f"train.max_steps_per_epoch={args.steps}",
                          "train.batch_size=2", "train.log_every_steps=1", "train.early_stop_patience=0"]
-            code = CHILD.format(repo=str(REPO), threads=args.threads, family=args.family, preset=args.preset,
+            code = CHILD.format(threads=args.threads, family=args.family, preset=args.preset,
                                 overrides=overrides)
             began = time.time()
             done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,

@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
-from pathlib import Path
 
 
 # First, before torch: see its note on platform.uname and the children's peak RSS.

@@ -29,9 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import sys
 import time
-from pathlib import Path
 
 
 # First, before torch: see its note on platform.uname and the children's peak RSS.

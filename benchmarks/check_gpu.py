@@ -24,7 +24,6 @@ import argparse
 import json
 import math
 import sys
-from pathlib import Path
 
 
 from benchmarks.common import PRESETS, random_videos  # first, before torch: see its note

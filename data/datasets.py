@@ -39,7 +39,7 @@ class VideoWindowDataset(Dataset):
         # ``masks``: a sample is (frames, class masks uint8 (t_in + t_out, H, W)) of the same window.
         # ``one_hot`` = K > 0: a sample is the masks alone as one-hot maps uint8 (T, H, W, K) of 0 / 255,
         # "frames" of K channels to a forecaster of class maps (train.task=masks).
-        self.masks, self.one_hot = masks or one_hot > 0, one_hot
+        self.masks, self.one_hot = masks, one_hot
         for source in self.sources if masks else ():
             if not source.has_masks:
                 raise FramecastError(f"{source.describe()}: holds no masks (mask.npy per video), but they are "

@@ -49,6 +49,7 @@ from tqdm import tqdm
 
 from core.atomic import atomic_path, os_error_text, write_json_atomic
 from core.errors import FramecastError
+from core.threads import usable_cpus
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +75,7 @@ class Staged:
 
 
 def _threads() -> int:
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(MAX_HASH_THREADS, cpus))
+    return max(1, min(MAX_HASH_THREADS, usable_cpus()))
 
 
 def _tree_digest(chunk_digests: list[bytes], size: int) -> str:

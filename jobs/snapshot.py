@@ -49,8 +49,6 @@ VERSION_NAME = "code_version.json"  # <run_dir>/code_version.json: the latest su
 # Never code, and possibly huge: environments, data, runs, caches, git's own files.
 EXCLUDE = (".git", ".venv", "venv", "datasets", "runs", "preds", "__pycache__", "*.pyc", ".pytest_cache", "build",
            "*.egg-info")
-# Untracked files copied along with the tracked ones: new modules not committed yet.
-UNTRACKED_SUFFIXES = (".py",)
 # What a job imports: files with these suffixes, in the top-level folder or in a package a job imports.
 CODE_SUFFIXES = (".py",)
 # Top-level folders never imported by a job, even where they hold Python (unless a stage is declared there).
@@ -147,10 +145,11 @@ def _rsync_copy(source: Path, target: Path, skip_paths: list[str]) -> None:
     """
     folders = code_folders(source)
     untracked = (_git(source, "ls-files", "--others", "--exclude-standard") or "").splitlines()
-    include = [f for f in untracked if f.endswith(UNTRACKED_SUFFIXES) and runs_in_jobs(f, folders)
-               and not _excluded(f, EXCLUDE, skip_paths)]
+    # Untracked files copied along with the tracked ones: new modules not committed yet.
+    include = [f for f in untracked if runs_in_jobs(f, folders) and not _excluded(f, EXCLUDE, skip_paths)]
+    tracked = (_git(source, "ls-files") or "").splitlines()
     # RsyncSnapshot copies every tracked file but those excluded: each one a job does not run, by its path.
-    not_run = [f for f in (_git(source, "ls-files") or "").splitlines() if not runs_in_jobs(f, folders)]
+    not_run = [f for f in tracked if not runs_in_jobs(f, folders)]
     exclude = [*EXCLUDE, *(f"/{p}" for p in skip_paths), *(f"/{glob_escape(f)}" for f in not_run)]
     try:
         with RsyncSnapshot(target, root_dir=source, exclude=exclude, include=include):
@@ -159,7 +158,6 @@ def _rsync_copy(source: Path, target: Path, skip_paths: list[str]) -> None:
         # rsync exits 23 when a listed file is missing: a tracked file deleted in the working tree
         # (rsync prints its name).  Everything else must have been copied.
         deleted = set((_git(source, "ls-files", "--deleted") or "").splitlines())
-        tracked = (_git(source, "ls-files") or "").splitlines()
         wanted = [f for f in [*tracked, *include] if f not in deleted and runs_in_jobs(f, folders)
                   and not _excluded(f, EXCLUDE, skip_paths)]
         if exc.returncode != 23 or not deleted or not all((target / f).is_file() for f in wanted):

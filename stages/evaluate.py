@@ -38,7 +38,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -225,8 +224,7 @@ def evaluate_masks(cfg, ensemble: Ensemble, source, rows: list[int], out: Path, 
                              "labeled split")
     dataset = VideoWindowDataset(source, cfg.data.t_in, cfg.data.t_out, masks=True)
     names = [dataset.video_name(i) for i in rows[:samples]]
-    report = score_routes(cfg, list(cfg.evaluate.routes), dataset,
-                          ensemble.loader(Subset(dataset, rows)), samples=len(names))
+    report = score_routes(cfg, list(cfg.evaluate.routes), ensemble.loader(Subset(dataset, rows)), samples=len(names))
     shown = report.pop("_samples", None)
     files = {"report": out / MASKS_REPORT_NAME, "plot": out / MASKS_PLOT_NAME}
     if shown is not None:

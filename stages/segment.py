@@ -22,16 +22,14 @@ from core.outputs import masks_path
 from data.datasets import VideoWindowDataset, check_channels, make_loader, to_model_input
 from data.predictions import MASKS_KIND, npy_rows, write_index
 from data.sources import open_split
-from training.routes import MaskRoute
+from training.routes import MaskRoute, target_lead
 
 
 def future_choice(cfg: Config, t_out: int) -> slice:
     """The future frames (0-based, of the t_out predicted) the hand-off keeps."""
     if cfg.segment.all_frames:
         return slice(0, t_out)
-    lead = cfg.segment.lead_time or t_out
-    if lead > t_out:
-        raise FramecastError(f"segment.lead_time={lead}: the forecast holds {t_out} future frames (data.t_out)")
+    lead = target_lead(cfg, t_out)
     return slice(lead - 1, lead)
 
 

@@ -41,7 +41,7 @@ from data.datasets import (build_datasets, build_mask_map_datasets, build_segmen
                            check_channels, make_loader)
 from models import TrainingForward, count_parameters
 from models.loading import load_segmenter
-from models.registry import build_forecaster
+from models.registry import build_forecaster, task_model_config
 from models.segmenter import build_segmenter
 from training.metrics import SAMPLES_TAG, MetricsLog, lead_time_record, scored_validation
 from training.progress import Progress, epoch_number
@@ -140,7 +140,7 @@ class Trainer:
         # forecaster of one-hot class maps (data.num_classes channels); joint: a forecaster whose loss
         # adds the frozen segmenter's cross-entropy on its predicted frames.
         self.segmenting = tc.task == "segment"
-        self.in_channels = cfg.data.num_classes if tc.task == "masks" else cfg.model.in_channels
+        self.in_channels = task_model_config(cfg).in_channels
         self.frames_out = tc.task in ("forecast", "joint")  # the model's outputs are frames (sample strips)
 
         resume_path, resume = self._read_resume_checkpoint()

@@ -182,8 +182,8 @@ def sample_pixels(values: list[Tensor], count: int, generator: torch.Generator) 
     index = torch.randint(per_frame, (batch, t_out, count), generator=generator)  # (B, T, count)
     out = []
     for tensor in values:
-        flat = tensor.detach().float().flatten(2).cpu()  # (B, T, C*H*W)
-        picked = torch.gather(flat, 2, index)  # (B, T, count)
+        flat = tensor.detach().flatten(2)  # (B, T, C*H*W), where it was computed
+        picked = torch.gather(flat, 2, index.to(flat.device)).float().cpu()  # (B, T, count): only these move
         out.append(picked.transpose(0, 1).reshape(t_out, -1).double().numpy())
     return out
 

@@ -71,6 +71,18 @@ LEAD_TIME_FIELDS = {"mse_per_frame_sum": ("val_mse_per_lead_time", "val_mse_per_
                     "ssim": ("val_ssim_per_lead_time", "val_ssim")}
 
 
+def scalar_values(record: dict[str, Any]) -> dict[str, Any]:
+    """A record's scalars under their TensorBoard / W&B tags; a list gives one per lead time."""
+    values: dict[str, Any] = {}
+    for field, tag in SCALAR_TAGS.get(record.get("kind"), {}).items():
+        value = record.get(field)
+        if isinstance(value, list):
+            values.update({f"{tag}/lead_time_{lead:02d}": item for lead, item in enumerate(value, start=1)})
+        elif value is not None:
+            values[tag] = value
+    return values
+
+
 def summary_writer_class() -> type:
     """``torch.utils.tensorboard.SummaryWriter``, or one clear error when the tensorboard package is missing."""
     try:
@@ -213,33 +225,16 @@ class MetricsLog:
         except OSError as exc:
             raise FramecastError(f"{self.path}: could not append ({os_error_text(exc)})") from None
         if self._writer is not None:
-            for field, tag in SCALAR_TAGS.get(record.get("kind"), {}).items():
-                value = record.get(field)
-                if isinstance(value, list):
-                    for lead, item in enumerate(value, start=1):
-                        self._writer.add_scalar(f"{tag}/lead_time_{lead:02d}", item, record["step"])
-                elif value is not None:
-                    self._writer.add_scalar(tag, value, record["step"])
+            for tag, value in scalar_values(record).items():
+                self._writer.add_scalar(tag, value, record["step"])
             # On disk with the jsonl line: a kill after the next checkpoint loses no event before it.
             self._writer.flush()
         if self._wandb_run is not None:
-            self._wandb_run.log(self._wandb_values(record))
+            self._wandb_run.log({"step": record["step"], **scalar_values(record)})
             if record.get("kind") == "val" and record.get("val_loss") == record.get("best_val_loss"):
                 # The summary: the scores of the best validation (what best.pt holds), not the last.
                 self._wandb_run.summary.update({f"best/{k}": v for k, v in record.items()
                                                 if isinstance(v, (int, float)) and k != "time"})
-
-    @staticmethod
-    def _wandb_values(record: dict[str, Any]) -> dict[str, Any]:
-        """A record's scalars under the TensorBoard tags (a list: one per lead time), with its step."""
-        values: dict[str, Any] = {"step": record["step"]}
-        for field, tag in SCALAR_TAGS.get(record.get("kind"), {}).items():
-            value = record.get(field)
-            if isinstance(value, list):
-                values.update({f"{tag}/lead_time_{lead:02d}": item for lead, item in enumerate(value, start=1)})
-            elif value is not None:
-                values[tag] = value
-        return values
 
     def image(self, tag: str, step: int, image: np.ndarray) -> None:
         """A uint8 (H, W, 3) image as a TensorBoard image at ``step`` (nothing without TensorBoard)."""

@@ -16,29 +16,32 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from core.config import Config
+from core.config import MASK_ROUTES, Config
 from core.distributed import pick_device
 from core.errors import FramecastError
-from core.outputs import route_forecaster_path, segmenter_path
+from core.outputs import ROUTE_TASKS, route_forecaster_path, segmenter_path
 from core.precision import Precision
 from data.datasets import to_model_input
 from models.loading import load_model, load_segmenter
-from training.segmentation import segment
+from training.segmentation import MaskScore, segment
 
-ROUTES = ("frames", "masks", "joint", "copy_last")
+ROUTES = (*MASK_ROUTES, "copy_last")
 
 
 class MaskRoute:
     """One route's models on the device, from ``cfg`` (``segment.*``, the run's folders)."""
 
-    def __init__(self, cfg: Config, route: str, device: torch.device | None = None):
+    def __init__(self, cfg: Config, route: str, device: torch.device | None = None, segmenter=None):
+        """``segmenter``: the run's segmenter as ``load_segmenter`` returns it, loaded onto ``device``
+        already (routes scored side by side share one); loaded here when not given."""
         if route not in ROUTES:
             raise FramecastError(f"segment.route={route!r}: expected one of {', '.join(ROUTES)}")
         self.route = route
         device = device or pick_device(cfg.run.device)
         self.precision = Precision.for_run(cfg.train, device)
         self.segmenter_path = segmenter_path(cfg)
-        self.segmenter, seg_cfg, _ = load_segmenter(_existing(self.segmenter_path, "segmenter", "segment"), device)
+        self.segmenter, seg_cfg, _ = segmenter or load_segmenter(
+            _existing(self.segmenter_path, "segmenter", "segment"), device)
         self.num_classes = seg_cfg.data.num_classes
         self.in_channels = self.segmenter.in_channels
         self.forecaster = None
@@ -47,7 +50,7 @@ class MaskRoute:
         self.decode = cfg.segment.decode
         if route != "copy_last":
             self.forecaster_path = route_forecaster_path(cfg, route)
-            task = {"frames": "forecast", "joint": "joint", "masks": "masks"}[route]
+            task = ROUTE_TASKS[route]
             self.forecaster, saved, _ = load_model(_existing(self.forecaster_path, f"{route} route's forecaster", task),
                                                    device)
             self.t_in, self.t_out = self.forecaster.t_in, self.forecaster.t_out
@@ -112,28 +115,34 @@ def _existing(path: Path, what: str, task: str) -> Path:
 COPY_LAST, ORACLE = "copy_last", "oracle"
 
 
+def target_lead(cfg: Config, t_out: int) -> int:
+    """The lead time (1-based) of the frame whose mask is the answer: ``segment.lead_time``, default the last."""
+    lead = cfg.segment.lead_time or t_out
+    if lead > t_out:
+        raise FramecastError(f"segment.lead_time={lead}: the forecast holds {t_out} future frames (data.t_out)")
+    return lead
+
+
 @torch.no_grad()
-def score_routes(cfg: Config, routes: list[str], dataset, loader, samples: int = 0) -> dict:
+def score_routes(cfg: Config, routes: list[str], loader, samples: int = 0) -> dict:
     """Jaccard (torchmetrics, pooled over every video's masks) per lead time and of the target frame
     (``segment.lead_time``, default the last), with per-class IoU of the target frame, for each of
     ``routes``, copy-last (the segmented last input frame) and the oracle (the segmented true future
-    frames). ``dataset`` yields (frames, masks) windows of t_in + t_out frames.
+    frames). ``loader`` yields (frames, masks) batches of windows of t_in + t_out frames.
 
     Returns the report, plus under ``"_samples"`` the first ``samples`` videos' last input frames and
     target-frame masks (true and each scored one) for the strip.
     """
-    from training.segmentation import MaskScore
-
-    scored = {name: MaskRoute(cfg, name) for name in dict.fromkeys([*routes, COPY_LAST])}
+    device = pick_device(cfg.run.device)
+    segmenter = load_segmenter(_existing(segmenter_path(cfg), "segmenter", "segment"), device)  # one for all
+    scored = {name: MaskRoute(cfg, name, device, segmenter) for name in dict.fromkeys([*routes, COPY_LAST])}
     baseline = scored[COPY_LAST]
     t_in, t_out = baseline.t_in, baseline.t_out
     for name, route in scored.items():
         if (route.t_in, route.t_out) != (t_in, t_out):
             raise FramecastError(f"{route.forecaster_path}: takes {route.t_in} frames to {route.t_out}, the "
                                  f"config says data.t_in={t_in}, data.t_out={t_out}")
-    lead = cfg.segment.lead_time or t_out
-    if lead > t_out:
-        raise FramecastError(f"segment.lead_time={lead}: the forecast holds {t_out} future frames (data.t_out)")
+    lead = target_lead(cfg, t_out)
     num_classes = baseline.num_classes
     device = baseline.precision.device
     names = [*scored, ORACLE]
